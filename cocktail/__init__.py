@@ -1,0 +1,38 @@
+"""cocktail: merge fine-tuned transformer checkpoints into one model, the LM-Cocktail way.
+
+Importing ``cocktail`` is light: torch and transformers load only when a function that needs them
+is first used (``cocktail --help`` stays fast).
+"""
+
+from importlib import import_module
+
+from .errors import CocktailError, IncompatibleModelsError, InputError, OutputError
+from .version import __version__
+
+_LAZY = {
+    "merge": "cocktail.api",
+    "mix_models": "cocktail.api",
+    "mix_models_by_layers": "cocktail.api",
+    "load_model": "cocktail.api",
+    "run": "cocktail.runner",
+    "MergeResult": "cocktail.runner",
+    "CocktailWarning": "cocktail.runner",
+    "Recipe": "cocktail.recipe",
+    "ModelEntry": "cocktail.recipe",
+    "Checkpoint": "cocktail.checkpoint",
+    "METHODS": "cocktail.methods",
+}
+
+__all__ = ["CocktailError", "IncompatibleModelsError", "InputError", "OutputError", "__version__", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cocktail' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

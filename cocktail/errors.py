@@ -1,0 +1,24 @@
+"""The errors cocktail raises on purpose.
+
+Every failure a user can cause (a missing folder, incompatible models, an output that already
+exists) is a :class:`CocktailError` whose message is one line that says what is wrong and where.
+The CLI prints it as ``error: <message>`` and exits with status 2; the Python API raises it.
+"""
+
+
+class CocktailError(Exception):
+    """Base class of every error cocktail raises for bad input or an impossible merge."""
+
+    exit_code = 2
+
+
+class InputError(CocktailError):
+    """A model, file or argument given by the user cannot be used as it is."""
+
+
+class IncompatibleModelsError(CocktailError):
+    """The models cannot be merged: architecture, tensor names or shapes differ."""
+
+
+class OutputError(CocktailError):
+    """The output location cannot be written safely (exists, is an input, ...)."""

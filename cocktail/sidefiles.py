@@ -1,0 +1,107 @@
+"""Everything in a model folder besides its weights: config, tokenizer, sentence-transformers files.
+
+They are copied from the first model (or ``config_from``). ``config.json`` gets the output dtype. An
+encoder without sentence-transformers files gets BGE's (CLS pooling, then Normalize) so that the
+output loads correctly in sentence-transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+SIDE_SUFFIXES = {".json", ".txt", ".model", ".py", ".tiktoken", ".jinja", ".vocab"}
+NOT_COPIED = {
+    "model.safetensors.index.json", "pytorch_model.bin.index.json", "trainer_state.json",
+    "cocktail_recipe.yaml", "README.md",
+}
+WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf"}
+
+
+def _is_side_file(path: Path) -> bool:
+    return path.is_file() and path.suffix in SIDE_SUFFIXES and path.name not in NOT_COPIED
+
+
+def _module_folders(folder: Path) -> list[str]:
+    modules_path = folder / "modules.json"
+    if not modules_path.is_file():
+        return []
+    try:
+        modules = json.loads(modules_path.read_text())
+    except ValueError:
+        return []
+    return [m["path"] for m in modules if isinstance(m, dict) and m.get("path")]
+
+
+def copy_side_files(source: Path, dest: Path) -> list[str]:
+    """Copy config, tokenizer and sentence-transformers files from ``source``; returns what was copied."""
+    copied = []
+    for path in sorted(source.iterdir()):
+        if _is_side_file(path):
+            shutil.copy2(path, dest / path.name)
+            copied.append(path.name)
+    for module in _module_folders(source):
+        module_src = source / module
+        if not module_src.is_dir():
+            continue
+        for path in sorted(module_src.rglob("*")):
+            if path.is_dir() or path.suffix in WEIGHT_SUFFIXES or path.name in NOT_COPIED:
+                continue
+            target = dest / path.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+            copied.append(str(path.relative_to(source)))
+        (dest / module).mkdir(parents=True, exist_ok=True)  # e.g. 2_Normalize holds no files
+    return copied
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def set_config_dtype(config_path: Path, dtype: torch.dtype) -> None:
+    """Record the output dtype in a copied ``config.json`` (``torch_dtype``, and ``dtype`` where used)."""
+    if not config_path.is_file():
+        return
+    config = json.loads(config_path.read_text())
+    keys = [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]
+    for key in keys:
+        config[key] = dtype_name(dtype)
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def has_sentence_transformers_files(folder: Path) -> bool:
+    return (folder / "modules.json").is_file()
+
+
+def write_bge_sentence_transformers_files(dest: Path, config: dict) -> list[str]:
+    """BGE's sentence-transformers layout: Transformer -> CLS pooling -> Normalize."""
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (dest / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
+    (dest / "1_Pooling").mkdir(exist_ok=True)
+    pooling = {
+        "word_embedding_dimension": config.get("hidden_size"),
+        "pooling_mode_cls_token": True,
+        "pooling_mode_mean_tokens": False,
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": False,
+        "include_prompt": True,
+    }
+    (dest / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2) + "\n")
+    (dest / "2_Normalize").mkdir(exist_ok=True)
+    (dest / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": min(512, config.get("max_position_embeddings") or 512),
+                    "do_lower_case": False}, indent=2) + "\n")
+    (dest / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"}, indent=2) + "\n")
+    return ["modules.json", "1_Pooling/config.json", "2_Normalize/", "sentence_bert_config.json",
+            "config_sentence_transformers.json"]

