@@ -123,6 +123,13 @@ def merged_tensors(plan: Plan, method: Method, weights: list[float], parameters:
             on_tensor(planned)
 
 
+def merge_to_state_dict(plan: Plan, method: Method, weights: list[float], parameters: Optional[dict] = None,
+                        component: str = TRANSFORMER) -> dict[str, torch.Tensor]:
+    """Merge in memory: ``{output name: tensor}`` of one component (the transformer by default)."""
+    return {planned.name: tensor for planned, tensor in merged_tensors(plan, method, weights, parameters or {})
+            if planned.component == component}
+
+
 def _warn_default(message: str) -> None:
     warnings.warn(message, CocktailWarning, stacklevel=3)
 
@@ -252,4 +259,4 @@ def _write_provenance(recipe: Recipe, plan: Plan, weights: list[float], hashes: 
     return [card.RECIPE_FILE, card.CARD_FILE]
 
 
-__all__ = ["run", "MergeResult", "merged_tensors", "CocktailWarning", "CocktailError"]
+__all__ = ["run", "MergeResult", "merged_tensors", "merge_to_state_dict", "CocktailWarning", "CocktailError"]
