@@ -1,0 +1,105 @@
+"""The command line as a user runs it: a fresh process, real folders, stdout/stderr and exit codes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, make_bert, make_xlmr, read_folder_tensors, snapshot
+
+
+def test_help_does_not_import_torch_or_transformers():
+    code = ("import sys; from click.testing import CliRunner; from cocktail.cli import cli; "
+            "r = CliRunner().invoke(cli, ['--help']); assert r.exit_code == 0, r.output; "
+            "r = CliRunner().invoke(cli, ['merge', '--help']); assert r.exit_code == 0, r.output; "
+            "print(','.join(m for m in ('torch', 'transformers') if m in sys.modules) or 'light')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "light"
+
+
+def test_merge_with_variadic_models_and_weights(two_berts, tmp_path, cli):
+    a, b = two_berts
+    res = cli("merge", "--models", a, b, "--weights", "0.25", "0.75", "--output", tmp_path / "out", "--quiet")
+    assert res.returncode == 0, res
+    assert "wrote" in res.stdout and res.stderr == ""
+    out, ta, tb = (read_folder_tensors(p) for p in (tmp_path / "out", a, b))
+    name = "encoder.layer.0.intermediate.dense.weight"
+    torch.testing.assert_close(out[name], ta[name] * 0.25 + tb[name] * 0.75, rtol=0, atol=1e-6)
+
+
+def test_negative_weights_parse_and_warn(two_berts, tmp_path, cli):
+    a, b = two_berts
+    res = cli("merge", "-m", a, b, "-w", "-0.5", "1.5", "-o", tmp_path / "out", "-q")
+    assert res.returncode == 0, res
+    assert "warning: negative weight" in res.stderr
+
+
+def test_json_summary(two_berts, tmp_path, cli):
+    a, b = two_berts
+    res = cli("merge", "--models", a, b, "--output", tmp_path / "out", "--json")
+    assert res.returncode == 0, res
+    summary = json.loads(res.stdout)
+    assert summary["weights"] == [0.5, 0.5]
+    assert summary["merged_tensors"] == len(read_folder_tensors(a))
+    assert "model.safetensors" in summary["files"] and "cocktail_recipe.yaml" in summary["files"]
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(two_berts, tmp_path, cli):
+    a, b = two_berts
+    res = cli("merge", "--models", a, b, "--output", tmp_path / "out", "--dry-run")
+    assert res.returncode == 0, res
+    assert "dry run" in res.stdout and "tensors merged" in res.stdout
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "weights", "sum", "exists", "vocab", "arch", "no-output", "input"])
+def test_every_error_is_one_line_exit_2_and_nothing_written(tmp_path, cli, case):
+    a = make_bert(tmp_path / "a", seed=1)
+    b = make_bert(tmp_path / "b", seed=2)
+    args = {
+        "missing": ["--models", a, tmp_path / "nope", "-o", tmp_path / "out"],
+        "weights": ["--models", a, b, "--weights", "1", "-o", tmp_path / "out"],
+        "sum": ["--models", a, b, "--weights", "0.6", "0.6", "-o", tmp_path / "out"],
+        "exists": ["--models", a, b, "-o", tmp_path / "existing"],
+        "vocab": ["--models", a, make_bert(tmp_path / "c", seed=3, vocab_size=200, tokenizer=False), "-o", tmp_path / "out"],
+        "arch": ["--models", a, make_xlmr(tmp_path / "x", seed=3), "-o", tmp_path / "out"],
+        "no-output": ["--models", a, b],
+        "input": ["--models", a, b, "-o", b, "--force"],
+    }[case]
+    (tmp_path / "existing").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    inputs = snapshot(a)
+    res = cli("merge", *args)
+    assert res.returncode == 2, res
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert "Traceback" not in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert snapshot(a) == inputs
+
+
+def test_debug_shows_the_traceback(tmp_path, cli):
+    res = cli("--debug", "merge", "--models", tmp_path / "nope", tmp_path / "nope2", "-o", tmp_path / "out")
+    assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+def test_inspect_reports_mergeable_models(two_berts, cli):
+    a, b = two_berts
+    res = cli("inspect", a, b)
+    assert res.returncode == 0, res
+    assert "mergeable: yes" in res.stdout and "BertModel" in res.stdout
+    report = json.loads(cli("inspect", a, b, "--json").stdout)
+    assert report["mergeable"] is True
+    assert report["models"][0]["parameters"] == sum(t.numel() for t in read_folder_tensors(a).values() if t.is_floating_point())
+    assert report["models"][0]["layout"] == "safetensors"
+
+
+def test_inspect_says_what_differs(tmp_path, cli):
+    a = make_bert(tmp_path / "a", seed=1)
+    b = make_bert(tmp_path / "b", seed=2, vocab_size=200, tokenizer=False)
+    res = cli("inspect", a, b)
+    assert res.returncode == 1, res
+    assert "mergeable: no" in res.stdout and "word_embeddings" in res.stdout
+    assert "vocab_size:" in res.stdout  # the config difference that explains it
