@@ -55,6 +55,7 @@ class CocktailGroup(click.Group):
     def main(self, args=None, prog_name=None, **extra):
         argv = list(sys.argv[1:] if args is None else args)
         debug = "--debug" in argv
+        _interrupt_on_sigterm()
         try:
             code = super().main(args=argv, prog_name=prog_name or "cocktail", standalone_mode=False, **extra)
         except click.UsageError as exc:
@@ -73,6 +74,18 @@ class CocktailGroup(click.Group):
                 raise
             _fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupt_on_sigterm() -> None:
+    """A killed merge cleans up like an interrupted one: its temporary output folder is removed."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def _fail(message: str, code: int) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 from .errors import OutputError
 
 
-def check_output(target: str | os.PathLike, inputs: list[Path], force: bool) -> Path:
-    """Refuse outputs that would lose data; returns the absolute target path."""
+def check_output(target: str | os.PathLike, inputs: list[Path], force: bool, size: int = 0) -> Path:
+    """Refuse outputs that would lose data or cannot fit; returns the absolute target path."""
     target = Path(target).expanduser().absolute()
     resolved = Path(os.path.realpath(target))
     for source in inputs:
@@ -34,6 +34,13 @@ def check_output(target: str | os.PathLike, inputs: list[Path], force: bool) -> 
             raise OutputError(f"output {target} exists and is not a folder")
         if not force:
             raise OutputError(f"output {target} already exists (use --force to replace it)")
+    existing = target.parent
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if size > free:
+        raise OutputError(f"not enough disk space for {target}: the merge needs {size / 1e9:.2f} GB, "
+                          f"{free / 1e9:.2f} GB are free")
     return target
 
 

@@ -153,7 +153,7 @@ def run(recipe: Recipe, *, force: bool = False, dry_run: bool = False, progress:
         for message in messages:
             warn(message)
         inputs = [c.root for c in checkpoints] + ([base.root] if base else [])
-        target = check_output(recipe.output, inputs, force) if recipe.output else None
+        target = check_output(recipe.output, inputs, force, plan.output_bytes) if recipe.output else None
         result = MergeResult(recipe, weights, plan, target, warnings=messages, dry_run=dry_run)
         if dry_run:
             return result
@@ -180,12 +180,17 @@ def _write(recipe: Recipe, plan: Plan, method: Method, weights: list[float], tar
                 entries = [(t.name, t.out_dtype, t.shape) for t in plan.tensors_of(component)]
                 writers[component] = (rel_dir, ShardedSafetensorsWriter(folder.tmp / rel_dir, entries, max_shard))
             bar = _progress_bar(plan, progress)
+            threads = torch.get_num_threads()
+            # Per-tensor arithmetic is memory-bound: one thread does it as fast as several, and leaves
+            # the other cores to the input hashing running beside it.
+            torch.set_num_threads(1)
             try:
                 for planned, tensor in merged_tensors(plan, method, weights, recipe.parameters,
                                                       on_tensor=lambda t: bar.update(t.nbytes)):
                     writers[planned.component][1].write(planned.name, tensor)
                     del tensor
             finally:
+                torch.set_num_threads(threads)
                 bar.close()
                 for _, writer in writers.values():
                     writer.abort()

@@ -103,3 +103,29 @@ def test_inspect_says_what_differs(tmp_path, cli):
     assert res.returncode == 1, res
     assert "mergeable: no" in res.stdout and "word_embeddings" in res.stdout
     assert "vocab_size:" in res.stdout  # the config difference that explains it
+
+
+def test_a_killed_merge_leaves_nothing_behind(tmp_path, minilm_path):
+    """SIGTERM in the middle of a merge: no output, no temporary folder."""
+    import os
+    import signal
+    import time
+
+    from conftest import REPO
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "cocktail", "merge", "--models", minilm_path, minilm_path,
+                             "--output", out], stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(p.name.startswith(".out.") for p in tmp_path.iterdir()):
+        if proc.poll() is not None:
+            break
+        time.sleep(0.005)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the merge finished before it could be interrupted")
+    assert proc.returncode == 130 and "interrupted" in stderr
+    assert list(tmp_path.iterdir()) == []
