@@ -278,28 +278,24 @@ class Checkpoint:
         return f"Checkpoint({self.source!r}, {self.layout})"
 
 
+def _read_json(path: Path, kind: type, what: str):
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(value, kind):
+        raise InputError(f"{path}: expected {what}")
+    return value
+
+
 def _read_config(path: Path, required: bool) -> dict:
     if not path.is_file():
         if required:
             raise InputError(f"{path.parent}: no config.json (is this a transformers model folder?)")
         return {}
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise InputError(f"{path}: expected a JSON object")
-    return config
+    return _read_json(path, dict, "a JSON object")
 
 
 def _read_modules(folder: Path) -> list | None:
     path = folder / "modules.json"
-    if not path.is_file():
-        return None
-    try:
-        modules = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(modules, list):
-        raise InputError(f"{path}: expected a list of modules")
-    return modules
+    return _read_json(path, list, "a list of modules") if path.is_file() else None
