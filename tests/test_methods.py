@@ -334,3 +334,28 @@ def test_tensor_generator_depends_on_seed_and_name_only():
     assert torch.equal(first, draw(0, "encoder.layer.0.attention.self.query.weight"))
     assert not torch.equal(first, draw(1, "encoder.layer.0.attention.self.query.weight"))
     assert not torch.equal(first, draw(0, "encoder.layer.1.attention.self.query.weight"))
+
+
+# --- the command line's view of methods ----------------------------------------------------------------
+
+def test_merge_help_names_every_method():
+    from click.testing import CliRunner
+
+    from cocktail.cli import cli
+
+    text = " ".join(CliRunner().invoke(cli, ["merge", "--help"]).output.split())
+    for name in METHODS:
+        assert name in text, name
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("density=0.5", ("density", 0.5)), ("lambda=2", ("lambda", 2)), ("lambda=-1e-1", ("lambda", -0.1)),
+    ("t=0,0.5,1", ("t", [0.0, 0.5, 1.0])),
+    ('density=[{"filter": "embeddings", "value": 1}, {"value": 0.5}]',
+     ("density", [{"filter": "embeddings", "value": 1}, {"value": 0.5}])),
+    ("mode=fast", ("mode", "fast")),
+])
+def test_param_values_are_parsed_as_numbers_lists_or_json(text, expected):
+    from cocktail.cli import parse_parameter
+
+    assert parse_parameter(text) == expected
