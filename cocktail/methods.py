@@ -20,6 +20,7 @@ from .errors import InputError
 
 # |cos| above which two tensors count as (anti)parallel and slerp falls back to linear interpolation.
 SLERP_PARALLEL = 0.9995
+DOT_CHUNK = 1 << 20  # dot products: float32 BLAS on chunks of this many entries, summed exactly in float64
 
 
 @dataclass(frozen=True)
@@ -135,18 +136,14 @@ def drop_and_rescale(delta: torch.Tensor, density: float, generator: torch.Gener
 def sign_consensus_mean(deltas: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
     """TIES' elect-and-merge: per entry, the sign of Σ w_i Δ_i wins, and the entries that agree with it
     (nonzero, same sign) are averaged, weighted by w_i. Entries where none agree are zero."""
-    total = torch.zeros_like(deltas[0])
-    for delta, weight in zip(deltas, weights):
-        total.add_(delta, alpha=weight)
-    elected = total.sign()
-    del total
+    elected = _weighted_sum(deltas, weights).sign_()
     numerator = torch.zeros_like(deltas[0])
     denominator = torch.zeros_like(deltas[0])
     for delta, weight in zip(deltas, weights):
-        agree = (delta.sign() == elected) & (delta != 0)
-        numerator.add_(torch.where(agree, delta, 0.0), alpha=weight)
-        denominator.add_(agree.to(torch.float32), alpha=weight)
-    return torch.where(denominator != 0, numerator / denominator.where(denominator != 0, 1.0), 0.0)
+        agree = (delta * elected) > 0  # nonzero and of the elected sign
+        numerator.add_(delta * agree, alpha=weight)
+        denominator.add_(agree, alpha=weight)
+    return numerator.div_(denominator.masked_fill_(denominator == 0, 1.0))
 
 
 def _weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
@@ -156,14 +153,20 @@ def _weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> 
     return out
 
 
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> Optional[float]:
-    """Cosine of two tensors as flat vectors, in float64 (``None`` if either is zero)."""
-    norm_a = torch.linalg.vector_norm(a, dtype=torch.float64).item()
-    norm_b = torch.linalg.vector_norm(b, dtype=torch.float64).item()
+def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Dot product of two tensors as flat vectors: fast float32 chunks, added up exactly."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    return math.fsum(torch.dot(a[i:i + DOT_CHUNK], b[i:i + DOT_CHUNK]).item() for i in range(0, a.numel(), DOT_CHUNK))
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor, norm_a: Optional[float] = None, norm_b: Optional[float] = None
+            ) -> Optional[float]:
+    """Cosine of two tensors as flat vectors (``None`` if either is zero)."""
+    norm_a = math.sqrt(_dot(a, a)) if norm_a is None else norm_a
+    norm_b = math.sqrt(_dot(b, b)) if norm_b is None else norm_b
     if norm_a == 0 or norm_b == 0:
         return None
-    dot = (a * b).sum(dtype=torch.float64).item()
-    return max(-1.0, min(1.0, dot / (norm_a * norm_b)))
+    return max(-1.0, min(1.0, _dot(a, b) / (norm_a * norm_b)))
 
 
 # --- methods -----------------------------------------------------------------------------------------
@@ -223,7 +226,8 @@ def model_stock(tensors: Sequence[torch.Tensor], weights=None, base: torch.Tenso
     """Model Stock: move from the base toward the models' mean by a ratio set by their deltas' angle (Jang et al. 2024)."""
     count = len(tensors)
     deltas = [t - base for t in tensors]
-    cosines = [_cosine(deltas[i], deltas[j]) for i in range(count) for j in range(i + 1, count)]
+    norms = [math.sqrt(_dot(d, d)) for d in deltas]
+    cosines = [_cosine(deltas[i], deltas[j], norms[i], norms[j]) for i in range(count) for j in range(i + 1, count)]
     del deltas
     cos = sum(c if c is not None else 0.0 for c in cosines) / len(cosines)
     cos = max(0.0, cos)  # deltas pointing apart: stay at the base
