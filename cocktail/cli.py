@@ -120,14 +120,6 @@ def parse_parameter(text: str) -> tuple[str, object]:
     return key, raw
 
 
-def _format_weight(weight) -> str:
-    if weight is None:
-        return "-"
-    if isinstance(weight, (int, float)):
-        return f"{weight:.6g}"
-    return "per-tensor"
-
-
 def _format_count(n: int) -> str:
     for unit, size in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
         if n >= size:
@@ -140,6 +132,8 @@ def _print_result(result, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
+    from .card import format_weight as _format_weight
+
     weights = ", ".join(_format_weight(w) for w in result.weights)
     lines = []
     if result.dry_run:
