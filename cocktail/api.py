@@ -22,17 +22,21 @@ def merge(models: Sequence[PathLike], weights: Optional[Sequence[float]] = None,
           *, model_type: str = "encoder", method: str = "linear", base: Optional[PathLike] = None,
           parameters: Optional[dict] = None, dtype: Optional[str] = None, normalize: bool = False,
           max_shard_size: Union[str, int] = "5GB", config_from: Optional[PathLike] = None, force: bool = False,
-          dry_run: bool = False, progress: bool = False) -> MergeResult:
+          dry_run: bool = False, progress: bool = False, seed: int = 0) -> MergeResult:
     """Merge the checkpoints in ``models`` into the folder ``output``.
 
     Args:
         models: model folders, single ``.safetensors`` files, or Hugging Face hub ids (from the local cache).
-        weights: one weight per model, summing to 1 (``None``: equal weights).
+        weights: one weight per model, summing to 1 (``None``: equal weights). A weight may also be a
+            per-tensor schedule: a list of numbers (a gradient over the layers) or a list of
+            ``{"filter": regex, "value": ...}`` entries (see the README).
         output: the folder to write; it must not exist unless ``force``.
         model_type: ``encoder`` (embedding model), ``reranker`` or ``decoder``.
-        method: the merge method (``linear``: the weighted average).
+        method: the merge method: ``linear`` (the weighted average), ``task_arithmetic``, ``ties``,
+            ``dare_linear``, ``dare_ties``, ``slerp`` or ``model_stock``.
         base: the base model, for methods that need one.
-        parameters: the method's parameters.
+        parameters: the method's parameters, e.g. ``{"density": 0.5, "lambda": 1.0}`` or ``{"t": 0.3}``;
+            each may be a per-tensor schedule like a weight.
         dtype: ``float32``, ``float16`` or ``bfloat16`` (default: each tensor's dtype in the first model).
         normalize: divide the weights by their sum instead of requiring it to be 1.
         max_shard_size: largest safetensors shard, e.g. ``"5GB"``.
@@ -40,6 +44,7 @@ def merge(models: Sequence[PathLike], weights: Optional[Sequence[float]] = None,
         force: replace an existing ``output``.
         dry_run: run every check, write nothing.
         progress: show a progress bar on stderr.
+        seed: seed of random methods (``dare_*``); recorded in the output's recipe.
 
     Returns:
         A :class:`~cocktail.merge.MergeResult` (weights used, plan, files written).
@@ -51,7 +56,7 @@ def merge(models: Sequence[PathLike], weights: Optional[Sequence[float]] = None,
         models, weights, output=str(output) if output is not None else None, model_type=model_type,
         merge_method=method, base_model=str(base) if base is not None else None, parameters=dict(parameters or {}),
         dtype=dtype, normalize=normalize, max_shard_size=max_shard_size,
-        config_from=str(config_from) if config_from is not None else None,
+        config_from=str(config_from) if config_from is not None else None, seed=seed,
     )
     return run(recipe, force=force, dry_run=dry_run, progress=progress)
 

@@ -52,7 +52,16 @@ def dump_yaml(data: dict) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
 
 
-def model_card(recipe: dict, weights: list[float], summary: dict, library_name: str, version: str) -> str:
+def format_weight(weight) -> str:
+    """A weight for people: a number, ``per tensor`` for a schedule, ``-`` for methods without weights."""
+    if weight is None:
+        return "-"
+    if isinstance(weight, (int, float)):
+        return f"{weight:.6g}"
+    return "per tensor"
+
+
+def model_card(recipe: dict, weights: list, summary: dict, library_name: str, version: str) -> str:
     models = [m["path"] for m in recipe["models"]]
     front = {
         "base_model": models + ([recipe["base_model"]] if recipe.get("base_model") else []),
@@ -65,9 +74,12 @@ def model_card(recipe: dict, weights: list[float], summary: dict, library_name: 
              f"using the `{recipe['merge_method']}` method ({recipe['model_type']}).", "",
              "| model | weight |", "|---|---|"]
     for path, weight in zip(models, weights):
-        lines.append(f"| `{path}` | {weight:.6g} |")
+        lines.append(f"| `{path}` | {format_weight(weight)} |")
     if recipe.get("base_model"):
         lines.append(f"| `{recipe['base_model']}` (base) | |")
+    if recipe.get("parameters"):
+        lines += ["", "Parameters: " + ", ".join(f"`{k}` = `{v}`" for k, v in recipe["parameters"].items())
+                  + f" (seed {recipe.get('seed', 0)})."]
     lines += ["",
               f"{summary['merged_tensors']} tensors merged ({summary['parameters']:,} parameters), "
               f"{summary['copied_tensors']} copied; output dtypes: "

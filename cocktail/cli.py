@@ -109,6 +109,30 @@ def cli(debug: bool) -> None:
     """
 
 
+METHOD_HELP = ("Merge method: linear (weighted average, default), task_arithmetic, ties, dare_linear, dare_ties "
+               "(these need --base), slerp (two models, --param t=...), model_stock (needs --base).")
+
+
+def parse_parameter(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> ``(key, value)``: a number, a comma list of numbers (a gradient over layers),
+    JSON (``[...]`` or ``{...}``, e.g. filter entries), or else the text itself."""
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key:
+        raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="'--param'")
+    if NUMBER.match(raw):
+        return key, int(raw) if re.fullmatch(r"-?\d+", raw) else float(raw)
+    parts = [p.strip() for p in raw.split(",")]
+    if len(parts) > 1 and all(NUMBER.match(p) for p in parts):
+        return key, [float(p) for p in parts]
+    if raw[:1] in "[{":
+        try:
+            return key, json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"{key}: {raw!r} is not valid JSON ({exc.msg})", param_hint="'--param'") from None
+    return key, raw
+
+
 def _format_count(n: int) -> str:
     for unit, size in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
         if n >= size:
@@ -121,15 +145,20 @@ def _print_result(result, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
-    weights = ", ".join(f"{w:.6g}" for w in result.weights)
+    from .card import format_weight as _format_weight
+
+    weights = ", ".join(_format_weight(w) for w in result.weights)
     lines = []
     if result.dry_run:
         lines.append(f"dry run: nothing written (output would be {summary['output'] or 'not set'})")
     for path, w in zip(summary["models"], result.weights):
-        lines.append(f"  {w:>10.6g}  {path}")
+        lines.append(f"  {_format_weight(w):>10}  {path}")
     if summary["base_model"]:
         lines.append(f"  {'base':>10}  {summary['base_model']}")
     dtypes = ", ".join(f"{k} ({v})" for k, v in summary["output_dtypes"].items())
+    if summary["method_parameters"]:
+        lines.append("parameters: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in summary["method_parameters"].items())
+                     + f" (seed {summary['seed']})")
     lines.append(f"method {summary['method']}, weights [{weights}]: {summary['merged_tensors']} tensors merged "
                  f"({_format_count(summary['parameters'])} parameters), {summary['copied_tensors']} copied; "
                  f"dtypes {dtypes}; {summary['output_bytes'] / 1e6:.1f} MB")
@@ -145,6 +174,11 @@ def _print_result(result, as_json: bool) -> None:
 @click.option("--weights", "-w", "weights", multiple=True, type=float, metavar="W...",
               help="One weight per model, summing to 1 (default: equal weights).")
 @click.option("--output", "-o", type=click.Path(), help="Output folder (must not exist unless --force).")
+@click.option("--method", "method", default="linear", show_default=True, metavar="NAME", help=METHOD_HELP)
+@click.option("--base", "base", type=click.Path(), help="Base model, for methods that merge differences from it.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="A method parameter, e.g. density=0.5, lambda=1, t=0.3 (repeatable; t=0,0.5,1 is a gradient over layers).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random methods (dare_*); recorded.")
 @click.option("--model-type", type=click.Choice(["encoder", "reranker", "decoder"]), default="encoder",
               show_default=True, help="What the models are; encoders get BGE sentence-transformers files.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]),
@@ -156,16 +190,18 @@ def _print_result(result, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Run every check and print the plan; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def merge_command(models, weights, output, model_type, dtype, normalize, max_shard_size, config_from, force,
-                  dry_run, as_json, quiet):
-    """Merge checkpoints with fixed weights into a new model folder."""
+def merge_command(models, weights, output, method, base, params, seed, model_type, dtype, normalize, max_shard_size,
+                  config_from, force, dry_run, as_json, quiet):
+    """Merge checkpoints into a new model folder (weighted average by default; see --method)."""
     from .recipe import Recipe
     from .runner import run
 
     if not output and not dry_run:
         raise click.UsageError("missing option '--output' (or use --dry-run)")
+    parameters = dict(parse_parameter(p) for p in params)
     recipe = Recipe.from_models(models, list(weights) or None, output=output, model_type=model_type, dtype=dtype,
-                                normalize=normalize, max_shard_size=max_shard_size, config_from=config_from)
+                                normalize=normalize, max_shard_size=max_shard_size, config_from=config_from,
+                                merge_method=method, base_model=base, parameters=parameters, seed=seed)
     result = run(recipe, force=force, dry_run=dry_run, progress=not quiet and not as_json, on_warning=_warn)
     _print_result(result, as_json)
 

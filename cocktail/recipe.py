@@ -18,7 +18,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 @dataclass
 class ModelEntry:
     path: str
-    weight: Optional[float] = None
+    weight: Optional[float | list] = None  # a number, or a per-tensor schedule (see schedules.py)
 
     def to_dict(self) -> dict:
         entry: dict[str, Any] = {"path": self.path}

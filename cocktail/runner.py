@@ -22,6 +22,8 @@ from .methods import Method, get_method
 from .output import OutputFolder, check_output
 from .plan import COPY, Plan, PlannedTensor, build_plan
 from .recipe import DTYPES, MODEL_TYPES, Recipe
+from .tensor_settings import (TensorSettings, check_method_use, has_weight_schedules, resolve_settings,
+                              tensor_generator)
 from .version import __version__
 from .weights import fixed_weights
 from .writer import ShardedSafetensorsWriter, parse_size
@@ -38,7 +40,7 @@ class MergeResult:
     """What a merge did: the weights it used, its plan, where it wrote (``None`` for a dry run)."""
 
     recipe: Recipe
-    weights: list[float]
+    weights: list  # per model: a number, a per-tensor schedule, or None (methods without weights)
     plan: Plan
     output: Optional[Path] = None
     files: list[str] = field(default_factory=list)
@@ -52,6 +54,8 @@ class MergeResult:
             "method": self.recipe.merge_method,
             "model_type": self.recipe.model_type,
             "weights": self.weights,
+            "method_parameters": dict(self.recipe.parameters),
+            "seed": self.recipe.seed,
             **self.plan.summary(),
             "files": self.files,
             "warnings": self.warnings,
@@ -73,8 +77,7 @@ def check_recipe(recipe: Recipe) -> Method:
     if recipe.model_type not in MODEL_TYPES:
         raise InputError(f"unknown model type {recipe.model_type!r} (choose from {', '.join(MODEL_TYPES)})")
     method = get_method(recipe.merge_method)
-    if method.needs_base and not recipe.base_model:
-        raise InputError(f"merge method {method.name} needs a base model")
+    check_method_use(method, [m.weight for m in recipe.models], recipe.base_model, recipe.parameters, recipe.seed)
     output_dtype(recipe.dtype)
     parse_size(recipe.max_shard_size)
     return method
@@ -93,20 +96,36 @@ def open_checkpoints(recipe: Recipe) -> tuple[list[Checkpoint], Optional[Checkpo
     return opened, base
 
 
-def resolve_weights(recipe: Recipe, method: Method) -> tuple[list[float], list[str]]:
-    """The weight of each model, and any warnings about them."""
+def resolve_weights(recipe: Recipe, method: Method) -> tuple[list, list[str]]:
+    """The weight of each model, and any warnings about them.
+
+    A weight is a number, a per-tensor schedule (checked per tensor by ``resolve_settings`` once the
+    plan is known), or ``None`` for methods that use no weights.
+    """
     if recipe.weights_from:
         raise InputError("weights from examples are not available in this version; give --weights")
     if not method.uses_weights:
-        return [1.0 / len(recipe.models)] * len(recipe.models), []
+        return [None] * len(recipe.models), []
+    if has_weight_schedules(recipe.weights):
+        return list(recipe.weights), []
     return fixed_weights(recipe.weights, len(recipe.models), recipe.normalize)
 
 
-def merged_tensors(plan: Plan, method: Method, weights: list[float], parameters: dict,
-                   on_tensor: Optional[Callable[[PlannedTensor], None]] = None
+def merged_tensors(plan: Plan, method: Method, weights: list, parameters: dict,
+                   on_tensor: Optional[Callable[[PlannedTensor], None]] = None, *,
+                   settings: Optional[list[Optional[TensorSettings]]] = None, seed: int = 0
                    ) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
-    """Yield ``(planned, tensor)`` for every output tensor, in plan order, holding one name at a time."""
-    for planned in plan.tensors:
+    """Yield ``(planned, tensor)`` for every output tensor, in plan order, holding one name at a time.
+
+    Each tensor is merged with its own weights and parameters (``settings``, resolved from ``weights``
+    and ``parameters`` when not given); random methods get a generator seeded from ``seed`` and the
+    tensor's name.
+    """
+    if method.needs_base and plan.base is None:
+        raise InputError(f"merge method {method.name} needs a base model")
+    if settings is None:
+        settings, _ = resolve_settings(plan, method, weights, parameters)
+    for planned, setting in zip(plan.tensors, settings):
         if planned.action == COPY:
             tensor = plan.checkpoints[0].read(planned.component, planned.sources[0])
             tensor = tensor.to(planned.out_dtype)
@@ -116,17 +135,19 @@ def merged_tensors(plan: Plan, method: Method, weights: list[float], parameters:
             base = None
             if plan.base is not None and planned.base_source is not None:
                 base = plan.base.read(planned.component, planned.base_source).to(torch.float32)
-            tensor = method(inputs, weights, base, **parameters).to(planned.out_dtype)
+            extra = {"generator": tensor_generator(seed, planned.component, planned.canonical)} if method.random else {}
+            tensor = method(inputs, list(setting.weights), base, **setting.parameters, **extra).to(planned.out_dtype)
             del inputs, base
         yield planned, tensor
         if on_tensor is not None:
             on_tensor(planned)
 
 
-def merge_to_state_dict(plan: Plan, method: Method, weights: list[float], parameters: Optional[dict] = None,
-                        component: str = TRANSFORMER) -> dict[str, torch.Tensor]:
+def merge_to_state_dict(plan: Plan, method: Method, weights: list, parameters: Optional[dict] = None,
+                        component: str = TRANSFORMER, seed: int = 0) -> dict[str, torch.Tensor]:
     """Merge in memory: ``{output name: tensor}`` of one component (the transformer by default)."""
-    return {planned.name: tensor for planned, tensor in merged_tensors(plan, method, weights, parameters or {})
+    return {planned.name: tensor for planned, tensor in merged_tensors(plan, method, weights, parameters or {},
+                                                                       seed=seed)
             if planned.component == component}
 
 
@@ -149,7 +170,8 @@ def run(recipe: Recipe, *, force: bool = False, dry_run: bool = False, progress:
     checkpoints, base = open_checkpoints(recipe)
     try:
         plan = build_plan(checkpoints, base, output_dtype(recipe.dtype))
-        messages = weight_warnings + plan.notes
+        settings, setting_warnings = resolve_settings(plan, method, weights, recipe.parameters, recipe.normalize)
+        messages = weight_warnings + setting_warnings + plan.notes
         for message in messages:
             warn(message)
         inputs = [c.root for c in checkpoints] + ([base.root] if base else [])
@@ -157,15 +179,15 @@ def run(recipe: Recipe, *, force: bool = False, dry_run: bool = False, progress:
         result = MergeResult(recipe, weights, plan, target, warnings=messages, dry_run=dry_run)
         if dry_run:
             return result
-        result.files = _write(recipe, plan, method, weights, target, force, progress)
+        result.files = _write(recipe, plan, method, weights, target, force, progress, settings)
         return result
     finally:
         for ckpt in checkpoints + ([base] if base else []):
             ckpt.close()
 
 
-def _write(recipe: Recipe, plan: Plan, method: Method, weights: list[float], target: Path, force: bool,
-           progress: bool) -> list[str]:
+def _write(recipe: Recipe, plan: Plan, method: Method, weights: list, target: Path, force: bool,
+           progress: bool, settings: Optional[list[Optional[TensorSettings]]] = None) -> list[str]:
     first = plan.checkpoints[0]
     every = plan.checkpoints + ([plan.base] if plan.base else [])
     hasher = card.InputHasher([(c.root, c.weight_files()) for c in every])
@@ -186,7 +208,8 @@ def _write(recipe: Recipe, plan: Plan, method: Method, weights: list[float], tar
             torch.set_num_threads(1)
             try:
                 for planned, tensor in merged_tensors(plan, method, weights, recipe.parameters,
-                                                      on_tensor=lambda t: bar.update(t.nbytes)):
+                                                      on_tensor=lambda t: bar.update(t.nbytes),
+                                                      settings=settings, seed=recipe.seed):
                     writers[planned.component][1].write(planned.name, tensor)
                     del tensor
             finally:
@@ -242,11 +265,13 @@ def resolved_recipe(recipe: Recipe, plan: Plan, weights: list[float], hashes: li
     data = recipe.to_dict()
     for entry, weight in zip(data["models"], weights):
         entry["path"] = _absolute(entry["path"])
-        entry["weight"] = weight
+        if weight is not None:  # methods without weights have none
+            entry["weight"] = weight
     data["base_model"] = _absolute(recipe.base_model)
     data["config_from"] = _absolute(recipe.config_from)
     data["output"] = str(Path(recipe.output).expanduser().absolute()) if recipe.output else None
-    data["normalize"] = False  # the weights above are already the ones used
+    if not has_weight_schedules(weights):
+        data["normalize"] = False  # the weights above are already the ones used (schedules normalise per tensor)
     every = plan.checkpoints + ([plan.base] if plan.base else [])
     data["provenance"] = {
         "cocktail_version": __version__,
