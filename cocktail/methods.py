@@ -38,6 +38,7 @@ class Method:
     max_models: Optional[int] = None
     random: bool = False  # True: called with ``generator=`` (a torch.Generator seeded per tensor)
     nonnegative_weights: bool = False
+    elementwise: bool = False  # True: memory-bound elementwise arithmetic, run on one thread
 
     @property
     def parameters(self) -> tuple[str, ...]:
@@ -70,7 +71,7 @@ METHODS: dict[str, Method] = {}
 
 def register(name: str, *, needs_base: bool = False, uses_weights: bool = True, takes_base: bool = True,
              min_models: int = 1, max_models: Optional[int] = None, random: bool = False,
-             nonnegative_weights: bool = False, **defaults):
+             nonnegative_weights: bool = False, elementwise: bool = False, **defaults):
     """Register ``fn(tensors, weights, base, **params) -> tensor`` as merge method ``name``.
 
     ``defaults`` names every parameter the method takes, with its default value.
@@ -79,7 +80,7 @@ def register(name: str, *, needs_base: bool = False, uses_weights: bool = True, 
     def decorate(fn):
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         METHODS[name] = Method(name, fn, needs_base, uses_weights, dict(defaults), summary, takes_base,
-                               min_models, max_models, random, nonnegative_weights)
+                               min_models, max_models, random, nonnegative_weights, elementwise)
         return fn
 
     return decorate
@@ -171,13 +172,13 @@ def _cosine(a: torch.Tensor, b: torch.Tensor, norm_a: Optional[float] = None, no
 
 # --- methods -----------------------------------------------------------------------------------------
 
-@register("linear")
+@register("linear", elementwise=True)
 def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], base=None) -> torch.Tensor:
     """Weighted average: sum of w_i * theta_i (LM-Cocktail)."""
     return _weighted_sum(tensors, weights)
 
 
-@register("task_arithmetic", needs_base=True, **{"lambda": 1.0})
+@register("task_arithmetic", needs_base=True, elementwise=True, **{"lambda": 1.0})
 def task_arithmetic(tensors: Sequence[torch.Tensor], weights: Sequence[float], base: torch.Tensor,
                     **params) -> torch.Tensor:
     """Task arithmetic: theta_b + lambda * sum of w_i * delta_i (Ilharco et al. 2022)."""

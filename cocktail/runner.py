@@ -203,9 +203,10 @@ def _write(recipe: Recipe, plan: Plan, method: Method, weights: list, target: Pa
                 writers[component] = (rel_dir, ShardedSafetensorsWriter(folder.tmp / rel_dir, entries, max_shard))
             bar = _progress_bar(plan, progress)
             threads = torch.get_num_threads()
-            # Per-tensor arithmetic is memory-bound: one thread does it as fast as several, and leaves
-            # the other cores to the input hashing running beside it.
-            torch.set_num_threads(1)
+            if method.elementwise:
+                # Elementwise arithmetic is memory-bound: one thread does it as fast as several, and
+                # leaves the other cores to the input hashing running beside it.
+                torch.set_num_threads(1)
             try:
                 for planned, tensor in merged_tensors(plan, method, weights, recipe.parameters,
                                                       on_tensor=lambda t: bar.update(t.nbytes),
