@@ -132,7 +132,7 @@ def apply_override(data: Any, lines: dict, assignment: str) -> dict:
                 raise RecipeError(f"--set {key}: {here} has {len(container)} entries; "
                                   f"an index can be at most {len(container)} (to add one)")
             if part == len(container):
-                container.append({})
+                container.append(None)
         elif not isinstance(container, dict):
             raise RecipeError(f"--set {key}: {here} is not a mapping, so .{part} cannot be set")
         if last:
@@ -142,7 +142,7 @@ def apply_override(data: Any, lines: dict, assignment: str) -> dict:
             current = container.get(part) if isinstance(container, dict) else container[part]
             if parts[:1] == ("models",) and depth == 1 and isinstance(current, str):
                 container[part] = {"path": current}  # "- ./a" is short for "- path: ./a"
-            elif not isinstance(current, (dict, list)):
+            elif current is None:
                 container[part] = [] if isinstance(following, int) else {}
             container = container[part]
     for known in [p for p in lines if p[:len(parts)] == parts]:
@@ -163,11 +163,13 @@ class Problems:
         self.lines = lines
         self.messages: list[str] = []
 
-    def add(self, path: KeyPath, message: str) -> None:
+    def add(self, path: KeyPath, message: str, at: Optional[KeyPath] = None) -> None:
+        """Record ``message`` about ``path``, at the line of ``at`` (default: ``path``, else its nearest parent)."""
         line = None
-        for depth in range(len(path), -1, -1):  # a missing key: the line of its nearest parent
-            if path[:depth] in self.lines:
-                line = self.lines[path[:depth]]
+        anchor = path if at is None else at
+        for depth in range(len(anchor), 0, -1):  # a missing key: the line of its nearest parent
+            if anchor[:depth] in self.lines:
+                line = self.lines[anchor[:depth]]
                 break
         if line == SET:
             where = f"{self.source}: {key_path(path)} (from --set)"
@@ -453,7 +455,8 @@ def _check_method(data: dict, problems: Problems) -> None:
                                         f"choose from {', '.join(sorted(METHODS))}")
         return
     if method.needs_base and not data.get("base_model"):
-        problems.add(("base_model",), f"merge method {name} needs a base model: set base_model")
+        problems.add(("base_model",), f"merge method {name} needs a base model: set base_model",
+                     at=("base_model",) if "base_model" in data else ("merge_method",))
     parameters = data.get("parameters")
     if not isinstance(parameters, dict):
         return
