@@ -93,6 +93,7 @@ def cli(debug: bool) -> None:
     \b
     cocktail merge --models ./bge-inst ./bge-no-inst --weights 0.5 0.5 --output ./merged
     cocktail inspect ./bge-inst ./bge-no-inst
+    cocktail run recipes/bge-instruction-merge.yaml
     """
 
 
@@ -186,7 +187,7 @@ def inspect_command(models, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def run_command(recipe_file, output, overrides, verify, force, dry_run, as_json, quiet):
-    """Run a YAML recipe (e.g. recipes/bge-instruction-merge.yaml, or a merged folder's cocktail_recipe.yaml).
+    """Run a YAML recipe file (or a merged folder's cocktail_recipe.yaml).
 
     \b
     cocktail run my.yaml
@@ -248,7 +249,7 @@ _NOT_RECIPE_OPTIONS = {"force", "dry_run", "as_json", "quiet"}
               help="Write absolute paths (the recipe then runs from any folder); default: as given.")
 @click.pass_context
 def recipe_command(ctx, absolute_paths, **merge_options):
-    """Print a `cocktail merge` command line as a YAML recipe (same options as merge).
+    """Print a merge command line as a YAML recipe (takes merge's options).
 
     \b
     cocktail recipe --models ./a ./b --weights 0.7 0.3 --output ./merged > my.yaml

@@ -34,3 +34,7 @@ class RecipeError(InputError):
     def __init__(self, problems):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("; ".join(self.problems))
+
+
+class InputChangedError(InputError):
+    """An input of a recipe is no longer the file its provenance recorded (``--verify``)."""

@@ -115,7 +115,7 @@ class Recipe:
         from .recipe_schema import apply_override, check, parse_yaml, resolve_paths
 
         data, lines = parse_yaml(text, source)
-        for assignment in overrides:
+        for assignment in [overrides] if isinstance(overrides, str) else overrides:
             data = apply_override(data, lines, assignment)
         check(data, lines, base_dir, source)
         return cls.from_dict(resolve_paths(data, base_dir))

@@ -11,11 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .card import sha256_file
-from .errors import InputError
-
-
-class InputChangedError(InputError):
-    """An input of a recipe is not the file its provenance recorded."""
+from .errors import InputChangedError, InputError
 
 
 def _inputs_of(recipe) -> list[str]:

@@ -371,13 +371,13 @@ def test_the_written_recipe_is_a_recipe_with_provenance(folder):
 
 
 def test_verify_refuses_a_changed_input_and_names_the_file(folder):
-    from cocktail.verify import InputChangedError, verify_inputs
+    from cocktail.verify import verify_inputs
 
     cocktail.merge([folder / "a", folder / "b"], [0.5, 0.5], folder / "merged")
     recipe = Recipe.from_yaml(folder / "merged" / "cocktail_recipe.yaml", ["output=../again"])
     assert verify_inputs(recipe) == 2
     make_bert(folder / "b", seed=3, tokenizer=False)  # b is retrained after the merge
-    with pytest.raises(InputChangedError, match=f"{folder / 'b' / 'model.safetensors'} has sha256"):
+    with pytest.raises(cocktail.InputChangedError, match=f"{folder / 'b' / 'model.safetensors'} has sha256"):
         cocktail.run(recipe, verify=True)
     assert not (folder / "again").exists()
 
