@@ -14,7 +14,6 @@ there are accepted here without a change.
 from __future__ import annotations
 
 import difflib
-import inspect
 import math
 import os
 import re
@@ -251,26 +250,32 @@ def _check_regex(value: Any, path: KeyPath, problems: Problems) -> None:
 def check_tensor_value(value: Any, path: KeyPath, problems: Problems, scalar: Callable[[Any], bool] = is_number,
                        scalar_name: str = "a number") -> None:
     """A number for every tensor, a list of numbers (a gradient over layers), or a list of
-    ``{filter: regex, value: number}`` mappings (per-tensor values, first match wins)."""
+    ``{filter: regex, value: number or list of numbers}`` mappings (per-tensor values, first match
+    wins; an entry without filter is the default). Which tensors they reach is checked by the runner."""
     wanted = f"{scalar_name}, a list of numbers or a list of {{filter, value}} mappings"
     if scalar(value):
         return
     if not isinstance(value, list) or not value:
         problems.add(path, f"expected {wanted}, got {_describe(value)}")
         return
-    if all(is_number(v) for v in value):
+    if _numbers(value):
         return
     if all(isinstance(v, dict) for v in value):
         for i, item in enumerate(value):
             _mapping_keys(item, path + (i,), ("filter", "value"), problems)
             if "value" not in item:
                 problems.add(path + (i,), "missing key 'value'")
-            elif not (scalar(item["value"]) or is_number(item["value"])):
-                problems.add(path + (i, "value"), f"expected {scalar_name}, got {_describe(item['value'])}")
+            elif not (scalar(item["value"]) or _numbers(item["value"])):
+                problems.add(path + (i, "value"), f"expected {scalar_name} or a list of numbers, "
+                                                  f"got {_describe(item['value'])}")
             if "filter" in item:
                 _check_regex(item["filter"], path + (i, "filter"), problems)
         return
     problems.add(path, f"expected {wanted}, got a list that mixes kinds")
+
+
+def _numbers(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(is_number(v) for v in value)
 
 
 def _parameter_value(value: Any) -> bool:
@@ -382,7 +387,9 @@ def check(data: Any, lines: dict, base_dir: Union[str, os.PathLike], source: str
         if key in checks:
             checks[key](value, (key,), problems)
 
-    _check_models(data, base_dir, problems, [f.name for f in fields(ModelEntry)])
+    method = _registered_method(data.get("merge_method", "linear"))
+    _check_models(data, base_dir, problems, [f.name for f in fields(ModelEntry)],
+                  uses_weights=method is None or method.uses_weights)
     for key in MODEL_PATH_KEYS:
         value = data.get(key[0])
         if isinstance(value, str) and value.strip():
@@ -395,7 +402,14 @@ def check(data: Any, lines: dict, base_dir: Union[str, os.PathLike], source: str
     problems.raise_any()
 
 
-def _check_models(data: dict, base_dir, problems: Problems, model_keys: list[str]) -> None:
+def _registered_method(name: Any):
+    """The registered method called ``name``, or ``None``."""
+    from .methods import METHODS
+
+    return METHODS.get(name) if isinstance(name, str) else None
+
+
+def _check_models(data: dict, base_dir, problems: Problems, model_keys: list[str], uses_weights: bool) -> None:
     models = data.get("models")
     if "models" not in data:
         problems.add(("models",), "missing: list the models to merge (each with a path)")
@@ -423,7 +437,7 @@ def _check_models(data: dict, base_dir, problems: Problems, model_keys: list[str
         for i in given:
             problems.add(("models", i, "weight"), "weights are given both here and by weights_from; "
                                                   "remove one (fixed weights, or weights from examples)")
-    elif given and len(given) != len(models):
+    elif given and len(given) != len(models) and uses_weights:
         missing = [i for i in range(len(models)) if i not in given]
         for i in missing:
             problems.add(("models", i, "weight"), "missing: give a weight to every model, or to none "
@@ -457,32 +471,22 @@ def _check_method(data: dict, problems: Problems) -> None:
     if method.needs_base and not data.get("base_model"):
         problems.add(("base_model",), f"merge method {name} needs a base model: set base_model",
                      at=("base_model",) if "base_model" in data else ("merge_method",))
+    if not method.uses_weights and isinstance(data.get("models"), list):
+        for i, entry in enumerate(data["models"]):
+            if isinstance(entry, dict) and entry.get("weight") is not None:
+                problems.add(("models", i, "weight"), f"merge method {name} takes no weights; remove it")
     parameters = data.get("parameters")
     if not isinstance(parameters, dict):
         return
-    accepted = method_parameters(method)
+    accepted = set(method.defaults)  # a method's defaults name every parameter it takes
     for key, value in parameters.items():
         where = ("parameters", key)
-        if accepted is not None and key not in accepted:
+        if key not in accepted:
             choices = f"it takes {', '.join(sorted(accepted))}" if accepted else "it takes no parameters"
             problems.add(where, f"unknown parameter of {name}; {_did_you_mean(key, accepted)}{choices}")
         else:
             check_tensor_value(value, where, problems, scalar=_parameter_value,
                                scalar_name="a number, true/false or a string")
-
-
-def method_parameters(method) -> Optional[set]:
-    """The parameter names a registered method takes (``None``: any, its function takes ``**kwargs``)."""
-    try:
-        signature = inspect.signature(method.fn)
-    except (TypeError, ValueError):
-        return None
-    params = list(signature.parameters.values())[3:]  # after (tensors, weights, base)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    names = {p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                                  inspect.Parameter.KEYWORD_ONLY)}
-    return names | set(method.defaults)
 
 
 def resolve_paths(data: dict, base_dir: Union[str, os.PathLike]) -> dict:

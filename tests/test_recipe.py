@@ -267,6 +267,42 @@ def test_methods_and_their_parameters_come_from_the_registry(folder, method_with
                     "did you mean 'scale'? it takes scale"]
 
 
+def test_a_method_without_weights_refuses_them(folder):
+    from cocktail.methods import METHODS, register
+
+    @register("test_first_model", uses_weights=False)
+    def first_model(tensors, weights, base):
+        """The first model, unchanged."""
+        return tensors[0].clone()
+
+    try:
+        path = write(folder / "r.yaml", """
+            merge_method: test_first_model
+            models:
+              - path: ./a
+              - path: ./b
+                weight: 0.5
+            """)
+        assert load_problems(path) == [f"{path}:5: models[1].weight: merge method test_first_model takes no "
+                                       "weights; remove it"]
+    finally:
+        METHODS.pop("test_first_model")
+
+
+def test_per_tensor_values_may_hold_layer_gradients(folder):
+    recipe = Recipe.from_yaml(write(folder / "r.yaml", """
+        models:
+          - path: ./a
+            weight: [{filter: embeddings, value: 1.0}, {value: [0.3, 0.8]}]
+          - path: ./b
+            weight: [{filter: embeddings, value: 0.0}, {value: [0.7, 0.2]}]
+        """))
+    assert recipe.models[1].weight[1] == {"value": [0.7, 0.2]}
+    problems = load_problems(folder / "r.yaml", ["models.1.weight.1.value=[low, high]"])
+    assert problems == [f"{folder / 'r.yaml'}: models[1].weight[1].value (from --set): expected a number or a "
+                        "list of numbers, got a list"]
+
+
 def test_every_problem_is_reported_at_once(folder):
     problems = load_problems(write(folder / "r.yaml", """
         model_type: encoder
