@@ -303,19 +303,24 @@ def _shard_size(value, path, problems):
         problems.add(path, str(exc))
 
 
-#: The keys of ``weights_from`` (few-shot weights from examples) and their checks.
+#: The keys of ``weights_from`` (few-shot weights from examples) and their checks; the few-shot
+#: code checks them again, with the examples themselves, when it runs.
 WEIGHTS_FROM_KEYS: dict[str, Check] = {
-    "examples": _expect(lambda v: isinstance(v, str) and v.strip() != "", "a path to a .jsonl file"),
+    "examples": _expect(lambda v: (isinstance(v, str) and v.strip() != "") or
+                        (isinstance(v, list) and bool(v) and all(isinstance(e, dict) for e in v)),
+                        "a path to a .jsonl file (or a list of examples)"),
     "temperature": _expect(_positive, "a positive number"),
     "query_instruction": _expect(lambda v: isinstance(v, str), "a string", nullable=True),
-    "search": _expect(lambda v: isinstance(v, bool), "true or false"),
-    "search_budget": _expect(_positive_int, "a positive integer"),
-    "holdout": _expect(lambda v: is_number(v) and v >= 0, "a fraction (0 to 1) or a count of examples"),
     "neg_number": _expect(_nonnegative_int, "a non-negative integer"),
     "batch_size": _expect(_positive_int, "a positive integer"),
-    "max_length": _expect(_positive_int, "a positive integer"),
-    "task": _expect(lambda v: isinstance(v, str), "a string", nullable=True),
-    "seed": _expect(is_int, "an integer"),
+    "max_length": _expect(lambda v: is_int(v) and v >= 2, "an integer of at least 2", nullable=True),
+    "task": _expect(lambda v: isinstance(v, (str, list)), "a task name or a list of them", nullable=True),
+    "seed": _expect(_nonnegative_int, "a non-negative integer", nullable=True),
+    "device": _expect(lambda v: isinstance(v, str), "a device name (cpu, cuda, cuda:1)", nullable=True),
+    "search": _expect(lambda v: isinstance(v, bool), "true or false"),
+    "search_budget": _expect(_positive_int, "a positive integer"),
+    "holdout": _expect(lambda v: is_number(v) and v >= 0, "a fraction below 1 or a count of examples",
+                       nullable=True),
 }
 
 
@@ -503,7 +508,7 @@ def resolve_paths(data: dict, base_dir: Union[str, os.PathLike]) -> dict:
             data[key] = resolve_model_path(data[key], base_dir)
     if data.get("output"):
         data["output"] = str(local_path(data["output"], base_dir))
-    if isinstance(data.get("weights_from"), dict) and data["weights_from"].get("examples"):
+    if isinstance(data.get("weights_from"), dict) and isinstance(data["weights_from"].get("examples"), str):
         data["weights_from"] = dict(data["weights_from"])
         data["weights_from"]["examples"] = str(local_path(data["weights_from"]["examples"], base_dir))
     return data

@@ -251,15 +251,12 @@ def resolved_recipe(recipe: Recipe, plan: Plan, weights: list[float], hashes: li
     data["config_from"] = _absolute(recipe.config_from)
     data["output"] = str(Path(recipe.output).expanduser().absolute()) if recipe.output else None
     data["normalize"] = False  # the weights above are already the ones used
-    data["weights_from"] = None  # likewise: how the weights were found is recorded under provenance
     every = plan.checkpoints + ([plan.base] if plan.base else [])
     data["provenance"] = {
         "cocktail_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
         "inputs": [{"path": _absolute(c.source), "sha256": h} for c, h in zip(every, hashes)],
     }
-    if recipe.weights_from:
-        data["provenance"]["weights_from"] = dict(recipe.weights_from)
     return data
 
 
