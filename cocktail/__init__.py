@@ -6,7 +6,7 @@ is first used (``cocktail --help`` stays fast).
 
 from importlib import import_module
 
-from .errors import CocktailError, IncompatibleModelsError, InputError, OutputError
+from .errors import CocktailError, IncompatibleModelsError, InputChangedError, InputError, OutputError, RecipeError
 from .version import __version__
 
 _LAZY = {
@@ -23,7 +23,8 @@ _LAZY = {
     "METHODS": "cocktail.methods",
 }
 
-__all__ = ["CocktailError", "IncompatibleModelsError", "InputError", "OutputError", "__version__", *_LAZY]
+__all__ = ["CocktailError", "IncompatibleModelsError", "InputError", "OutputError", "RecipeError", "InputChangedError",
+           "__version__", *_LAZY]
 
 
 def __getattr__(name):

@@ -106,6 +106,7 @@ def cli(debug: bool) -> None:
     \b
     cocktail merge --models ./bge-inst ./bge-no-inst --weights 0.5 0.5 --output ./merged
     cocktail inspect ./bge-inst ./bge-no-inst
+    cocktail run recipes/bge-instruction-merge.yaml
     """
 
 
@@ -202,6 +203,8 @@ def merge_command(models, weights, output, method, base, params, seed, model_typ
     recipe = Recipe.from_models(models, list(weights) or None, output=output, model_type=model_type, dtype=dtype,
                                 normalize=normalize, max_shard_size=max_shard_size, config_from=config_from,
                                 merge_method=method, base_model=base, parameters=parameters, seed=seed)
+    if _print_recipe_instead(recipe):
+        return
     result = run(recipe, force=force, dry_run=dry_run, progress=not quiet and not as_json, on_warning=_warn)
     _print_result(result, as_json)
 
@@ -217,6 +220,99 @@ def inspect_command(models, as_json):
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
     if report.get("mergeable") is False:
         sys.exit(1)
+
+
+@cli.command("run")
+@click.argument("recipe_file", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.option("--output", "-o", type=click.Path(),
+              help="Write here instead of the recipe's output (relative to the current folder).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe value, read as YAML: dtype=float16, models.1.weight=0.3, "
+                   "parameters.density=0.5 (paths stay relative to the recipe file). Repeatable.")
+@click.option("--verify", is_flag=True,
+              help="First check the inputs' sha256 against the recipe's provenance; refuse if one changed.")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--dry-run", is_flag=True, help="Run every check and print the plan; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def run_command(recipe_file, output, overrides, verify, force, dry_run, as_json, quiet):
+    """Run a YAML recipe file (or a merged folder's cocktail_recipe.yaml).
+
+    \b
+    cocktail run my.yaml
+    cocktail run my.yaml --output ./elsewhere --dry-run
+    cocktail run my.yaml --set dtype=float16 --set models.1.weight=0.3
+    cocktail run merged/cocktail_recipe.yaml --output again --verify
+    """
+    import os
+
+    from .recipe import Recipe
+    from .runner import run
+
+    recipe = Recipe.from_yaml(recipe_file, overrides)
+    if output:
+        recipe.output = os.path.abspath(os.path.expanduser(output))
+    if not recipe.output and not dry_run:
+        raise click.UsageError(f"{recipe_file} sets no output: add 'output:' to it or pass --output (or use --dry-run)")
+    if verify:
+        from .verify import verify_inputs
+
+        count = verify_inputs(recipe)
+        if not as_json:
+            click.echo(f"verified: {count} input weight files match the recipe's sha256", err=True)
+    result = run(recipe, force=force, dry_run=dry_run, progress=not quiet and not as_json, on_warning=_warn)
+    _print_result(result, as_json)
+
+
+RECIPE_HEADER = """\
+# A cocktail recipe: run it with `cocktail run <this file>`.
+# Relative paths are relative to this file's folder. Schema: "Recipes" in cocktail's README.
+"""
+
+
+def _print_recipe_instead(recipe) -> bool:
+    """Inside ``cocktail recipe``: check ``recipe`` and print it as YAML instead of merging."""
+    ctx = click.get_current_context()
+    if not ctx.meta.get("cocktail.print_recipe"):
+        return False
+    import os
+
+    from .recipe_schema import resolve_paths
+
+    recipe.check(os.getcwd())
+    data = recipe.to_dict()
+    if ctx.meta.get("cocktail.absolute_paths"):
+        data = resolve_paths(data, os.getcwd())
+    from .card import dump_yaml
+
+    click.echo(RECIPE_HEADER + dump_yaml(data), nl=False)
+    return True
+
+
+# ``cocktail recipe`` takes every option of ``cocktail merge`` except those about running it.
+_NOT_RECIPE_OPTIONS = {"force", "dry_run", "as_json", "quiet"}
+
+
+@cli.command("recipe", cls=VariadicCommand)
+@click.option("--absolute-paths", is_flag=True,
+              help="Write absolute paths (the recipe then runs from any folder); default: as given.")
+@click.pass_context
+def recipe_command(ctx, absolute_paths, **merge_options):
+    """Print a merge command line as a YAML recipe (takes merge's options).
+
+    \b
+    cocktail recipe --models ./a ./b --weights 0.7 0.3 --output ./merged > my.yaml
+    cocktail run my.yaml
+
+    Paths are written as given: relative ones are read relative to the recipe file, so save it in
+    the current folder, or pass --absolute-paths.
+    """
+    ctx.meta["cocktail.print_recipe"] = True
+    ctx.meta["cocktail.absolute_paths"] = absolute_paths
+    ctx.invoke(merge_command, **merge_options, dry_run=True)
+
+
+recipe_command.params[:0] = [p for p in merge_command.params if p.name not in _NOT_RECIPE_OPTIONS]
 
 
 def main() -> None:

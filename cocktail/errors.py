@@ -22,3 +22,19 @@ class IncompatibleModelsError(CocktailError):
 
 class OutputError(CocktailError):
     """The output location cannot be written safely (exists, is an input, ...)."""
+
+
+class RecipeError(InputError):
+    """A recipe file (or a ``--set`` override) does not follow the recipe schema.
+
+    ``problems`` lists every problem found, each naming its key path (``models[1].weight``) and,
+    where the YAML parser knows it, the file and line.
+    """
+
+    def __init__(self, problems):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class InputChangedError(InputError):
+    """An input of a recipe is no longer the file its provenance recorded (``--verify``)."""

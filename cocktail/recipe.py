@@ -1,15 +1,18 @@
 """The ``Recipe``: everything a merge needs, as one value.
 
 The CLI, the Python API and YAML recipe files all build a ``Recipe`` and hand it to
-``cocktail.merge.run``. A recipe is plain data: it round-trips through ``to_dict``/``from_dict``.
+``cocktail.runner.run``. A recipe is plain data: it round-trips through ``to_dict``/``from_dict`` and
+through YAML (``from_yaml``/``to_yaml``); the schema and its checks live in ``recipe_schema.py``.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
 
-from .errors import InputError
+from .errors import InputError, RecipeError
 
 MODEL_TYPES = ("encoder", "reranker", "decoder")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -41,6 +44,7 @@ class Recipe:
     max_shard_size: str = "5GB"
     config_from: Optional[str] = None
     seed: int = 0
+    provenance: Optional[dict] = None  # what a merge was made from (input sha256, versions): kept for --verify
 
     @classmethod
     def from_models(cls, paths, weights=None, **options) -> "Recipe":
@@ -77,11 +81,53 @@ class Recipe:
             "seed": self.seed,
             "output": self.output,
         }
+        if self.provenance is not None:
+            data["provenance"] = self.provenance
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "Recipe":
         data = dict(data)
         models = [ModelEntry(**m) if isinstance(m, dict) else ModelEntry(str(m)) for m in data.pop("models")]
-        data.pop("provenance", None)
         return cls(models=models, **data)
+
+    # -- YAML recipe files -------------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: Union[str, os.PathLike], overrides: Iterable[str] = ()) -> "Recipe":
+        """Read and check the recipe file ``path``; relative paths in it are relative to its folder.
+
+        ``overrides`` are ``KEY.PATH=VALUE`` strings (``models.1.weight=0.3``), applied before the checks.
+        Raises :class:`~cocktail.errors.RecipeError` naming the key path and line of every problem.
+        """
+        path = Path(path).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise RecipeError(f"recipe file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RecipeError(f"{path}: cannot be read ({exc})") from None
+        return cls.from_yaml_text(text, base_dir=path.absolute().parent, source=str(path), overrides=overrides)
+
+    @classmethod
+    def from_yaml_text(cls, text: str, base_dir: Union[str, os.PathLike] = ".", source: str = "<recipe>",
+                       overrides: Iterable[str] = ()) -> "Recipe":
+        """Like :meth:`from_yaml` for recipe text; relative paths are relative to ``base_dir``."""
+        from .recipe_schema import apply_override, check, parse_yaml, resolve_paths
+
+        data, lines = parse_yaml(text, source)
+        for assignment in [overrides] if isinstance(overrides, str) else overrides:
+            data = apply_override(data, lines, assignment)
+        check(data, lines, base_dir, source)
+        return cls.from_dict(resolve_paths(data, base_dir))
+
+    def check(self, base_dir: Union[str, os.PathLike] = ".") -> None:
+        """Run the recipe file checks on this recipe (relative paths against ``base_dir``)."""
+        from .recipe_schema import check
+
+        check(self.to_dict(), {}, base_dir, "recipe")
+
+    def to_yaml(self) -> str:
+        """The recipe as YAML; :meth:`from_yaml` reads it back to an equal Recipe."""
+        from .card import dump_yaml
+
+        return dump_yaml(self.to_dict())

@@ -155,15 +155,24 @@ def _warn_default(message: str) -> None:
     warnings.warn(message, CocktailWarning, stacklevel=3)
 
 
-def run(recipe: Recipe, *, force: bool = False, dry_run: bool = False, progress: bool = False,
-        on_warning: Optional[Callable[[str], None]] = None) -> MergeResult:
-    """Run ``recipe``: check everything, then stream the merge into its output folder.
+def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: bool = False, progress: bool = False,
+        on_warning: Optional[Callable[[str], None]] = None, verify: bool = False) -> MergeResult:
+    """Run ``recipe`` (a Recipe, or the path of a YAML recipe file): check everything, then stream the
+    merge into its output folder.
 
     With ``dry_run`` every check runs (inputs, compatibility, weights, output location) and nothing
-    is written. Warnings go to ``on_warning`` (default: Python warnings).
+    is written. With ``verify`` the inputs' weight files are hashed first and compared with the
+    recipe's provenance (a merged folder's ``cocktail_recipe.yaml``); any change refuses the run.
+    Warnings go to ``on_warning`` (default: Python warnings).
     """
     warn = on_warning or _warn_default
+    if isinstance(recipe, (str, os.PathLike)):
+        recipe = Recipe.from_yaml(recipe)
     method = check_recipe(recipe)
+    if verify:
+        from .verify import verify_inputs
+
+        verify_inputs(recipe)
     if not dry_run and not recipe.output:
         raise InputError("no output folder given")
     weights, weight_warnings = resolve_weights(recipe, method)
