@@ -221,9 +221,15 @@ def weights_from_examples_for(models: list, examples: Any, model_type: str) -> l
 
 def _read_folder(folder: Path):
     """``(component, name, tensor)`` of every tensor of a written folder, one at a time."""
-    from .checkpoint import Checkpoint
+    from .checkpoint import TRANSFORMER, Checkpoint, _find_weights
 
-    with Checkpoint.open(folder) as written:
+    folder = Path(folder)
+    if (folder / "config.json").is_file():
+        written = Checkpoint.open(folder)
+    else:  # merged state dicts with no config to copy: the weights alone
+        written = Checkpoint(str(folder), folder, {}, {TRANSFORMER: _find_weights(folder, TRANSFORMER, "", True)},
+                             sentence_transformers=False)
+    with written:
         for key in written.components:
             for name in written.infos(key):
                 yield key, name, written.read(key, name)

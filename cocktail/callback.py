@@ -67,6 +67,8 @@ class CocktailCallback(TrainerCallback):
         elif len(list(weights)) != 2:
             raise InputError(f"got {len(list(weights))} weights for 2 models (the trained model and the base): "
                              "give [w_trained, w_base]")
+        if examples is not None and weights != "examples":
+            raise InputError("examples are used only with weights='examples'")
         self.base = base
         self.weights = weights if isinstance(weights, str) else [float(w) for w in weights]
         self.output_dir = Path(output_dir) if output_dir is not None else None
@@ -108,10 +110,12 @@ class CocktailCallback(TrainerCallback):
             check_output(self.final_dir(args), [], self.force)
 
     def on_save(self, args, state, control, model=None, **kwargs):
+        """With ``on="save"``: merge the model as saved at this step into ``output_dir/checkpoint-<step>``."""
         if "save" in self.events and state.is_world_process_zero:
             self.mix(model, self.save_dir(args, state.global_step), kwargs)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
+        """With ``on="train_end"``: merge the final model into ``output_dir`` (``output_dir/final`` with saves too)."""
         if "train_end" in self.events and state.is_world_process_zero:
             self.mix(model, self.final_dir(args), kwargs)
 

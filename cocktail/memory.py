@@ -33,14 +33,17 @@ LAYOUT = "in memory"
 
 
 def is_module(value: Any) -> bool:
+    """A loaded model (any ``torch.nn.Module``)."""
     return isinstance(value, torch.nn.Module)
 
 
 def is_state_dict(value: Any) -> bool:
+    """A mapping of names to tensors (checked entry by entry when opened)."""
     return isinstance(value, Mapping) and not isinstance(value, (str, bytes))
 
 
 def is_path(value: Any) -> bool:
+    """A folder, file or hub id."""
     return isinstance(value, (str, os.PathLike))
 
 
@@ -183,7 +186,7 @@ def safetensors_order(tensors: Mapping[str, torch.Tensor]) -> list[str]:
         from safetensors.torch import save
 
         blob = save({name: torch.zeros(1, dtype=t.dtype) for name, t in tensors.items()})
-        (size,) = (int.from_bytes(blob[:8], "little"),)
+        size = int.from_bytes(blob[:8], "little")
         header = json.loads(blob[8:8 + size])
         return sorted(names, key=lambda n: header[n]["data_offsets"][0])
     except Exception:  # a dtype safetensors cannot store: keep the given order

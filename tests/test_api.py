@@ -113,6 +113,27 @@ def test_state_dicts_give_a_state_dict_that_shares_nothing_with_inputs(berts):
     assert_same(cocktail.merge([sd_a, sd_b], weights=list(W)), merged)
 
 
+def test_state_dicts_of_mixed_dtypes_write_the_bytes_of_the_same_tensors_saved_to_folders(tmp_path, berts):
+    from safetensors.torch import save_file
+
+    def state(module):  # a bfloat16 tensor and an int64 one among float32 ones, not in safetensors order
+        sd = {"step": torch.tensor([3, 1]), **module.state_dict()}
+        sd["pooler.dense.weight"] = sd["pooler.dense.weight"].to(torch.bfloat16)
+        return sd
+
+    sds = [state(berts["ma"]), state(berts["mb"])]
+    for name, sd in zip(("sa", "sb"), sds):
+        (tmp_path / name).mkdir()
+        save_file(sd, str(tmp_path / name / "model.safetensors"), metadata={"format": "pt"})
+        shutil.copy(berts["a"] / "config.json", tmp_path / name / "config.json")
+    from_folders = cocktail.merge([tmp_path / "sa", tmp_path / "sb"], weights=list(W), output=tmp_path / "folders")
+    returned = cocktail.merge(sds, weights=list(W), output=tmp_path / "memory")
+    assert (tmp_path / "memory" / "model.safetensors").read_bytes() == \
+        (from_folders.output / "model.safetensors").read_bytes()
+    assert list(returned) == list(sds[0])
+    assert_same(returned, read_folder_tensors(from_folders.output))
+
+
 @pytest.mark.parametrize("kinds", [("module", "path"), ("state_dict", "path"), ("state_dict", "module"),
                                    ("module", "state_dict")])
 def test_mixed_inputs_give_the_same_tensors(berts, kinds):
