@@ -28,15 +28,16 @@ class CocktailCallback(TrainerCallback):
 
     Args:
         base: the base model: a folder, a hub id (from the local cache), or a loaded model.
-        weights: ``[w_trained, w_base]`` summing to 1 (default ``[0.5, 0.5]``), or ``"examples"``
-            to compute them from the two models' loss on ``examples`` each time it merges.
+        weights: ``[w_trained, w_base]`` summing to 1 (default: equal weights, ``[0.5, 0.5]``), or
+            ``"examples"`` to compute them from the two models' loss on ``examples`` each time it merges.
         output_dir: where merged models go (default: ``<TrainingArguments.output_dir>/cocktail``).
         on: ``"train_end"`` (default): once, when training ends, into ``output_dir``;
             ``"save"``: at every checkpoint save, into ``output_dir/checkpoint-<step>``;
             ``("save", "train_end")``: both, the final one into ``output_dir/final``.
         examples: the few-shot examples for ``weights="examples"``.
         model_type: ``encoder``, ``reranker`` or ``decoder`` (as for ``cocktail merge``).
-        method: the merge method (default ``linear``).
+        method: the merge method (default ``linear``). A method that needs a base model (e.g.
+            ``task_arithmetic``, ``ties``) gets ``base`` as its base too.
         parameters: the method's parameters.
         dtype: output dtype (``float32``, ``float16``, ``bfloat16``; default: the model's).
         force: replace existing output folders (otherwise an existing one is an error, reported
@@ -58,8 +59,8 @@ class CocktailCallback(TrainerCallback):
         if not events or unknown:
             raise InputError(f"on must be 'train_end', 'save' or both, got {on!r}")
         if weights is None:
-            weights = [0.5, 0.5]
-        if isinstance(weights, str):
+            pass  # equal weights (or none, for methods that take none)
+        elif isinstance(weights, str):
             if weights != "examples":
                 raise InputError(f"weights must be [w_trained, w_base] or 'examples', got {weights!r}")
             if examples is None:
@@ -69,8 +70,11 @@ class CocktailCallback(TrainerCallback):
                              "give [w_trained, w_base]")
         if examples is not None and weights != "examples":
             raise InputError("examples are used only with weights='examples'")
+        from .methods import get_method
+
+        get_method(method)  # an unknown method is an error now, not after training
         self.base = base
-        self.weights = weights if isinstance(weights, str) else [float(w) for w in weights]
+        self.weights = weights if weights is None or isinstance(weights, str) else list(weights)
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.events = events
         self.examples = examples
@@ -123,6 +127,7 @@ class CocktailCallback(TrainerCallback):
     def mix(self, model, output: Path, event_kwargs: Optional[dict] = None):
         """Merge ``model`` (as it is now) with the base into ``output``; the model is only read."""
         from .api import prepare
+        from .methods import get_method
         from .runner import run
 
         if model is None:
@@ -131,8 +136,9 @@ class CocktailCallback(TrainerCallback):
         tokenizer = event_kwargs.get("processing_class") or event_kwargs.get("tokenizer")
         if tokenizer is not None and not hasattr(tokenizer, "save_pretrained"):
             tokenizer = None
+        method_base = self.base if get_method(self.method).needs_base else None
         recipe, objects = prepare([model, self.base], self.weights, output, model_type=self.model_type,
-                                  method=self.method, parameters=self.parameters, dtype=self.dtype,
+                                  method=self.method, base=method_base, parameters=self.parameters, dtype=self.dtype,
                                   max_shard_size=self.max_shard_size, examples=self.examples, tokenizer=tokenizer)
         result = run(recipe, force=self.force, objects=objects)
         self.outputs.append(result.output)
