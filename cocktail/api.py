@@ -40,7 +40,8 @@ def merge(models: Sequence[ModelInput], weights: Union[Sequence[float], str, Non
             ``PreTrainedModel`` or a ``SentenceTransformer``) or a state dict ``{name: tensor}``.
             Loaded models are read in place, one tensor at a time, and never modified.
         weights: one weight per model, summing to 1 (``None``: equal weights), or ``"examples"`` to
-            compute them from the models' loss on ``examples`` (LM-Cocktail's few-shot weights).
+            compute them from the models' loss on ``examples`` (LM-Cocktail's few-shot weights, computed
+            by the engine as for ``cocktail merge --examples``, loaded models included).
         output: the folder to write; it must not exist unless ``force``. It is written exactly as
             ``cocktail merge`` writes it (weights, config and tokenizer files, recipe, model card).
         model_type: ``encoder`` (embedding model), ``reranker`` or ``decoder``.
@@ -54,7 +55,8 @@ def merge(models: Sequence[ModelInput], weights: Union[Sequence[float], str, Non
         force: replace an existing ``output``.
         dry_run: run every check, merge and write nothing (returns a ``MergeResult``).
         progress: show a progress bar on stderr.
-        examples: the few-shot examples for ``weights="examples"`` (a ``.jsonl`` path or a list of dicts).
+        examples: the few-shot examples for ``weights="examples"``: a ``.jsonl`` path, a list of dicts, or
+            a dict of few-shot options (``temperature``, ...) holding them under ``"examples"``.
         tokenizer: saved into ``output`` when the first model is a transformers model held in memory
             (otherwise its tokenizer files come from the first model given as a folder).
         seed: the seed of methods that draw random numbers.
@@ -124,17 +126,20 @@ def prepare(models: Sequence[ModelInput], weights: Union[Sequence[float], str, N
         base_label = str(base) if memory.is_path(base) else _memory_label(base, "base")
         if not memory.is_path(base):
             objects[base_label] = memory.open_any(base, base_label)
+    weights_from = None
     if isinstance(weights, str):
         if weights != "examples":
             raise InputError(f"weights must be numbers, one per model, or 'examples'; got {weights!r}")
-        weights = weights_from_examples_for(models, examples, model_type)
+        if any(memory.is_state_dict(m) for m in models):
+            raise InputError("weights from examples need models (folders or loaded models), not state dicts")
+        weights_from, weights = examples_request(examples), None
     elif examples is not None:
         raise InputError("examples are used only with weights='examples'")
     recipe = Recipe.from_models(
         labels, None if weights is None else list(weights), output=str(output) if output is not None else None,
         model_type=model_type, merge_method=method, base_model=base_label, parameters=dict(parameters or {}),
         dtype=dtype, normalize=normalize, max_shard_size=max_shard_size,
-        config_from=str(config_from) if config_from is not None else None, seed=seed,
+        config_from=str(config_from) if config_from is not None else None, seed=seed, weights_from=weights_from,
     )
     return recipe, objects
 
@@ -203,20 +208,20 @@ def _side_files_source(models: list) -> Optional[Path]:
     return None
 
 
-def weights_from_examples_for(models: list, examples: Any, model_type: str) -> list[float]:
-    """Weights from the models' loss on ``examples``, via ``cocktail.weights_from_examples``."""
-    import cocktail
-    from .memory import is_state_dict
-
-    compute = getattr(cocktail, "weights_from_examples", None)
-    if compute is None:
-        raise InputError("weights='examples' needs cocktail.weights_from_examples, which this version of "
-                         "cocktail does not have; give weights=[...]")
+def examples_request(examples: Any) -> dict:
+    """The recipe's ``weights_from`` for ``weights="examples"``: the examples (a file or a list of
+    dicts), or a dict of few-shot options that holds them under ``"examples"``."""
     if examples is None:
         raise InputError("weights='examples' needs examples= (a .jsonl file or a list of dicts)")
-    if any(is_state_dict(m) for m in models):
-        raise InputError("weights from examples need models (folders or loaded models), not state dicts")
-    return [float(w) for w in compute(list(models), examples, model_type=model_type)]
+    if isinstance(examples, Mapping):
+        if "examples" not in examples:
+            raise InputError("examples= as a dict holds few-shot options and the examples under 'examples'")
+        request = dict(examples)
+    else:
+        request = {"examples": examples}
+    found = request["examples"]
+    request["examples"] = str(found) if isinstance(found, (str, os.PathLike)) else list(found)
+    return request
 
 
 def _read_folder(folder: Path):

@@ -136,16 +136,31 @@ def merge_to_state_dict(plan: Plan, method: Method, weights: list[float], parame
             if planned.component == component}
 
 
+def _few_shot_request(recipe: Recipe, method: Method):
+    """The few-shot weight request of a recipe with ``weights_from``, where this version computes them
+    (``cocktail.fewshot``); ``None`` otherwise (then :func:`resolve_weights` says what is missing)."""
+    if not recipe.weights_from:
+        return None
+    try:
+        from .fewshot import FewShotRequest
+    except ImportError:
+        return None
+    return FewShotRequest(recipe, method)
+
+
 def iter_merged(recipe: Recipe, *, objects: Optional[dict] = None,
                 on_warning: Optional[Callable[[str], None]] = None) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
     """Run ``recipe`` in memory: the same checks as :func:`run`, then yield ``(planned, tensor)`` for
     every output tensor, in plan order, one at a time (no folder is written; ``output`` is ignored)."""
     warn = on_warning or _warn_default
     method = check_recipe(recipe)
-    weights, weight_warnings = resolve_weights(recipe, method)
+    few_shot = _few_shot_request(recipe, method)
+    weights, weight_warnings = ([], []) if few_shot is not None else resolve_weights(recipe, method)
     checkpoints, base = open_checkpoints(recipe, objects)
     try:
         plan = build_plan(checkpoints, base, output_dtype(recipe.dtype))
+        if few_shot is not None:  # weights from examples, computed on these (possibly in-memory) models
+            weights, weight_warnings = few_shot.run(plan)
         for message in weight_warnings + plan.notes:
             warn(message)
         yield from merged_tensors(plan, method, weights, recipe.parameters)

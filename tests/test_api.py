@@ -288,20 +288,25 @@ def test_task_arithmetic_uses_the_base_when_available(berts, tmp_path):
 def test_weights_from_examples_when_missing_is_a_clear_error(berts):
     if hasattr(cocktail, "weights_from_examples"):
         pytest.skip("this version computes weights from examples")
-    with pytest.raises(cocktail.InputError, match="weights_from_examples"):
+    with pytest.raises(cocktail.InputError, match="weights from examples are not available"):
         cocktail.merge([berts["ma"], berts["b"]], weights="examples", examples=[{"query": "q", "pos": ["p"]}])
 
 
-def test_weights_from_examples(berts):
+def test_weights_from_examples(tmp_path, berts):
     if not hasattr(cocktail, "weights_from_examples"):
         pytest.skip("cocktail.weights_from_examples is not in this version")
     examples = [{"query": "the cat is red", "pos": ["a red cat"], "neg": ["blue sea water"]},
                 {"query": "fast car", "pos": ["a fast car"], "neg": ["the moon and the sun"]}]
     expected = cocktail.weights_from_examples([berts["a"], berts["b"]], examples, model_type="encoder")
-    merged = cocktail.merge([berts["ma"], berts["b"]], weights="examples", examples=examples)
     a = load_file(str(berts["a"] / "model.safetensors"))
     b = load_file(str(berts["b"] / "model.safetensors"))
+    merged = cocktail.merge([berts["ma"], berts["b"]], weights="examples", examples=examples)  # in memory
     assert_close(merged.state_dict(), weighted(a, b, *expected))
+    cocktail.merge([berts["ma"], berts["b"]], weights="examples", examples=examples,
+                   output=tmp_path / "out")  # the folder, through run()
+    assert_close(read_folder_tensors(tmp_path / "out"), weighted(a, b, *expected))
+    with pytest.raises(cocktail.InputError, match="not state dicts"):
+        cocktail.merge([berts["ma"].state_dict(), berts["b"]], weights="examples", examples=examples)
 
 
 def test_help_explains_the_arguments():
