@@ -11,6 +11,8 @@ from .version import __version__
 
 _LAZY = {
     "merge": "cocktail.api",
+    "merge_state_dicts": "cocktail.api",
+    "CocktailCallback": "cocktail.callback",
     "mix_models": "cocktail.api",
     "mix_models_by_layers": "cocktail.api",
     "load_model": "cocktail.api",

@@ -1,7 +1,10 @@
-"""The Python API: ``cocktail.merge`` and LM-Cocktail's ``mix_models`` / ``mix_models_by_layers``.
+"""The Python API: ``cocktail.merge`` (paths, loaded models or state dicts), ``merge_state_dicts``,
+and LM-Cocktail's ``mix_models`` / ``mix_models_by_layers``.
 
 All of them build a :class:`~cocktail.recipe.Recipe` and run it on the same streaming engine as the
 CLI, so a folder written from Python is byte-identical to one written by ``cocktail merge``.
+Models already in memory (``torch.nn.Module``s, state dicts) enter the engine as
+:class:`~cocktail.memory.MemoryCheckpoint`s: the same checks, the same methods, the same writer.
 """
 
 from __future__ import annotations
@@ -10,55 +13,258 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
-from .runner import MergeResult, run
+from .errors import InputError
 from .recipe import Recipe
+from .runner import MergeResult, run
+
+if TYPE_CHECKING:  # imported for type hints only: importing cocktail.api stays light
+    import torch
 
 PathLike = Union[str, os.PathLike]
+ModelInput = Union[str, os.PathLike, "torch.nn.Module", Mapping[str, "torch.Tensor"]]
 
 
-def merge(models: Sequence[PathLike], weights: Optional[Sequence[float]] = None, output: Optional[PathLike] = None,
-          *, model_type: str = "encoder", method: str = "linear", base: Optional[PathLike] = None,
-          parameters: Optional[dict] = None, dtype: Optional[str] = None, normalize: bool = False,
-          max_shard_size: Union[str, int] = "5GB", config_from: Optional[PathLike] = None, force: bool = False,
-          dry_run: bool = False, progress: bool = False, seed: int = 0) -> MergeResult:
-    """Merge the checkpoints in ``models`` into the folder ``output``.
+def merge(models: Sequence[ModelInput], weights: Union[Sequence[float], str, None] = None,
+          output: Optional[PathLike] = None, *, model_type: str = "encoder", method: str = "linear",
+          base: Optional[ModelInput] = None, parameters: Optional[dict] = None, dtype: Optional[str] = None,
+          normalize: bool = False, max_shard_size: Union[str, int] = "5GB", config_from: Optional[PathLike] = None,
+          force: bool = False, dry_run: bool = False, progress: bool = False, examples: Any = None,
+          tokenizer: Any = None, seed: int = 0) -> Any:
+    """Merge models: folders on disk, hub ids, loaded models or state dicts, mixed freely.
 
     Args:
-        models: model folders, single ``.safetensors`` files, or Hugging Face hub ids (from the local cache).
-        weights: one weight per model, summing to 1 (``None``: equal weights). A weight may also be a
-            per-tensor schedule: a list of numbers (a gradient over the layers) or a list of
+        models: the models to merge. Each is a model folder, a single ``.safetensors`` file, a Hugging
+            Face hub id (from the local cache), a loaded ``torch.nn.Module`` (a transformers
+            ``PreTrainedModel`` or a ``SentenceTransformer``) or a state dict ``{name: tensor}``.
+            Loaded models are read in place, one tensor at a time, and never modified.
+        weights: one weight per model, summing to 1 (``None``: equal weights), or ``"examples"`` to
+            compute them from the models' loss on ``examples`` (LM-Cocktail's few-shot weights, computed
+            by the engine as for ``cocktail merge --examples``, loaded models included). A weight may
+            also be a per-tensor schedule: a list of numbers (a gradient over the layers) or a list of
             ``{"filter": regex, "value": ...}`` entries (see the README).
-        output: the folder to write; it must not exist unless ``force``.
+        output: the folder to write; it must not exist unless ``force``. It is written exactly as
+            ``cocktail merge`` writes it (weights, config and tokenizer files, recipe, model card).
         model_type: ``encoder`` (embedding model), ``reranker`` or ``decoder``.
-        method: the merge method: ``linear`` (the weighted average), ``task_arithmetic``, ``ties``,
-            ``dare_linear``, ``dare_ties``, ``slerp`` or ``model_stock``.
-        base: the base model, for methods that need one.
-        parameters: the method's parameters, e.g. ``{"density": 0.5, "lambda": 1.0}`` or ``{"t": 0.3}``;
-            each may be a per-tensor schedule like a weight.
+        method: the merge method (``linear``: the weighted average; see ``cocktail.METHODS``).
+        base: the base model (same kinds as ``models``), for methods that need one.
+        parameters: the method's parameters, e.g. ``{"density": 0.5}``.
         dtype: ``float32``, ``float16`` or ``bfloat16`` (default: each tensor's dtype in the first model).
         normalize: divide the weights by their sum instead of requiring it to be 1.
-        max_shard_size: largest safetensors shard, e.g. ``"5GB"``.
-        config_from: take config and tokenizer files from this model instead of the first.
+        max_shard_size: largest safetensors shard of ``output``, e.g. ``"5GB"``.
+        config_from: take config and tokenizer files from this folder instead of the first model.
         force: replace an existing ``output``.
-        dry_run: run every check, write nothing.
+        dry_run: run every check, merge and write nothing (returns a ``MergeResult``).
         progress: show a progress bar on stderr.
+        examples: the few-shot examples for ``weights="examples"``: a ``.jsonl`` path, a list of dicts, or
+            a dict of few-shot options (``temperature``, ...) holding them under ``"examples"``.
+        tokenizer: saved into ``output`` when the first model is a transformers model held in memory
+            (otherwise its tokenizer files come from the first model given as a folder).
         seed: seed of random methods (``dare_*``); recorded in the output's recipe.
 
     Returns:
-        A :class:`~cocktail.merge.MergeResult` (weights used, plan, files written).
+        What the first model is: for a loaded model, a new model of the same class holding the merged
+        weights (a ``torch.nn.Module``); for a state dict, the merged state dict; for a path or hub
+        id, a :class:`~cocktail.runner.MergeResult` (weights used, plan, files written), and then
+        ``output`` is required. ``dry_run`` always returns a ``MergeResult``.
 
     Raises:
-        cocktail.CocktailError: for any bad input; nothing is written then.
+        cocktail.CocktailError: for any bad input (with the message the CLI prints); nothing is written then.
+
+    Example::
+
+        merged = cocktail.merge([model, "BAAI/bge-base-en-v1.5"], weights=[0.5, 0.5])
+        cocktail.merge(["./ft", "./base"], weights=[0.5, 0.5], output="./mixed")
     """
+    from . import memory
+
+    models = _as_list(models)
+    recipe, objects = prepare(models, weights, output, model_type=model_type, method=method, base=base,
+                              parameters=parameters, dtype=dtype, normalize=normalize,
+                              max_shard_size=max_shard_size, config_from=config_from, examples=examples,
+                              tokenizer=tokenizer, seed=seed)
+    first = models[0]
+    if dry_run or memory.is_path(first):
+        return run(recipe, force=force, dry_run=dry_run, progress=progress, objects=objects)
+    first_checkpoint = objects[recipe.models[0].path]
+    if output is not None:
+        result = run(recipe, force=force, progress=progress, objects=objects)
+        tensors = _read_folder(result.output)
+    else:
+        from .runner import iter_merged
+
+        tensors = ((p.component, p.name, t) for p, t in iter_merged(recipe, objects=objects))
+    if memory.is_module(first):
+        return _into_module(first, first_checkpoint, tensors, dtype)
+    return _into_state_dict(first, objects, tensors)
+
+
+def prepare(models: Sequence[ModelInput], weights: Union[Sequence[float], str, None] = None,
+            output: Optional[PathLike] = None, *, model_type: str = "encoder", method: str = "linear",
+            base: Optional[ModelInput] = None, parameters: Optional[dict] = None, dtype: Optional[str] = None,
+            normalize: bool = False, max_shard_size: Union[str, int] = "5GB",
+            config_from: Optional[PathLike] = None, examples: Any = None, tokenizer: Any = None,
+            seed: int = 0) -> tuple[Recipe, dict]:
+    """The :class:`Recipe` for a merge of any inputs, and the in-memory models it names.
+
+    Models on disk appear in the recipe by their path; models in memory as
+    ``<in memory: Class, model i>``, a name that maps to its opened model in the returned dict.
+    ``cocktail.run(recipe, objects=objects)`` then writes exactly what :func:`merge` writes.
+    Arguments are those of :func:`merge`.
+    """
+    from . import memory
+
+    models = _as_list(models)
+    labels = [str(m) if memory.is_path(m) else _memory_label(m, f"model {i + 1}") for i, m in enumerate(models)]
+    objects: dict = {}  # recipe name -> opened in-memory model
+    side_from = _side_files_source(models) if not memory.is_path(models[0]) else None
+    for i, value in enumerate(models):
+        if not memory.is_path(value):
+            objects[labels[i]] = memory.open_any(value, labels[i], tokenizer=tokenizer if i == 0 else None,
+                                                 side_files_from=side_from if i == 0 else None)
+    base_label = None
+    if base is not None:
+        base_label = str(base) if memory.is_path(base) else _memory_label(base, "base")
+        if not memory.is_path(base):
+            objects[base_label] = memory.open_any(base, base_label)
+    weights_from = None
+    if isinstance(weights, str):
+        if weights != "examples":
+            raise InputError(f"weights must be numbers, one per model, or 'examples'; got {weights!r}")
+        if any(memory.is_state_dict(m) for m in models):
+            raise InputError("weights from examples need models (folders or loaded models), not state dicts")
+        weights_from, weights = examples_request(examples), None
+    elif examples is not None:
+        raise InputError("examples are used only with weights='examples'")
     recipe = Recipe.from_models(
-        models, weights, output=str(output) if output is not None else None, model_type=model_type,
-        merge_method=method, base_model=str(base) if base is not None else None, parameters=dict(parameters or {}),
+        labels, None if weights is None else list(weights), output=str(output) if output is not None else None,
+        model_type=model_type, merge_method=method, base_model=base_label, parameters=dict(parameters or {}),
         dtype=dtype, normalize=normalize, max_shard_size=max_shard_size,
-        config_from=str(config_from) if config_from is not None else None, seed=seed,
+        config_from=str(config_from) if config_from is not None else None, seed=seed, weights_from=weights_from,
     )
-    return run(recipe, force=force, dry_run=dry_run, progress=progress)
+    return recipe, objects
+
+
+def merge_state_dicts(state_dicts: Sequence[Mapping[str, "torch.Tensor"]], weights: Optional[Sequence[float]] = None,
+                      method: str = "linear", base: Optional[Mapping[str, "torch.Tensor"]] = None, *,
+                      dtype: Optional[str] = None, normalize: bool = False, seed: int = 0,
+                      **parameters: Any) -> dict:
+    """Merge state dicts ``{name: tensor}`` into a new state dict, with the engine of ``cocktail merge``.
+
+    Args:
+        state_dicts: the state dicts to merge (never modified).
+        weights: one weight per state dict, summing to 1 (``None``: equal weights).
+        method: the merge method (``linear``, or any name in ``cocktail.METHODS``).
+        base: the base state dict, for methods that need one (``task_arithmetic``, ``ties``, ...).
+        dtype: ``float32``, ``float16`` or ``bfloat16`` (default: each tensor's dtype in the first).
+        normalize: divide the weights by their sum instead of requiring it to be 1.
+        seed: the seed of methods that draw random numbers.
+        **parameters: the method's parameters, e.g. ``density=0.5``.
+
+    Returns:
+        A new state dict with the first state dict's names and order; no tensor is shared with an input.
+
+    Raises:
+        cocktail.CocktailError: names, shapes or dtypes that do not match, bad weights, unknown method.
+    """
+    from .memory import is_state_dict
+
+    state_dicts = _as_list(state_dicts)
+    for i, state in enumerate(state_dicts):
+        if not is_state_dict(state):
+            raise InputError(f"model {i + 1}: expected a state dict {{name: tensor}}, got {type(state).__name__}")
+    if base is not None and not is_state_dict(base):
+        raise InputError(f"base: expected a state dict {{name: tensor}}, got {type(base).__name__}")
+    return merge(state_dicts, weights, method=method, base=base, parameters=parameters, dtype=dtype,
+                 normalize=normalize, seed=seed)
+
+
+def _as_list(models) -> list:
+    from .memory import is_module, is_path, is_state_dict
+
+    if is_path(models) or is_module(models) or is_state_dict(models):
+        raise InputError("models must be a list of models (give [model_a, model_b])")
+    models = list(models)
+    if not models:
+        raise InputError("no models given")
+    return models
+
+
+def _memory_label(value, where: str) -> str:
+    """How a model held in memory is named in messages and in the recipe: ``<in memory: BertModel, model 1>``."""
+    from .memory import describe
+
+    return f"{describe(value)[:-1]}, {where}>"
+
+
+def _side_files_source(models: list) -> Optional[Path]:
+    """Where a model held in memory takes the files it cannot write itself: the first model on disk."""
+    from .checkpoint import resolve
+    from .memory import is_path
+
+    for value in models:
+        if is_path(value):
+            path = resolve(str(value))
+            return path.parent if path.is_file() else path
+    return None
+
+
+def examples_request(examples: Any) -> dict:
+    """The recipe's ``weights_from`` for ``weights="examples"``: the examples (a file or a list of
+    dicts), or a dict of few-shot options that holds them under ``"examples"``."""
+    if examples is None:
+        raise InputError("weights='examples' needs examples= (a .jsonl file or a list of dicts)")
+    if isinstance(examples, Mapping):
+        if "examples" not in examples:
+            raise InputError("examples= as a dict holds few-shot options and the examples under 'examples'")
+        request = dict(examples)
+    else:
+        request = {"examples": examples}
+    found = request["examples"]
+    request["examples"] = str(found) if isinstance(found, (str, os.PathLike)) else list(found)
+    return request
+
+
+def _read_folder(folder: Path):
+    """``(component, name, tensor)`` of every tensor of a written folder, one at a time."""
+    from .checkpoint import TRANSFORMER, Checkpoint, _find_weights
+
+    folder = Path(folder)
+    if (folder / "config.json").is_file():
+        written = Checkpoint.open(folder)
+    else:  # merged state dicts with no config to copy: the weights alone
+        written = Checkpoint(str(folder), folder, {}, {TRANSFORMER: _find_weights(folder, TRANSFORMER, "", True)},
+                             sentence_transformers=False)
+    with written:
+        for key in written.components:
+            for name in written.infos(key):
+                yield key, name, written.read(key, name)
+
+
+def _into_module(first, checkpoint, tensors, dtype: Optional[str]):
+    """A new model of the first model's class holding the merged tensors; ``first`` is not touched."""
+    from .memory import empty_clone, fill_clone
+    from .runner import output_dtype
+
+    clone = empty_clone(first)
+    if dtype is not None:
+        clone = clone.to(output_dtype(dtype))
+    return fill_clone(clone, first, checkpoint, tensors)
+
+
+def _into_state_dict(first: Mapping, objects: dict, tensors) -> dict:
+    """The merged state dict, in the first state dict's order, sharing no memory with any input."""
+    from .memory import MemoryCheckpoint
+
+    input_storages = {t.untyped_storage().data_ptr()
+                      for c in objects.values() if isinstance(c, MemoryCheckpoint)
+                      for comp in c.components.values() for t in comp.tensors.values()}
+    merged = {}
+    for _, name, tensor in tensors:
+        merged[name] = tensor.clone() if tensor.untyped_storage().data_ptr() in input_storages else tensor
+    order = [k for k in first if k in merged] + [k for k in merged if k not in first]
+    return {k: merged[k] for k in order}
 
 
 def load_model(path: PathLike, model_type: str):

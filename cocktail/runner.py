@@ -83,16 +83,22 @@ def check_recipe(recipe: Recipe) -> Method:
     return method
 
 
-def open_checkpoints(recipe: Recipe) -> tuple[list[Checkpoint], Optional[Checkpoint]]:
+def open_checkpoints(recipe: Recipe, objects: Optional[dict] = None) -> tuple[list[Checkpoint], Optional[Checkpoint]]:
+    """Open the recipe's models and base; ``objects`` maps a model's name in the recipe to the model
+    itself when it is in memory (a module, a state dict or an already opened checkpoint)."""
+    from .memory import open_any, share_model_type
+
+    objects = objects or {}
     opened: list[Checkpoint] = []
     try:
         for entry in recipe.models:
-            opened.append(Checkpoint.open(entry.path))
-        base = Checkpoint.open(recipe.base_model) if recipe.base_model else None
+            opened.append(open_any(objects.get(entry.path, entry.path)))
+        base = open_any(objects.get(recipe.base_model, recipe.base_model)) if recipe.base_model else None
     except BaseException:
         for ckpt in opened:
             ckpt.close()
         raise
+    share_model_type(opened + [base])
     return opened, base
 
 
@@ -151,19 +157,55 @@ def merge_to_state_dict(plan: Plan, method: Method, weights: list, parameters: O
             if planned.component == component}
 
 
+def _few_shot_request(recipe: Recipe, method: Method):
+    """The few-shot weight request of a recipe with ``weights_from``, where this version computes them
+    (``cocktail.fewshot``); ``None`` otherwise (then :func:`resolve_weights` says what is missing)."""
+    if not recipe.weights_from:
+        return None
+    try:
+        from .fewshot import FewShotRequest
+    except ImportError:
+        return None
+    return FewShotRequest(recipe, method)
+
+
+def iter_merged(recipe: Recipe, *, objects: Optional[dict] = None,
+                on_warning: Optional[Callable[[str], None]] = None) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
+    """Run ``recipe`` in memory: the same checks as :func:`run`, then yield ``(planned, tensor)`` for
+    every output tensor, in plan order, one at a time (no folder is written; ``output`` is ignored)."""
+    warn = on_warning or _warn_default
+    method = check_recipe(recipe)
+    few_shot = _few_shot_request(recipe, method)
+    weights, weight_warnings = ([], []) if few_shot is not None else resolve_weights(recipe, method)
+    checkpoints, base = open_checkpoints(recipe, objects)
+    try:
+        plan = build_plan(checkpoints, base, output_dtype(recipe.dtype))
+        if few_shot is not None:  # weights from examples, computed on these (possibly in-memory) models
+            weights, weight_warnings = few_shot.run(plan)
+        settings, setting_warnings = resolve_settings(plan, method, weights, recipe.parameters, recipe.normalize)
+        for message in weight_warnings + setting_warnings + plan.notes:
+            warn(message)
+        yield from merged_tensors(plan, method, weights, recipe.parameters, settings=settings, seed=recipe.seed)
+    finally:
+        for ckpt in checkpoints + ([base] if base else []):
+            ckpt.close()
+
+
 def _warn_default(message: str) -> None:
     warnings.warn(message, CocktailWarning, stacklevel=3)
 
 
 def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: bool = False, progress: bool = False,
-        on_warning: Optional[Callable[[str], None]] = None, verify: bool = False) -> MergeResult:
+        on_warning: Optional[Callable[[str], None]] = None, verify: bool = False,
+        objects: Optional[dict] = None) -> MergeResult:
     """Run ``recipe`` (a Recipe, or the path of a YAML recipe file): check everything, then stream the
     merge into its output folder.
 
     With ``dry_run`` every check runs (inputs, compatibility, weights, output location) and nothing
     is written. With ``verify`` the inputs' weight files are hashed first and compared with the
     recipe's provenance (a merged folder's ``cocktail_recipe.yaml``); any change refuses the run.
-    Warnings go to ``on_warning`` (default: Python warnings).
+    Warnings go to ``on_warning`` (default: Python warnings). ``objects`` holds the in-memory models
+    named in the recipe (see :func:`open_checkpoints`).
     """
     warn = on_warning or _warn_default
     if isinstance(recipe, (str, os.PathLike)):
@@ -176,7 +218,7 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
     if not dry_run and not recipe.output:
         raise InputError("no output folder given")
     weights, weight_warnings = resolve_weights(recipe, method)
-    checkpoints, base = open_checkpoints(recipe)
+    checkpoints, base = open_checkpoints(recipe, objects)
     try:
         plan = build_plan(checkpoints, base, output_dtype(recipe.dtype))
         settings, setting_warnings = resolve_settings(plan, method, weights, recipe.parameters, recipe.normalize)
@@ -230,7 +272,8 @@ def _write(recipe: Recipe, plan: Plan, method: Method, weights: list, target: Pa
             for rel_dir, writer in writers.values():
                 files += [os.path.join(rel_dir, name) for name in writer.close()]
             files += _write_side_files(recipe, plan, folder.tmp)
-            hashes = hasher.result()
+            hashes = [c.content_hash() if getattr(c, "in_memory", False) else h
+                      for c, h in zip(every, hasher.result())]
             files += _write_provenance(recipe, plan, weights, hashes, folder.tmp)
             folder.commit()
     except BaseException:
@@ -299,4 +342,4 @@ def _write_provenance(recipe: Recipe, plan: Plan, weights: list[float], hashes: 
     return [card.RECIPE_FILE, card.CARD_FILE]
 
 
-__all__ = ["run", "MergeResult", "merged_tensors", "merge_to_state_dict", "CocktailWarning", "CocktailError"]
+__all__ = ["run", "MergeResult", "merged_tensors", "merge_to_state_dict", "iter_merged", "CocktailWarning", "CocktailError"]
