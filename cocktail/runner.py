@@ -44,6 +44,7 @@ class MergeResult:
     files: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     dry_run: bool = False
+    few_shot: Optional[dict] = None  # losses and details when the weights came from examples
 
     def summary(self) -> dict:
         return {
@@ -55,6 +56,7 @@ class MergeResult:
             **self.plan.summary(),
             "files": self.files,
             "warnings": self.warnings,
+            **({"weights_from": self.few_shot} if self.few_shot else {}),
         }
 
 
@@ -95,8 +97,16 @@ def open_checkpoints(recipe: Recipe) -> tuple[list[Checkpoint], Optional[Checkpo
 
 def resolve_weights(recipe: Recipe, method: Method) -> tuple[list[float], list[str]]:
     """The weight of each model, and any warnings about them."""
-    if recipe.weights_from:
-        raise InputError("weights from examples are not available in this version; give --weights")
+    if recipe.weights_from:  # computed from examples (run() shares its plan instead of opening twice)
+        from .fewshot import FewShotRequest
+
+        request = FewShotRequest(recipe, method)
+        checkpoints, base = open_checkpoints(recipe)
+        try:
+            return request.run(build_plan(checkpoints, base))
+        finally:
+            for ckpt in checkpoints + ([base] if base else []):
+                ckpt.close()
     if not method.uses_weights:
         return [1.0 / len(recipe.models)] * len(recipe.models), []
     return fixed_weights(recipe.weights, len(recipe.models), recipe.normalize)
@@ -145,19 +155,31 @@ def run(recipe: Recipe, *, force: bool = False, dry_run: bool = False, progress:
     method = check_recipe(recipe)
     if not dry_run and not recipe.output:
         raise InputError("no output folder given")
-    weights, weight_warnings = resolve_weights(recipe, method)
+    few_shot = None
+    if recipe.weights_from:  # options and examples are checked now, before any model is opened
+        from .fewshot import FewShotRequest
+
+        few_shot = FewShotRequest(recipe, method)
+        weights, weight_warnings = [], []
+    else:
+        weights, weight_warnings = resolve_weights(recipe, method)
     checkpoints, base = open_checkpoints(recipe)
     try:
         plan = build_plan(checkpoints, base, output_dtype(recipe.dtype))
+        if few_shot is not None:
+            if recipe.output:  # refuse a bad output before spending time on losses
+                check_output(recipe.output, [c.root for c in checkpoints] + ([base.root] if base else []), force)
+            weights, weight_warnings = few_shot.run(plan, progress=progress)
         messages = weight_warnings + plan.notes
         for message in messages:
             warn(message)
         inputs = [c.root for c in checkpoints] + ([base.root] if base else [])
         target = check_output(recipe.output, inputs, force) if recipe.output else None
-        result = MergeResult(recipe, weights, plan, target, warnings=messages, dry_run=dry_run)
+        result = MergeResult(recipe, weights, plan, target, warnings=messages, dry_run=dry_run,
+                             few_shot=few_shot.provenance() if few_shot else None)
         if dry_run:
             return result
-        result.files = _write(recipe, plan, method, weights, target, force, progress)
+        result.files = _write(recipe, plan, method, weights, target, force, progress, result.few_shot)
         return result
     finally:
         for ckpt in checkpoints + ([base] if base else []):
@@ -165,7 +187,7 @@ def run(recipe: Recipe, *, force: bool = False, dry_run: bool = False, progress:
 
 
 def _write(recipe: Recipe, plan: Plan, method: Method, weights: list[float], target: Path, force: bool,
-           progress: bool) -> list[str]:
+           progress: bool, few_shot: Optional[dict] = None) -> list[str]:
     first = plan.checkpoints[0]
     every = plan.checkpoints + ([plan.base] if plan.base else [])
     hasher = card.InputHasher([(c.root, c.weight_files()) for c in every])
@@ -193,7 +215,7 @@ def _write(recipe: Recipe, plan: Plan, method: Method, weights: list[float], tar
                 files += [os.path.join(rel_dir, name) for name in writer.close()]
             files += _write_side_files(recipe, plan, folder.tmp)
             hashes = hasher.result()
-            files += _write_provenance(recipe, plan, weights, hashes, folder.tmp)
+            files += _write_provenance(recipe, plan, weights, hashes, folder.tmp, few_shot)
             folder.commit()
     except BaseException:
         hasher.cancel()
@@ -232,8 +254,12 @@ def _absolute(path: Optional[str]) -> Optional[str]:
     return str(local.absolute()) if local.exists() else path
 
 
-def resolved_recipe(recipe: Recipe, plan: Plan, weights: list[float], hashes: list[dict]) -> dict:
-    """The recipe as run: absolute paths, the weights used, and what the inputs were."""
+def resolved_recipe(recipe: Recipe, plan: Plan, weights: list[float], hashes: list[dict],
+                    few_shot: Optional[dict] = None) -> dict:
+    """The recipe as run: absolute paths, the weights used, and what the inputs were.
+
+    Weights computed from examples are written as fixed weights (``weights_from: null``), so the
+    recipe reruns to the same model; how they were computed goes to ``provenance.weights_from``."""
     data = recipe.to_dict()
     for entry, weight in zip(data["models"], weights):
         entry["path"] = _absolute(entry["path"])
@@ -248,11 +274,15 @@ def resolved_recipe(recipe: Recipe, plan: Plan, weights: list[float], hashes: li
         "torch_version": torch.__version__.split("+")[0],
         "inputs": [{"path": _absolute(c.source), "sha256": h} for c, h in zip(every, hashes)],
     }
+    if few_shot is not None:
+        data["weights_from"] = None
+        data["provenance"]["weights_from"] = few_shot
     return data
 
 
-def _write_provenance(recipe: Recipe, plan: Plan, weights: list[float], hashes: list[dict], dest: Path) -> list[str]:
-    data = resolved_recipe(recipe, plan, weights, hashes)
+def _write_provenance(recipe: Recipe, plan: Plan, weights: list[float], hashes: list[dict], dest: Path,
+                      few_shot: Optional[dict] = None) -> list[str]:
+    data = resolved_recipe(recipe, plan, weights, hashes, few_shot)
     (dest / card.RECIPE_FILE).write_text(card.dump_yaml(data))
     library = "sentence-transformers" if sidefiles.has_sentence_transformers_files(dest) else "transformers"
     (dest / card.CARD_FILE).write_text(card.model_card(data, weights, plan.summary(), library, __version__))
