@@ -188,9 +188,17 @@ def _holdout_count(options: FewShotOptions, total: int) -> int:
     return count
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
+                   "sentencepiece.bpe.model", "spiece.model", "spm.model")
+
+
 def _load_tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        # transformers 5 would build an empty tokenizer that maps every word to [UNK]
+        raise InputError(f"{folder}: cannot load its tokenizer, needed to score examples (no tokenizer files: "
+                         f"expected one of {', '.join(TOKENIZER_FILES[:3])}, ...)")
     try:
         return AutoTokenizer.from_pretrained(str(folder))
     except Exception as exc:  # transformers raises many kinds when no tokenizer is there
@@ -233,7 +241,8 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
     max_length = options.max_length or DEFAULT_MAX_LENGTH[model_type]
     limit = L.position_limit(first.config)
     if limit is not None and max_length > limit:
-        notes.append(f"max length {max_length} is more than the model's {limit} positions; using {limit}")
+        if options.max_length is not None:  # asked for explicitly: say why it is not used
+            notes.append(f"max length {max_length} is more than the model's {limit} positions; using {limit}")
         max_length = limit
 
     chosen = L.choose_negatives(example_set.examples, options.neg_number, seed)
@@ -332,9 +341,6 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
     Returns:
         A :class:`FewShotResult`; ``.weights`` are the searched weights with ``search``, else the softmax ones.
     """
-    from .checkpoint import Checkpoint
-    from .plan import build_plan
-
     options = FewShotOptions(examples=examples, temperature=temperature, query_instruction=query_instruction,
                              neg_number=neg_number, batch_size=batch_size, max_length=max_length,
                              task=list(task) if isinstance(task, (list, tuple)) else task, seed=seed,
@@ -344,7 +350,10 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
         raise InputError(f"unknown model type {model_type!r} (choose from encoder, reranker, decoder)")
     if not models:
         raise InputError("no models given")
-    example_set = options.load(model_type)
+    example_set = options.load(model_type)  # a bad file fails before torch is even imported
+    from .checkpoint import Checkpoint
+    from .plan import build_plan
+
     opened = []
     try:
         for model in models:

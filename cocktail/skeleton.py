@@ -44,9 +44,14 @@ class Skeleton:
             config = AutoConfig.from_pretrained(str(folder))
         except Exception as exc:  # transformers raises many kinds for unreadable configs
             raise InputError(f"{folder}: cannot read the model config ({str(exc).splitlines()[0]})") from None
-        if model_type == "reranker" and getattr(config, "num_labels", 1) != 1:
-            raise InputError(f"{plan.checkpoints[0].source}: a reranker must have one output logit, "
-                             f"its config has num_labels={config.num_labels}")
+        if model_type == "reranker":
+            architectures = list(getattr(config, "architectures", None) or [])
+            if not any("SequenceClassification" in a for a in architectures):
+                raise InputError(f"{plan.checkpoints[0].source}: not a reranker (architecture "
+                                 f"{', '.join(architectures) or 'unknown'}, no classification head); check --model-type")
+            if getattr(config, "num_labels", 1) != 1:
+                raise InputError(f"{plan.checkpoints[0].source}: a reranker must have one output logit, "
+                                 f"its config has num_labels={config.num_labels}")
         loader = getattr(transformers, LOADERS[model_type])
         try:
             model = loader.from_config(config)
