@@ -32,7 +32,8 @@ from .errors import InputError
 from .examples import Example
 
 TEMPERATURE_SCALE = 0.05  # LM-Cocktail / BGE: scores are cosine similarities divided by 0.05
-ENCODE_CHUNK = 32  # texts per forward pass (the loss grouping is separate)
+ENCODE_CHUNK = 32  # most texts per forward pass (the loss grouping is separate)
+CHUNK_TOKENS = 4096  # most padded tokens per forward pass: bounds the attention's memory
 ROBERTA_LIKE = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "bart", "mbart"}
 LEGACY_POOLING_KEYS = (("pooling_mode_cls_token", "cls"), ("pooling_mode_max_tokens", "max"),
                        ("pooling_mode_mean_tokens", "mean"), ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"),
@@ -136,10 +137,15 @@ def _pad(rows: list[dict], pad_id: int, device) -> dict[str, torch.Tensor]:
 def _chunks_by_length(rows: list[dict], pad_id: int, device) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
     """Rows grouped into padded chunks of similar length: ``[(row indices, tensors)]``."""
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
-    chunks = []
-    for start in range(0, len(order), ENCODE_CHUNK):
-        members = order[start:start + ENCODE_CHUNK]
-        chunks.append((members, _pad([rows[i] for i in members], pad_id, device)))
+    chunks, members = [], []
+    for i in order:
+        longest = len(rows[members[0]]["input_ids"]) if members else len(rows[i]["input_ids"])
+        if members and (len(members) >= ENCODE_CHUNK or (len(members) + 1) * longest > CHUNK_TOKENS):
+            chunks.append((members, _pad([rows[j] for j in members], pad_id, device)))
+            members = []
+        members.append(i)
+    if members:
+        chunks.append((members, _pad([rows[j] for j in members], pad_id, device)))
     return chunks
 
 

@@ -147,6 +147,33 @@ def test_encoder_losses_match_the_definition_and_weights_are_their_softmax(tmp_p
         == result.weights
 
 
+def test_same_numbers_as_lm_cocktail_where_they_overlap(tmp_path):
+    """Every query has exactly neg_number negatives (LM-Cocktail needs that): its formula, with the
+    target ``arange(B) * (passages // B)`` and plain padded batches, gives our loss and weights."""
+    from transformers import AutoModel, AutoTokenizer
+
+    examples = [json.loads(line) for line in (REPO / "examples" / "few-shot.jsonl").read_text().splitlines()]
+    models = [make_bert(tmp_path / f"m{i}", seed=i, **WIDE) for i in range(2)]
+    lm_losses = []
+    for path in models:
+        tokenizer, model = AutoTokenizer.from_pretrained(str(path)), AutoModel.from_pretrained(str(path)).eval()
+        total = []
+        for start in range(0, len(examples), 2):
+            group = examples[start:start + 2]
+            passages = [p for e in group for p in [e["pos"][0], *e["neg"]]]
+            with torch.no_grad():
+                q = model(**tokenizer([e["query"] for e in group], padding=True, return_tensors="pt")).last_hidden_state[:, 0]
+                p = model(**tokenizer(passages, padding=True, return_tensors="pt")).last_hidden_state[:, 0]
+            scores = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(p, dim=-1).T / 0.05
+            target = torch.arange(len(group)) * (len(passages) // len(group))
+            total.append(torch.nn.functional.cross_entropy(scores, target).item())
+        lm_losses.append(sum(total) / len(total))
+    lm_weights = torch.softmax(-torch.tensor(lm_losses) / 5.0, -1).tolist()
+    result = few_shot_losses(models, examples)
+    assert result.losses == pytest.approx(lm_losses, abs=TOL)
+    assert result.weights == pytest.approx(lm_weights, abs=1e-6)
+
+
 def test_batch_size_is_part_of_the_loss(tmp_path):
     a = make_bert(tmp_path / "a", seed=1, **WIDE)
     for batch_size in (1, 3):
