@@ -256,6 +256,10 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
     fit = [e for i, e in enumerate(chosen) if i not in holdout_idx]
     held = [e for i, e in enumerate(chosen) if i in holdout_idx]
 
+    extra_modules = [c for c in fplan.components if c != "transformer"]
+    if model_type == "encoder" and extra_modules:
+        notes.append(f"sentence-transformers module(s) {', '.join(extra_modules)} are not applied in the loss "
+                     "(the embedding is the pooled transformer output, as in LM-Cocktail)")
     tokenizer = _load_tokenizer(model_folder(fplan))
     pooling = L.read_pooling(first.root) if model_type == "encoder" else None
     common = dict(batch_size=options.batch_size, max_length=max_length,

@@ -427,3 +427,29 @@ def test_mix_models_with_data_keeps_lm_cocktails_signature(tmp_path, two_wide):
     assert torch.allclose(state[name], expected[0] * ta[name] + expected[1] * tb[name], atol=1e-6)
     with pytest.raises(InputError, match="not both"):
         cocktail.mix_models_with_data([str(a), str(b)], "encoder", EXAMPLES, example_ata=EXAMPLES)
+
+
+def test_recipe_weights_from_is_checked_before_any_model_is_opened(tmp_path, two_wide):
+    a, b = two_wide
+    few = write_examples(tmp_path / "few.jsonl")
+    base = dict(output=str(tmp_path / "out"))
+    cases = [({"examples": str(few), "temprature": 2}, "unknown key 'temprature'"),
+             ({"examples": str(few), "neg_number": -1}, "neg-number must be at least 0"),
+             ({"examples": str(tmp_path / "missing.jsonl")}, "examples file not found"),
+             ({"temperature": 2}, "'examples' is required")]
+    for weights_from, message in cases:
+        with pytest.raises(InputError, match=message):
+            run(Recipe.from_models([a, b], weights_from=weights_from, **base))
+    with pytest.raises(InputError, match="either fixed weights or examples"):
+        run(Recipe.from_models([a, b], [0.5, 0.5], weights_from={"examples": str(few)}, **base))
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_options_become_weights_from():
+    from cocktail.cli_fewshot import weights_from_options
+
+    assert weights_from_options({"examples": None, "task": (), "seed": None, "search": None}) is None
+    options = weights_from_options({"examples": "few.jsonl", "task": ("FiQA", "ArguAna"), "seed": 0,
+                                    "search": True, "temperature": None})
+    assert options == {"examples": "few.jsonl", "task": ["FiQA", "ArguAna"], "seed": 0, "search": True}
+    assert weights_from_options({"examples": "f", "task": ("FiQA",)})["task"] == "FiQA"
