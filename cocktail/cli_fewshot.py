@@ -48,6 +48,9 @@ def weights_from_options(values: dict) -> Optional[dict]:
             flag = "--" + next(iter(given)).replace("_", "-")
             raise click.UsageError(f"{flag} needs --examples")
         return None
+    for key in ("search_budget", "holdout"):
+        if key in given and not given.get("search"):
+            raise click.UsageError(f"--{key.replace('_', '-')} needs --search")
     if "task" in given:
         given["task"] = list(given["task"]) if len(given["task"]) > 1 else given["task"][0]
     return given

@@ -446,6 +446,8 @@ def test_recipe_weights_from_is_checked_before_any_model_is_opened(tmp_path, two
 
 
 def test_cli_options_become_weights_from():
+    import click
+
     from cocktail.cli_fewshot import weights_from_options
 
     assert weights_from_options({"examples": None, "task": (), "seed": None, "search": None}) is None
@@ -453,3 +455,5 @@ def test_cli_options_become_weights_from():
                                     "search": True, "temperature": None})
     assert options == {"examples": "few.jsonl", "task": ["FiQA", "ArguAna"], "seed": 0, "search": True}
     assert weights_from_options({"examples": "f", "task": ("FiQA",)})["task"] == "FiQA"
+    with pytest.raises(click.UsageError, match="--search-budget needs --search"):
+        weights_from_options({"examples": "f", "search_budget": 3, "search": None})
