@@ -311,3 +311,57 @@ def mix_models_by_layers(model_names_or_paths: Sequence[str], model_type: str, w
     """LM-Cocktail's ``mix_models_by_layers``: same as :func:`mix_models` (cocktail always streams
     tensor by tensor, so there is no separate low-memory path)."""
     return _mix(model_names_or_paths, model_type, weights, output_path)
+
+
+def mix_models_with_data(model_names_or_paths: Sequence[str], model_type: str, example_data=None,
+                         temperature: float = 5.0, batch_size: int = 2, max_input_length: Optional[int] = None,
+                         neg_number: int = 7, output_path: Optional[str] = None, *, example_ata=None,
+                         query_instruction: Optional[str] = None, seed: int = 0, device: Optional[str] = None,
+                         task=None, search: bool = False, search_budget: Optional[int] = None,
+                         holdout: Optional[float] = None):
+    """LM-Cocktail's ``mix_models_with_data``: weights from a few examples, merge, return the model.
+
+    The weights are ``softmax(-loss / temperature)`` of each model's loss on ``example_data`` (see
+    :func:`cocktail.few_shot_losses`); with ``search=True`` they are searched for the lowest loss of
+    the merged model instead.
+
+    Args:
+        model_names_or_paths: model folders or hub ids.
+        model_type: ``encoder``, ``reranker`` or ``decoder``.
+        example_data: a list of example dicts, or a path to an examples file. (LM-Cocktail's misspelled
+            keyword ``example_ata`` is accepted too.)
+        temperature: the softmax temperature.
+        batch_size: how many queries share in-batch negatives (examples per loss batch for decoders).
+        max_input_length: tokens per text (default 512 for encoders and rerankers, 2048 for decoders).
+        neg_number: the most negatives per query.
+        output_path: where to save the merged model (``None``: not saved).
+        query_instruction, seed, device, task, search, search_budget, holdout: see ``cocktail weights``.
+
+    Returns:
+        The merged model, loaded as :func:`mix_models` does.
+    """
+    if example_data is not None and example_ata is not None:
+        raise InputError("give example_data or example_ata (its old spelling), not both")
+    examples = example_data if example_data is not None else example_ata
+    if examples is None:
+        raise InputError("mix_models_with_data needs example_data")
+    weights_from = {"examples": examples if isinstance(examples, (str, os.PathLike)) else list(examples),
+                    "temperature": temperature, "batch_size": batch_size, "neg_number": neg_number,
+                    "max_length": max_input_length, "query_instruction": query_instruction, "seed": seed,
+                    "device": device, "task": task, "search": search, "holdout": holdout}
+    if isinstance(weights_from["examples"], os.PathLike):
+        weights_from["examples"] = str(weights_from["examples"])
+    if search_budget is not None:
+        weights_from["search_budget"] = search_budget
+    recipe = Recipe.from_models(model_names_or_paths, None, model_type=model_type, weights_from=weights_from)
+    if output_path is not None:
+        recipe.output = str(output_path)
+        run(recipe, progress=True)
+        return load_model(output_path, model_type)
+    scratch = Path(tempfile.mkdtemp(prefix="cocktail-mix-"))
+    try:
+        recipe.output = str(scratch / "merged")
+        run(recipe)
+        return load_model(scratch / "merged", model_type)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from .cli_fewshot import few_shot_options, format_few_shot, weights_from_options
 from .errors import CocktailError
 from .version import __version__
 
@@ -149,7 +150,7 @@ def _print_result(result, as_json: bool) -> None:
     from .card import format_weight as _format_weight
 
     weights = ", ".join(_format_weight(w) for w in result.weights)
-    lines = []
+    lines = [format_few_shot(summary["weights_from"], show_notes=False)] if summary.get("weights_from") else []
     if result.dry_run:
         lines.append(f"dry run: nothing written (output would be {summary['output'] or 'not set'})")
     for path, w in zip(summary["models"], result.weights):
@@ -179,7 +180,7 @@ def _print_result(result, as_json: bool) -> None:
 @click.option("--base", "base", type=click.Path(), help="Base model, for methods that merge differences from it.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help="A method parameter, e.g. density=0.5, lambda=1, t=0.3 (repeatable; t=0,0.5,1 is a gradient over layers).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random methods (dare_*); recorded.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random methods (dare_*) and of the few-shot negatives; recorded.")
 @click.option("--model-type", type=click.Choice(["encoder", "reranker", "decoder"]), default="encoder",
               show_default=True, help="What the models are; encoders get BGE sentence-transformers files.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]),
@@ -191,18 +192,24 @@ def _print_result(result, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Run every check and print the plan; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@few_shot_options(with_seed=False)
 def merge_command(models, weights, output, method, base, params, seed, model_type, dtype, normalize, max_shard_size,
-                  config_from, force, dry_run, as_json, quiet):
-    """Merge checkpoints into a new model folder (weighted average by default; see --method)."""
+                  config_from, force, dry_run, as_json, quiet, **few_shot):
+    """Merge checkpoints into a new model folder: a weighted average by default (see --method), with
+    fixed weights or weights computed from a few examples (--examples)."""
     from .recipe import Recipe
     from .runner import run
 
     if not output and not dry_run:
         raise click.UsageError("missing option '--output' (or use --dry-run)")
     parameters = dict(parse_parameter(p) for p in params)
+    weights_from = weights_from_options(few_shot)
+    if weights_from and weights:
+        raise click.UsageError("give either --weights or --examples, not both")
     recipe = Recipe.from_models(models, list(weights) or None, output=output, model_type=model_type, dtype=dtype,
                                 normalize=normalize, max_shard_size=max_shard_size, config_from=config_from,
-                                merge_method=method, base_model=base, parameters=parameters, seed=seed)
+                                merge_method=method, base_model=base, parameters=parameters, seed=seed,
+                                weights_from=weights_from)
     if _print_recipe_instead(recipe):
         return
     result = run(recipe, force=force, dry_run=dry_run, progress=not quiet and not as_json, on_warning=_warn)
@@ -313,6 +320,29 @@ def recipe_command(ctx, absolute_paths, **merge_options):
 
 
 recipe_command.params[:0] = [p for p in merge_command.params if p.name not in _NOT_RECIPE_OPTIONS]
+
+
+@cli.command("weights", cls=VariadicCommand)
+@click.option("--models", "-m", "models", multiple=True, required=True, metavar="PATH...",
+              help="Models to score: folders, .safetensors files or cached hub ids.")
+@click.option("--model-type", type=click.Choice(["encoder", "reranker", "decoder"]), default="encoder",
+              show_default=True, help="What the models are: embedder, one-logit cross-encoder, causal LM.")
+@click.option("--json", "as_json", is_flag=True, help="Print {\"models\", \"losses\", \"weights\", ...} as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+@few_shot_options
+def weights_command(models, model_type, as_json, quiet, **few_shot):
+    """Each model's loss on a few examples, and the merge weights softmax(-loss / temperature)."""
+    from .fewshot import FewShotOptions, few_shot_losses
+
+    options = weights_from_options(few_shot)
+    if options is None:
+        raise click.UsageError("missing option '--examples'")
+    defaults = FewShotOptions()
+    settings = {k: options.get(k, getattr(defaults, k)) for k in ("temperature", "query_instruction", "neg_number",
+                "batch_size", "max_length", "device", "task", "search", "search_budget", "holdout")}
+    result = few_shot_losses(list(models), options["examples"], model_type=model_type, seed=options.get("seed", 0),
+                             progress=not quiet and not as_json, **settings)
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_few_shot(result.to_dict()))
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -46,6 +47,7 @@ class MergeResult:
     files: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     dry_run: bool = False
+    few_shot: Optional[dict] = None  # losses and details when the weights came from examples
 
     def summary(self) -> dict:
         return {
@@ -59,6 +61,7 @@ class MergeResult:
             **self.plan.summary(),
             "files": self.files,
             "warnings": self.warnings,
+            **({"weights_from": self.few_shot} if self.few_shot else {}),
         }
 
 
@@ -103,13 +106,12 @@ def open_checkpoints(recipe: Recipe, objects: Optional[dict] = None) -> tuple[li
 
 
 def resolve_weights(recipe: Recipe, method: Method) -> tuple[list, list[str]]:
-    """The weight of each model, and any warnings about them.
+    """The given weight of each model, and any warnings about them (weights from examples are
+    computed by :func:`prepare` once the models are open).
 
     A weight is a number, a per-tensor schedule (checked per tensor by ``resolve_settings`` once the
     plan is known), or ``None`` for methods that use no weights.
     """
-    if recipe.weights_from:
-        raise InputError("weights from examples are not available in this version; give --weights")
     if not method.uses_weights:
         return [None] * len(recipe.models), []
     if has_weight_schedules(recipe.weights):
@@ -157,38 +159,67 @@ def merge_to_state_dict(plan: Plan, method: Method, weights: list, parameters: O
             if planned.component == component}
 
 
-def _few_shot_request(recipe: Recipe, method: Method):
-    """The few-shot weight request of a recipe with ``weights_from``, where this version computes them
-    (``cocktail.fewshot``); ``None`` otherwise (then :func:`resolve_weights` says what is missing)."""
-    if not recipe.weights_from:
-        return None
-    try:
+@dataclass
+class Prepared:
+    """A recipe checked and opened: its plan, the weights and per-tensor settings to merge with."""
+
+    recipe: Recipe
+    method: Method
+    plan: Plan
+    weights: list
+    settings: list
+    messages: list[str]
+    few_shot: Optional[dict] = None  # how weights from examples were computed (for provenance)
+
+    def tensors(self, on_tensor: Optional[Callable[[PlannedTensor], None]] = None
+                ) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
+        return merged_tensors(self.plan, self.method, self.weights, self.recipe.parameters, on_tensor,
+                              settings=self.settings, seed=self.recipe.seed)
+
+
+@contextmanager
+def prepare(recipe: Recipe, *, objects: Optional[dict] = None, on_warning: Optional[Callable[[str], None]] = None,
+            progress: bool = False, before_weights: Optional[Callable[[Plan], None]] = None) -> Iterator[Prepared]:
+    """Check ``recipe``, open its models, plan, and resolve every weight (fixed, or from examples);
+    the models stay open inside the ``with`` block.
+
+    ``before_weights(plan)`` runs once the plan is known and before weights from examples are
+    computed (which takes time): :func:`run` checks the output location there.
+    """
+    warn = on_warning or _warn_default
+    method = check_recipe(recipe)
+    few_shot = None
+    if recipe.weights_from:  # options and examples are checked now, before any model is opened
         from .fewshot import FewShotRequest
-    except ImportError:
-        return None
-    return FewShotRequest(recipe, method)
+
+        few_shot = FewShotRequest(recipe, method)
+        weights, weight_warnings = [], []
+    else:
+        weights, weight_warnings = resolve_weights(recipe, method)
+    checkpoints, base = open_checkpoints(recipe, objects)
+    try:
+        plan = build_plan(checkpoints, base, output_dtype(recipe.dtype))
+        if before_weights is not None:
+            before_weights(plan)
+        if few_shot is not None:  # computed on these (possibly in-memory) models
+            weights, weight_warnings = few_shot.run(plan, progress=progress)
+        settings, setting_warnings = resolve_settings(plan, method, weights, recipe.parameters, recipe.normalize)
+        messages = weight_warnings + setting_warnings + plan.notes
+        for message in messages:
+            warn(message)
+        yield Prepared(recipe, method, plan, weights, settings, messages,
+                       few_shot.provenance() if few_shot else None)
+    finally:
+        for ckpt in checkpoints + ([base] if base else []):
+            ckpt.close()
 
 
 def iter_merged(recipe: Recipe, *, objects: Optional[dict] = None,
                 on_warning: Optional[Callable[[str], None]] = None) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
     """Run ``recipe`` in memory: the same checks as :func:`run`, then yield ``(planned, tensor)`` for
     every output tensor, in plan order, one at a time (no folder is written; ``output`` is ignored)."""
-    warn = on_warning or _warn_default
-    method = check_recipe(recipe)
-    few_shot = _few_shot_request(recipe, method)
-    weights, weight_warnings = ([], []) if few_shot is not None else resolve_weights(recipe, method)
-    checkpoints, base = open_checkpoints(recipe, objects)
-    try:
-        plan = build_plan(checkpoints, base, output_dtype(recipe.dtype))
-        if few_shot is not None:  # weights from examples, computed on these (possibly in-memory) models
-            weights, weight_warnings = few_shot.run(plan)
-        settings, setting_warnings = resolve_settings(plan, method, weights, recipe.parameters, recipe.normalize)
-        for message in weight_warnings + setting_warnings + plan.notes:
-            warn(message)
-        yield from merged_tensors(plan, method, weights, recipe.parameters, settings=settings, seed=recipe.seed)
-    finally:
-        for ckpt in checkpoints + ([base] if base else []):
-            ckpt.close()
+    with prepare(recipe, objects=objects, on_warning=on_warning) as prepared:
+        yield from prepared.tensors()
 
 
 def _warn_default(message: str) -> None:
@@ -207,38 +238,34 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
     Warnings go to ``on_warning`` (default: Python warnings). ``objects`` holds the in-memory models
     named in the recipe (see :func:`open_checkpoints`).
     """
-    warn = on_warning or _warn_default
     if isinstance(recipe, (str, os.PathLike)):
         recipe = Recipe.from_yaml(recipe)
-    method = check_recipe(recipe)
+    check_recipe(recipe)
     if verify:
         from .verify import verify_inputs
 
         verify_inputs(recipe)
     if not dry_run and not recipe.output:
         raise InputError("no output folder given")
-    weights, weight_warnings = resolve_weights(recipe, method)
-    checkpoints, base = open_checkpoints(recipe, objects)
-    try:
-        plan = build_plan(checkpoints, base, output_dtype(recipe.dtype))
-        settings, setting_warnings = resolve_settings(plan, method, weights, recipe.parameters, recipe.normalize)
-        messages = weight_warnings + setting_warnings + plan.notes
-        for message in messages:
-            warn(message)
-        inputs = [c.root for c in checkpoints] + ([base.root] if base else [])
-        target = check_output(recipe.output, inputs, force, plan.output_bytes) if recipe.output else None
-        result = MergeResult(recipe, weights, plan, target, warnings=messages, dry_run=dry_run)
-        if dry_run:
-            return result
-        result.files = _write(recipe, plan, method, weights, target, force, progress, settings)
+    target: Optional[Path] = None
+
+    def check_target(plan: Plan) -> None:  # refuse a bad output before any time is spent on weights
+        nonlocal target
+        if recipe.output:
+            every = plan.checkpoints + ([plan.base] if plan.base else [])
+            target = check_output(recipe.output, [c.root for c in every], force, plan.output_bytes)
+
+    with prepare(recipe, objects=objects, on_warning=on_warning, progress=progress,
+                 before_weights=check_target) as prepared:
+        result = MergeResult(recipe, prepared.weights, prepared.plan, target, warnings=prepared.messages,
+                             dry_run=dry_run, few_shot=prepared.few_shot)
+        if not dry_run:
+            result.files = _write(prepared, target, force, progress)
         return result
-    finally:
-        for ckpt in checkpoints + ([base] if base else []):
-            ckpt.close()
 
 
-def _write(recipe: Recipe, plan: Plan, method: Method, weights: list, target: Path, force: bool,
-           progress: bool, settings: Optional[list[Optional[TensorSettings]]] = None) -> list[str]:
+def _write(prepared: Prepared, target: Path, force: bool, progress: bool) -> list[str]:
+    recipe, plan, method, weights = prepared.recipe, prepared.plan, prepared.method, prepared.weights
     first = plan.checkpoints[0]
     every = plan.checkpoints + ([plan.base] if plan.base else [])
     hasher = card.InputHasher([(c.root, c.weight_files()) for c in every])
@@ -259,9 +286,7 @@ def _write(recipe: Recipe, plan: Plan, method: Method, weights: list, target: Pa
                 # leaves the other cores to the input hashing running beside it.
                 torch.set_num_threads(1)
             try:
-                for planned, tensor in merged_tensors(plan, method, weights, recipe.parameters,
-                                                      on_tensor=lambda t: bar.update(t.nbytes),
-                                                      settings=settings, seed=recipe.seed):
+                for planned, tensor in prepared.tensors(on_tensor=lambda t: bar.update(t.nbytes)):
                     writers[planned.component][1].write(planned.name, tensor)
                     del tensor
             finally:
@@ -274,7 +299,7 @@ def _write(recipe: Recipe, plan: Plan, method: Method, weights: list, target: Pa
             files += _write_side_files(recipe, plan, folder.tmp)
             hashes = [c.content_hash() if getattr(c, "in_memory", False) else h
                       for c, h in zip(every, hasher.result())]
-            files += _write_provenance(recipe, plan, weights, hashes, folder.tmp)
+            files += _write_provenance(recipe, plan, weights, hashes, folder.tmp, prepared.few_shot)
             folder.commit()
     except BaseException:
         hasher.cancel()
@@ -313,8 +338,12 @@ def _absolute(path: Optional[str]) -> Optional[str]:
     return str(local.absolute()) if local.exists() else path
 
 
-def resolved_recipe(recipe: Recipe, plan: Plan, weights: list[float], hashes: list[dict]) -> dict:
-    """The recipe as run: absolute paths, the weights used, and what the inputs were."""
+def resolved_recipe(recipe: Recipe, plan: Plan, weights: list[float], hashes: list[dict],
+                    few_shot: Optional[dict] = None) -> dict:
+    """The recipe as run: absolute paths, the weights used, and what the inputs were.
+
+    Weights computed from examples are written as fixed weights (``weights_from: null``), so the
+    recipe reruns to the same model; how they were computed goes to ``provenance.weights_from``."""
     data = recipe.to_dict()
     for entry, weight in zip(data["models"], weights):
         entry["path"] = _absolute(entry["path"])
@@ -331,11 +360,15 @@ def resolved_recipe(recipe: Recipe, plan: Plan, weights: list[float], hashes: li
         "torch_version": torch.__version__.split("+")[0],
         "inputs": [{"path": _absolute(c.source), "sha256": h} for c, h in zip(every, hashes)],
     }
+    if few_shot is not None:
+        data["weights_from"] = None
+        data["provenance"]["weights_from"] = few_shot
     return data
 
 
-def _write_provenance(recipe: Recipe, plan: Plan, weights: list[float], hashes: list[dict], dest: Path) -> list[str]:
-    data = resolved_recipe(recipe, plan, weights, hashes)
+def _write_provenance(recipe: Recipe, plan: Plan, weights: list[float], hashes: list[dict], dest: Path,
+                      few_shot: Optional[dict] = None) -> list[str]:
+    data = resolved_recipe(recipe, plan, weights, hashes, few_shot)
     (dest / card.RECIPE_FILE).write_text(card.dump_yaml(data))
     library = "sentence-transformers" if sidefiles.has_sentence_transformers_files(dest) else "transformers"
     (dest / card.CARD_FILE).write_text(card.model_card(data, weights, plan.summary(), library, __version__))

@@ -44,7 +44,12 @@ def save_bert_tokenizer(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(VOCAB) + "\n")
-    BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True).save_pretrained(str(folder))
+    # transformers 5 takes the vocabulary as ``vocab`` (it silently ignores ``vocab_file``: every word
+    # would become [UNK]); older versions take ``vocab_file``.
+    import inspect
+
+    key = "vocab_file" if "vocab_file" in inspect.signature(BertTokenizerFast.__init__).parameters else "vocab"
+    BertTokenizerFast(**{key: str(vocab)}, do_lower_case=True).save_pretrained(str(folder))
 
 
 def make_bert(folder, seed: int = 0, model_class: str = "BertModel", dtype=torch.float32, config=None,
