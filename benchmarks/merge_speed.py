@@ -3,8 +3,9 @@
 Makes random fp32 checkpoints shaped like bge-base (110M parameters) and bge-large (335M) in a
 temporary folder (or --workdir), then runs, each in a fresh process:
 
-- floor:    a script that only reads every input tensor once (safetensors) and writes one output of
-            the same size with safetensors.save_file; the least any merge tool can do.
+- floor:    a script that only reads every input tensor once (safetensors, copied out of the memory
+            map so that every byte is really read) and writes one output of the same size with
+            safetensors.save_file; the least any merge tool can do.
 - cocktail: `python -m cocktail merge --models ... --output ... --quiet`.
 - naive:    what LM-Cocktail does: from_pretrained every model, average the state dicts,
             save_pretrained (only with --naive; it holds every model in memory).
@@ -55,7 +56,7 @@ keep = {}
 for i, path in enumerate(inputs):
     with safe_open(path, framework="pt") as f:
         for name in f.keys():
-            t = f.get_tensor(name)
+            t = f.get_tensor(name).clone()  # safe_open maps the file: clone() makes the read real
             if i == 0:
                 keep[name] = t
 save_file(keep, out, metadata={"format": "pt"})
