@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 from .errors import InputError
 from .recipe import Recipe
-from .runner import MergeResult, run
+from .runner import run
 
 if TYPE_CHECKING:  # imported for type hints only: importing cocktail.api stays light
     import torch

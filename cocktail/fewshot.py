@@ -304,7 +304,6 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
             best_held = held_data.loss(skeleton.model)
         report = SearchReport(options.search_budget, outcome.evaluations, len(fit), len(held), start,
                               outcome.start_loss, start_held, weights, outcome.loss, best_held)
-    del skeleton
     return FewShotResult(
         models=names, losses=losses, softmax_weights=start, weights=list(weights), model_type=model_type,
         temperature=float(options.temperature), seed=seed, examples=len(chosen),
