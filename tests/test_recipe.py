@@ -57,7 +57,7 @@ def load_problems(path: Path, overrides=()) -> list[str]:
 # -- schema round trip and paths -----------------------------------------------------------------
 
 def test_round_trip_load_dump_load_gives_the_same_recipe(folder, tmp_path):
-    write(folder / "r.yaml", """
+    path = write(folder / "r.yaml", """
         model_type: reranker
         merge_method: linear
         models:
@@ -83,7 +83,7 @@ def test_round_trip_load_dump_load_gives_the_same_recipe(folder, tmp_path):
 
 
 def test_round_trip_with_weights_from(folder, tmp_path):
-    write(folder / "r.yaml", """
+    path = write(folder / "r.yaml", """
         models: [./a, ./b]
         weights_from:
           examples: ./few.jsonl
@@ -245,7 +245,7 @@ def test_each_problem_names_its_key_path_and_line(folder, case):
 
 
 def test_a_method_that_needs_a_base_model_without_one(folder, method_with_base):
-    write(folder / "r.yaml", """
+    path = write(folder / "r.yaml", """
         merge_method: test_task_vector
         models: [./a, ./b]
         """)
@@ -254,7 +254,7 @@ def test_a_method_that_needs_a_base_model_without_one(folder, method_with_base):
 
 
 def test_methods_and_their_parameters_come_from_the_registry(folder, method_with_base):
-    write(folder / "r.yaml", """
+    path = write(folder / "r.yaml", """
         merge_method: test_task_vector
         base_model: ./b
         models: [./a]
@@ -324,7 +324,7 @@ def test_a_missing_recipe_file(tmp_path):
 # -- --set overrides ---------------------------------------------------------------------------------
 
 def test_overrides_are_read_as_yaml_and_applied_before_the_checks(folder):
-    write(folder / "r.yaml", """
+    path = write(folder / "r.yaml", """
         models:
           - {path: ./a, weight: 0.5}
           - {path: ./b, weight: 0.5}
@@ -339,7 +339,7 @@ def test_overrides_are_read_as_yaml_and_applied_before_the_checks(folder):
 
 
 def test_overrides_can_add_entries_and_nested_keys(folder):
-    write(folder / "r.yaml", """
+    path = write(folder / "r.yaml", """
         models: [./a]
         """)
     recipe = Recipe.from_yaml(path, ["models.1.path=./b", "weights_from.examples=./few.jsonl",
@@ -358,7 +358,7 @@ def test_overrides_can_add_entries_and_nested_keys(folder):
     ("dtype=[unclosed", "is not valid YAML"),
 ])
 def test_bad_overrides(folder, assignment, message):
-    write(folder / "r.yaml", """
+    path = write(folder / "r.yaml", """
         models: [./a, ./b]
         dtype: float16
         """)
@@ -367,7 +367,7 @@ def test_bad_overrides(folder, assignment, message):
 
 
 def test_an_overridden_value_is_reported_as_from_set(folder):
-    write(folder / "r.yaml", """
+    path = write(folder / "r.yaml", """
         models:
           - {path: ./a, weight: 0.5}
           - {path: ./b, weight: 0.5}
@@ -380,7 +380,7 @@ def test_an_overridden_value_is_reported_as_from_set(folder):
 # -- running recipes from Python --------------------------------------------------------------------
 
 def test_cocktail_run_takes_a_recipe_or_its_path(folder):
-    write(folder / "r.yaml", """
+    path = write(folder / "r.yaml", """
         models:
           - {path: ./a, weight: 0.75}
           - {path: ./b, weight: 0.25}
