@@ -276,8 +276,6 @@ def test_every_registered_method_gives_the_same_tensors_from_state_dicts_and_pat
 
 
 def test_task_arithmetic_uses_the_base_when_available(berts, tmp_path):
-    if "task_arithmetic" not in cocktail.METHODS:
-        pytest.skip("task_arithmetic is not registered in this version")
     base_sd = load_file(str(make_bert(tmp_path / "base", seed=3) / "model.safetensors"))
     sd_a, sd_b = berts["ma"].state_dict(), berts["mb"].state_dict()
     merged = cocktail.merge_state_dicts([sd_a, sd_b], weights=[1.0, 0.0], method="task_arithmetic", base=base_sd)
@@ -285,16 +283,7 @@ def test_task_arithmetic_uses_the_base_when_available(berts, tmp_path):
         assert torch.allclose(tensor, sd_a[name], atol=1e-6), name
 
 
-def test_weights_from_examples_when_missing_is_a_clear_error(berts):
-    if hasattr(cocktail, "weights_from_examples"):
-        pytest.skip("this version computes weights from examples")
-    with pytest.raises(cocktail.InputError, match="weights from examples are not available"):
-        cocktail.merge([berts["ma"], berts["b"]], weights="examples", examples=[{"query": "q", "pos": ["p"]}])
-
-
 def test_weights_from_examples(tmp_path, berts):
-    if not hasattr(cocktail, "weights_from_examples"):
-        pytest.skip("cocktail.weights_from_examples is not in this version")
     examples = [{"query": "the cat is red", "pos": ["a red cat"], "neg": ["blue sea water"]},
                 {"query": "fast car", "pos": ["a fast car"], "neg": ["the moon and the sun"]}]
     expected = cocktail.weights_from_examples([berts["a"], berts["b"]], examples, model_type="encoder")
