@@ -44,7 +44,13 @@ def save_bert_tokenizer(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(VOCAB) + "\n")
-    BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True).save_pretrained(str(folder))
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:  # v5 takes the vocabulary itself, not its file
+        tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(VOCAB)}, do_lower_case=True)
+    else:
+        tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    tokenizer.save_pretrained(str(folder))
 
 
 def make_bert(folder, seed: int = 0, model_class: str = "BertModel", dtype=torch.float32, config=None,
