@@ -48,7 +48,7 @@ def sweep_points(steps: int) -> list[float]:
 
 
 def few_shot_weights(models: Sequence[str], examples, query_instruction: Optional[str],
-                     device: Optional[str]) -> list[float]:
+                     device: Optional[str], max_length: int = 512) -> list[float]:
     """The weights LM-Cocktail's few-shot weighting gives ``models`` (``cocktail.weights_from_examples``)."""
     import cocktail
 
@@ -56,7 +56,8 @@ def few_shot_weights(models: Sequence[str], examples, query_instruction: Optiona
     if compute is None:
         raise InputError("--examples needs cocktail.weights_from_examples, which this version of cocktail lacks")
     return [float(w) for w in compute(list(models), examples, model_type="encoder",
-                                      query_instruction=query_instruction, device=device)]
+                                      query_instruction=query_instruction, max_length=max_length,
+                                      device=device)]
 
 
 def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps: int = 11,
@@ -87,7 +88,7 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
         raise InputError(f"a sweep needs exactly 2 models, got {len(models)}")
     points = sweep_points(steps)
     tasks = make_tasks(data, query_instruction, split)
-    shots = few_shot_weights(models, examples, query_instruction, device) if examples is not None else None
+    shots = few_shot_weights(models, examples, query_instruction, device, max_length) if examples is not None else None
     if shots is not None and all(abs(shots[0] - p) > 1e-9 for p in points):
         points = sorted(points + [shots[0]])
     linear = get_method("linear")
