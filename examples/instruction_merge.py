@@ -63,7 +63,7 @@ class Settings:
     sweep_steps: int = 5
 
 
-QUICK = Settings(train_steps=3, batch_size=8, max_length=48, eval_queries=24, eval_distractors=24, sts_pairs=40,
+QUICK = Settings(train_steps=2, batch_size=8, max_length=32, eval_queries=16, eval_distractors=16, sts_pairs=24,
                  sweep_steps=3)
 
 
