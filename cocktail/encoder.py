@@ -37,6 +37,13 @@ POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "xlm-roberta-
 PROGRESS_MIN_TEXTS = 512  # shorter encodes get no progress bar
 
 
+def float32_kwargs() -> dict:
+    """``from_pretrained`` keyword for float32 weights (``dtype`` since transformers 5, ``torch_dtype`` before)."""
+    import transformers
+
+    return {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch.float32}
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -109,7 +116,7 @@ class Encoder:
         self.lowercase = bool(st.get("do_lower_case", False))
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.transformer_dir))
-            self.model = AutoModel.from_pretrained(str(self.transformer_dir), dtype=torch.float32)
+            self.model = AutoModel.from_pretrained(str(self.transformer_dir), **float32_kwargs())
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(f"{self.source}: cannot be loaded as an encoder ({first})") from None

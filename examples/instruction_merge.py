@@ -40,6 +40,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 import cocktail  # noqa: E402
 from cocktail.datasets import RetrievalSet, load_dataset  # noqa: E402
+from cocktail.encoder import float32_kwargs  # noqa: E402
 from cocktail.evaluate import Task, evaluate_models  # noqa: E402
 from cocktail.sweep import plot_sweep, sweep_weights, table_rows  # noqa: E402
 
@@ -109,7 +110,7 @@ def fine_tune(base: Path, pairs: list[tuple[str, str]], output: Path, instructio
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(str(base))
-    model = AutoModel.from_pretrained(str(base), dtype=torch.float32)
+    model = AutoModel.from_pretrained(str(base), **float32_kwargs())
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.01)
     warmup = max(1, settings.train_steps // 10)
