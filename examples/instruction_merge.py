@@ -14,7 +14,7 @@ merge works whether users add the instruction or not. This script replays that o
    the instruction, and on STS Benchmark pairs (general skill); print the table and draw the sweep
    (``cocktail sweep``: the two variants merged at weights 0 .. 1).
 
-    HF_HUB_OFFLINE=1 python examples/instruction_merge.py            # a few minutes on CPU
+    HF_HUB_OFFLINE=1 python examples/instruction_merge.py            # minutes on CPU (13 on a busy 2-core box)
     HF_HUB_OFFLINE=1 python examples/instruction_merge.py --quick    # a smoke test (CI)
 
 The data (a small part of SciFact and of the STS Benchmark, with sources and licences) is in
