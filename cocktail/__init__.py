@@ -28,6 +28,8 @@ _LAZY = {
     "ModelEntry": "cocktail.recipe",
     "Checkpoint": "cocktail.checkpoint",
     "METHODS": "cocktail.methods",
+    "evaluate_models": "cocktail.evaluate",
+    "sweep_weights": "cocktail.sweep",
 }
 
 __all__ = ["CocktailError", "IncompatibleModelsError", "InputError", "OutputError", "RecipeError", "InputChangedError",

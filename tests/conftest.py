@@ -44,12 +44,13 @@ def save_bert_tokenizer(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(VOCAB) + "\n")
-    # transformers 5 takes the vocabulary as ``vocab`` (it silently ignores ``vocab_file``: every word
-    # would become [UNK]); older versions take ``vocab_file``.
-    import inspect
+    import transformers
 
-    key = "vocab_file" if "vocab_file" in inspect.signature(BertTokenizerFast.__init__).parameters else "vocab"
-    BertTokenizerFast(**{key: str(vocab)}, do_lower_case=True).save_pretrained(str(folder))
+    if int(transformers.__version__.split(".")[0]) >= 5:  # v5 takes the vocabulary itself, not its file
+        tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(VOCAB)}, do_lower_case=True)
+    else:
+        tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    tokenizer.save_pretrained(str(folder))
 
 
 def make_bert(folder, seed: int = 0, model_class: str = "BertModel", dtype=torch.float32, config=None,
