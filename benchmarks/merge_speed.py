@@ -22,11 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from measure import measure
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,16 +36,6 @@ SHAPES = {
 }
 CASES = {"base2": ("base", 2), "base3": ("base", 3), "large2": ("large", 2)}
 
-# Runs a command in a child and reports its wall time and peak RSS (ru_maxrss of the waited child).
-MEASURE = r"""
-import json, resource, subprocess, sys, time
-start = time.perf_counter()
-proc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-wall = time.perf_counter() - start
-if proc.returncode:
-    sys.exit(proc.stderr[-2000:])
-print(json.dumps({"wall_s": wall, "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
-"""
 
 FLOOR = r"""
 import sys
@@ -99,13 +89,6 @@ def make_checkpoint(folder: Path, shape: str, seed: int) -> Path:
     return folder
 
 
-def measure(command: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, "-c", MEASURE, *command], capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"failed: {' '.join(command)}\n{proc.stderr}")
-    return json.loads(proc.stdout)
-
-
 def run_case(work: Path, case: str, repeats: int, naive: bool) -> list[dict]:
     shape, count = CASES[case]
     models = [make_checkpoint(work / f"{shape}-{i}", shape, seed=i) for i in range(count)]
@@ -119,12 +102,8 @@ def run_case(work: Path, case: str, repeats: int, naive: bool) -> list[dict]:
         commands["naive"] = [sys.executable, "-c", NAIVE, str(work / "naive"), *map(str, models)]
     rows = []
     for name, command in commands.items():
-        runs = []
-        for _ in range(repeats + 1):  # the first run warms the page cache and is not counted
-            runs.append(measure(command))
-        runs = runs[1:]
-        rows.append({"case": case, "tool": name, "wall_s": statistics.median(r["wall_s"] for r in runs),
-                     "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)})
+        result = measure(command, repeats, warmup=1)  # the warm-up run fills the page cache
+        rows.append({"case": case, "tool": name, **result})
     shutil.rmtree(out, ignore_errors=True)
     return rows
 

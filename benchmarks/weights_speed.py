@@ -24,11 +24,11 @@ import argparse
 import gzip
 import json
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from measure import measure
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "flagembedding_toy"
@@ -39,15 +39,6 @@ for candidate in (REPO / "shared" / "data" / "flagembedding_toy", Path("/work/sh
 SMALL = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=12, intermediate_size=1536,
              vocab_size=30522, max_position_embeddings=512)
 
-MEASURE = r"""
-import json, resource, subprocess, sys, time
-start = time.perf_counter()
-proc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-wall = time.perf_counter() - start
-if proc.returncode:
-    sys.exit(proc.stderr[-2000:])
-print(json.dumps({"wall_s": wall, "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
-"""
 
 # LM-Cocktail's compute_weights for encoders (every model's state dict held at once), at max length 512.
 LMCOCKTAIL = r"""
@@ -109,16 +100,6 @@ def make_examples(path: Path, count: int = 32) -> Path:
             rows.append({"query": e["query"], "pos": e["pos"][:1], "neg": e["neg"][:7]})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows[:count]))
     return path
-
-
-def measure(command: list[str], repeats: int) -> dict:
-    runs = []
-    for _ in range(repeats):
-        out = subprocess.run([sys.executable, "-c", MEASURE, *command], capture_output=True, text=True)
-        if out.returncode:
-            raise SystemExit(f"failed: {' '.join(command)}\n{out.stderr}")
-        runs.append(json.loads(out.stdout))
-    return {"wall_s": statistics.median(r["wall_s"] for r in runs), "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
 
 
 def main() -> None:
