@@ -20,7 +20,7 @@ from .errors import InputError
 from .methods import Method, parameter_problem
 from .plan import MERGE, Plan, PlannedTensor
 from .schedules import Schedule, TensorName, is_number, layer_count
-from .weights import SUM_TOLERANCE
+from .weights import normalized, sums_to_one
 
 SHOW = 3  # tensors named in a message before "and N more"
 
@@ -135,12 +135,9 @@ def resolve_settings(plan: Plan, method: Method, weights: Optional[Sequence[Any]
                                      f"add a default entry (a value without filter) at the end")
                 used.setdefault(id(schedule), set()).add(found[0])
                 values.append(found[1])
-            total = math.fsum(values)
             if normalize:
-                if abs(total) < 1e-12:
-                    raise InputError(f"cannot normalize the weights of tensor {planned.name}: they sum to zero {values}")
-                values = [v / total for v in values]
-            elif abs(total - 1.0) > SUM_TOLERANCE:
+                values = normalized(values, f" of tensor {planned.name}")
+            elif not sums_to_one(values):
                 sum_errors.append((planned.name, values))
             if any(v < 0 for v in values):
                 negative.append(planned.name)

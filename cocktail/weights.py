@@ -10,6 +10,18 @@ from .errors import InputError
 SUM_TOLERANCE = 1e-6
 
 
+def sums_to_one(values: Sequence[float]) -> bool:
+    return abs(math.fsum(values) - 1.0) <= SUM_TOLERANCE
+
+
+def normalized(values: Sequence[float], where: str = "") -> list[float]:
+    """``values`` divided by their sum (``where`` says which weights, in the error)."""
+    total = math.fsum(values)
+    if abs(total) < 1e-12:
+        raise InputError(f"cannot normalize weights{where} that sum to zero: {list(values)}")
+    return [v / total for v in values]
+
+
 def fixed_weights(weights: Optional[Sequence[float]], count: int, normalize: bool = False) -> tuple[list[float], list[str]]:
     """Check user-given weights: ``(weights, warnings)``. ``None`` means equal weights."""
     if weights is None or len(weights) == 0:
@@ -22,13 +34,11 @@ def fixed_weights(weights: Optional[Sequence[float]], count: int, normalize: boo
         raise InputError(f"got {len(values)} weight{'s' * (len(values) != 1)} for {count} model{'s' * (count != 1)}: give one weight per model")
     if not all(math.isfinite(w) for w in values):
         raise InputError(f"weights must be finite numbers, got {values}")
-    total = math.fsum(values)
     if normalize:
-        if abs(total) < 1e-12:
-            raise InputError(f"cannot normalize weights that sum to zero: {values}")
-        values = [w / total for w in values]
-    elif abs(total - 1.0) > SUM_TOLERANCE:
-        raise InputError(f"weights sum to {total:g}, not 1: {values} (pass --normalize to divide them by their sum)")
+        values = normalized(values)
+    elif not sums_to_one(values):
+        raise InputError(f"weights sum to {math.fsum(values):g}, not 1: {values} "
+                         f"(pass --normalize to divide them by their sum)")
     warnings = []
     if any(w < 0 for w in values):
         warnings.append(f"negative weight in {values}: this extrapolates beyond the models")
