@@ -37,6 +37,8 @@ def check_output(target: str | os.PathLike, inputs: list[Path], force: bool, siz
     existing = target.parent
     while not existing.exists():
         existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"output {target} cannot be made: {existing} is a file, not a folder")
     free = shutil.disk_usage(existing).free
     if size > free:
         raise OutputError(f"not enough disk space for {target}: the merge needs {size / 1e9:.2f} GB, "
