@@ -60,8 +60,8 @@ def check_method_use(method: Method, weights: Sequence[Any], base_model: Optiona
         if weight is not None and not is_number(weight):
             Schedule.parse(weight, weight_key(i))
     parameter_schedules(method, parameters)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise InputError(f"seed must be an integer, got {seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
 
 
 def parameter_schedules(method: Method, parameters: Optional[dict]) -> dict[str, Schedule]:
