@@ -296,6 +296,15 @@ def _read_config(path: Path, required: bool) -> dict:
     return _read_json(path, dict, "a JSON object")
 
 
+def transformer_dir(folder: Path) -> str:
+    """Where a model folder keeps its transformer (config and weights), relative to the folder:
+    the Transformer module's path of a sentence-transformers ``modules.json``, else ``""``."""
+    for module in _read_modules(folder) or []:
+        if isinstance(module, dict) and str(module.get("type", "")).endswith("Transformer"):
+            return str(module.get("path", ""))
+    return ""
+
+
 def _read_modules(folder: Path) -> list | None:
     path = folder / "modules.json"
     return _read_json(path, list, "a list of modules") if path.is_file() else None

@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from . import card, sidefiles
-from .checkpoint import TRANSFORMER, Checkpoint, resolve
+from .checkpoint import TRANSFORMER, Checkpoint, _read_config, resolve, transformer_dir
 from .errors import CocktailError, InputError
 from .methods import Method, get_method
 from .output import OutputFolder, check_output
@@ -199,6 +199,7 @@ def prepare(recipe: Recipe, *, objects: Optional[dict] = None, on_warning: Optio
     checkpoints, base = open_checkpoints(recipe, objects)
     try:
         plan = build_plan(checkpoints, base, output_dtype(recipe.dtype))
+        check_config_from(recipe, plan)
         if before_weights is not None:
             before_weights(plan)
         if few_shot is not None:  # computed on these (possibly in-memory) models
@@ -314,10 +315,29 @@ def _progress_bar(plan: Plan, enabled: bool):
                 disable=not enabled, leave=False)
 
 
-def _write_side_files(recipe: Recipe, plan: Plan, dest: Path) -> list[str]:
+def side_file_source(recipe: Recipe, plan: Plan) -> Path:
+    """The folder the output's config, tokenizer and other side files come from."""
     source = resolve(recipe.config_from) if recipe.config_from else plan.checkpoints[0].root
-    if source.is_file():
-        source = source.parent
+    return source.parent if source.is_file() else source
+
+
+def check_config_from(recipe: Recipe, plan: Plan) -> None:
+    """Before anything is merged: ``config_from`` exists and has a valid ``config.json`` where the
+    merged weights go (the first model's layout), so the output's config sits beside its weights."""
+    if not recipe.config_from:
+        return
+    source = side_file_source(recipe, plan)
+    ours = plan.checkpoints[0].components[TRANSFORMER].rel_dir
+    theirs = transformer_dir(source)
+    if theirs != ours:
+        where = lambda rel: f"in {rel}/" if rel else "in the top folder"  # noqa: E731
+        raise InputError(f"config_from {recipe.config_from} keeps its config {where(theirs)}, but the merged "
+                         f"weights go {where(ours)} like the first model's: give a config_from laid out the same way")
+    _read_config(source / ours / "config.json", required=True)
+
+
+def _write_side_files(recipe: Recipe, plan: Plan, dest: Path) -> list[str]:
+    source = side_file_source(recipe, plan)
     copied = sidefiles.copy_side_files(source, dest)
     main_dir = dest / plan.checkpoints[0].components[TRANSFORMER].rel_dir
     floats = [t for t in plan.tensors if t.out_dtype.is_floating_point]

@@ -54,7 +54,9 @@ def test_dry_run_prints_the_plan_and_writes_nothing(two_berts, tmp_path, cli):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("case", ["missing", "weights", "sum", "exists", "vocab", "arch", "no-output", "input"])
+@pytest.mark.parametrize("case", ["missing", "weights", "sum", "exists", "vocab", "arch", "no-output", "input",
+                                  "under-a-file", "negative-seed", "config-from-corrupt", "config-from-empty",
+                                  "config-from-missing"])
 def test_every_error_is_one_line_exit_2_and_nothing_written(tmp_path, cli, case):
     a = make_bert(tmp_path / "a", seed=1)
     b = make_bert(tmp_path / "b", seed=2)
@@ -67,8 +69,16 @@ def test_every_error_is_one_line_exit_2_and_nothing_written(tmp_path, cli, case)
         "arch": ["--models", a, make_xlmr(tmp_path / "x", seed=3), "-o", tmp_path / "out"],
         "no-output": ["--models", a, b],
         "input": ["--models", a, b, "-o", b, "--force"],
+        "under-a-file": ["--models", a, b, "-o", tmp_path / "a-file" / "out"],
+        "negative-seed": ["--models", a, b, "--seed", "-1", "-o", tmp_path / "out"],
+        "config-from-corrupt": ["--models", a, b, "--config-from", tmp_path / "corrupt", "-o", tmp_path / "out"],
+        "config-from-empty": ["--models", a, b, "--config-from", tmp_path / "existing", "-o", tmp_path / "out"],
+        "config-from-missing": ["--models", a, b, "--config-from", tmp_path / "nope", "-o", tmp_path / "out"],
     }[case]
     (tmp_path / "existing").mkdir()
+    (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "config.json").write_text("{not json")
     before = sorted(p.name for p in tmp_path.iterdir())
     inputs = snapshot(a)
     res = cli("merge", *args)

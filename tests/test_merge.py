@@ -130,6 +130,29 @@ def test_config_from_takes_side_files_from_another_model(two_berts, tmp_path):
     assert json.loads((tmp_path / "out" / "special_note.json").read_text()) == {"from": "b"}
 
 
+def _sentence_transformers_in_subfolder(model, folder):
+    """``model``'s files moved into ``folder/0_Transformer``, as older sentence-transformers saved them."""
+    import shutil
+
+    shutil.copytree(model, folder / "0_Transformer")
+    modules = [{"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"}]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    return folder
+
+
+def test_config_from_laid_out_unlike_the_first_model_is_refused_before_writing(two_berts, tmp_path):
+    """Weights go where the first model keeps them; a config_from whose config.json lives elsewhere
+    (a 0_Transformer subfolder) would leave the output's config apart from its weights."""
+    a, b = two_berts
+    other = _sentence_transformers_in_subfolder(b, tmp_path / "st")
+    for dry_run in (True, False):
+        with pytest.raises(InputError, match="config_from .*0_Transformer"):
+            cocktail.merge([a, b], [0.5, 0.5], tmp_path / "out", config_from=other, dry_run=dry_run)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "st"]
+    out = cocktail.merge([other, b], [0.5, 0.5], tmp_path / "out", config_from=other).output
+    assert (out / "0_Transformer" / "config.json").is_file() and (out / "0_Transformer" / "model.safetensors").is_file()
+
+
 def test_sentence_transformers_input_keeps_its_pooling(minilm_path, tmp_path):
     """MiniLM uses mean pooling: the output must keep it, not get BGE's CLS."""
     cocktail.merge([minilm_path, minilm_path], [0.5, 0.5], tmp_path / "out")
