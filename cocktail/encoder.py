@@ -44,10 +44,6 @@ def float32_kwargs() -> dict:
     return {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch.float32}
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -95,11 +91,13 @@ class Encoder:
 
     def __init__(self, source: str, device: Optional[str] = None, batch_size: int = 32, max_length: int = 512,
                  progress: bool = False, label: Optional[str] = None):
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
+
+        from .fewshot import _load_tokenizer, resolve_device
 
         self.source = str(source)
         self.label = label or self.source
-        self.device = device or default_device()
+        self.device = str(resolve_device(device))
         self.batch_size = batch_size
         self.progress = progress
         with Checkpoint.open(self.source) as ckpt:
@@ -114,8 +112,11 @@ class Encoder:
         st_config = self.root / "sentence_bert_config.json"
         st = _read_json(st_config) if st_config.is_file() else {}
         self.lowercase = bool(st.get("do_lower_case", False))
+        self.tokenizer = _load_tokenizer(self.transformer_dir, "to embed texts")
+        if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token  # decoders: padding is masked out anyway
+        self.tokenizer.padding_side = "right"  # pool() finds the last token of right-padded rows
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(self.transformer_dir))
             self.model = AutoModel.from_pretrained(str(self.transformer_dir), **float32_kwargs())
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -192,17 +192,18 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voca
                    "sentencepiece.bpe.model", "spiece.model", "spm.model")
 
 
-def _load_tokenizer(folder: Path):
+def _load_tokenizer(folder: Path, needed_for: str = "to score examples"):
+    """The tokenizer saved in ``folder``; an :class:`InputError` when there is none (never a made-up one)."""
     from transformers import AutoTokenizer
 
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         # transformers 5 would build an empty tokenizer that maps every word to [UNK]
-        raise InputError(f"{folder}: cannot load its tokenizer, needed to score examples (no tokenizer files: "
+        raise InputError(f"{folder}: cannot load its tokenizer, needed {needed_for} (no tokenizer files: "
                          f"expected one of {', '.join(TOKENIZER_FILES[:3])}, ...)")
     try:
         return AutoTokenizer.from_pretrained(str(folder))
     except Exception as exc:  # transformers raises many kinds when no tokenizer is there
-        raise InputError(f"{folder}: cannot load its tokenizer, needed to score examples "
+        raise InputError(f"{folder}: cannot load its tokenizer, needed {needed_for} "
                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
 
 

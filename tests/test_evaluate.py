@@ -290,3 +290,47 @@ def test_cli_eval_bad_data_is_one_line(tmp_path):
     result = run_cli("eval", "--models", model, "--data", bad)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {bad}, line 2: field 'query' must be a string, got int"]
+
+
+def make_gpt2_embedder(folder: Path) -> Path:
+    """A tiny GPT-2 with last-token pooling and a tokenizer that has no pad token and pads on the
+    left (as decoder embedders' tokenizers often do)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from conftest import VOCAB, make_gpt2
+
+    make_gpt2(folder)
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB + ["<eos>"])}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", unk_token="[UNK]",
+                            padding_side="left").save_pretrained(str(folder))
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32,
+                                                                  "pooling_mode_lasttoken": True}))
+    return folder
+
+
+def test_last_token_pooling_of_a_batch_equals_one_text_at_a_time(tmp_path):
+    """A text's embedding must not depend on the texts batched (and padded) with it."""
+    from cocktail.encoder import Encoder
+
+    encoder = Encoder(str(make_gpt2_embedder(tmp_path / "g")), device="cpu", batch_size=4)
+    texts = ["the cat is red and the dog is blue", "sun", "one two three"]
+    batched = encoder.encode(texts)
+    alone = torch.cat([encoder.encode([t]) for t in texts])
+    torch.testing.assert_close(batched, alone, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["no-tokenizer", "unknown-device"])
+def test_cli_eval_bad_model_or_device_is_one_line(tmp_path, case):
+    model = make_bert(tmp_path / "m", tokenizer=case != "no-tokenizer")
+    sts = _write(tmp_path / "sts.tsv", "the cat\ta cat\t4\nthe dog\tsun moon\t1\nred\tblue\t2\n")
+    extra = ["--device", "abacus"] if case == "unknown-device" else []
+    result = run_cli("eval", "--models", model, "--data", sts, "--quiet", *extra)
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and ("tokenizer" in lines[0] or "device" in lines[0]), result
