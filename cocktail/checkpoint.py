@@ -213,7 +213,7 @@ class Checkpoint:
         if path.is_file():
             if path.suffix != ".safetensors":
                 raise InputError(f"{source}: a single weight file must be .safetensors (or give its folder)")
-            config = _read_config(path.parent / "config.json", required=False)
+            config = read_config(path.parent / "config.json", required=False)
             components = {TRANSFORMER: Component(TRANSFORMER, "", "safetensors", [_SafetensorsFile(path)])}
             return cls(source, path.parent, config, components, sentence_transformers=False)
         modules = _read_modules(path)
@@ -232,7 +232,7 @@ class Checkpoint:
             found = _find_weights(path / rel, key, rel, required=False)
             if found is not None:
                 components[key] = found
-        config = _read_config(main_dir / "config.json", required=True)
+        config = read_config(main_dir / "config.json", required=True)
         return cls(source, path, config, components, sentence_transformers=modules is not None)
 
     # -- facts -----------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ def _read_json(path: Path, kind: type, what: str):
     return value
 
 
-def _read_config(path: Path, required: bool) -> dict:
+def read_config(path: Path, required: bool) -> dict:
     if not path.is_file():
         if required:
             raise InputError(f"{path.parent}: no config.json (is this a transformers model folder?)")

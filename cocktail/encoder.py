@@ -93,7 +93,7 @@ class Encoder:
                  progress: bool = False, label: Optional[str] = None):
         from transformers import AutoModel
 
-        from .fewshot import _load_tokenizer, resolve_device
+        from .fewshot import load_tokenizer, resolve_device
 
         self.source = str(source)
         self.label = label or self.source
@@ -112,7 +112,7 @@ class Encoder:
         st_config = self.root / "sentence_bert_config.json"
         st = _read_json(st_config) if st_config.is_file() else {}
         self.lowercase = bool(st.get("do_lower_case", False))
-        self.tokenizer = _load_tokenizer(self.transformer_dir, "to embed texts")
+        self.tokenizer = load_tokenizer(self.transformer_dir, "to embed texts")
         if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
             self.tokenizer.pad_token = self.tokenizer.eos_token  # decoders: padding is masked out anyway
         self.tokenizer.padding_side = "right"  # pool() finds the last token of right-padded rows

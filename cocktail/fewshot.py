@@ -192,7 +192,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voca
                    "sentencepiece.bpe.model", "spiece.model", "spm.model")
 
 
-def _load_tokenizer(folder: Path, needed_for: str = "to score examples"):
+def load_tokenizer(folder: Path, needed_for: str = "to score examples"):
     """The tokenizer saved in ``folder``; an :class:`InputError` when there is none (never a made-up one)."""
     from transformers import AutoTokenizer
 
@@ -261,7 +261,7 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
     if model_type == "encoder" and extra_modules:
         notes.append(f"sentence-transformers module(s) {', '.join(extra_modules)} are not applied in the loss "
                      "(the embedding is the pooled transformer output, as in LM-Cocktail)")
-    tokenizer = _load_tokenizer(model_folder(fplan))
+    tokenizer = load_tokenizer(model_folder(fplan))
     pooling = L.read_pooling(first.root) if model_type == "encoder" else None
     common = dict(batch_size=options.batch_size, max_length=max_length,
                   query_instruction=options.query_instruction, pooling=pooling, device=device)

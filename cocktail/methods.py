@@ -33,7 +33,7 @@ class Method:
     uses_weights: bool = True
     defaults: dict = field(default_factory=dict)
     summary: str = ""
-    takes_base: bool = True  # False: a base model is refused (slerp)
+    takes_base: bool = True  # False: a base model is refused (linear, slerp: they would ignore it)
     min_models: int = 1
     max_models: Optional[int] = None
     random: bool = False  # True: called with ``generator=`` (a torch.Generator seeded per tensor)
@@ -55,8 +55,9 @@ class Method:
             raise InputError(f"merge method {self.name} needs a base model (--base, or base_model in a recipe): "
                              f"it merges the models' differences from the base")
         if has_base and not self.takes_base:
-            raise InputError(f"merge method {self.name} takes no base model: it interpolates between its "
-                             f"{self.min_models} models")
+            users = ", ".join(sorted(m.name for m in METHODS.values() if m.needs_base))
+            raise InputError(f"merge method {self.name} takes no base model (it would ignore it); the methods "
+                             f"that merge differences from a base are {users}")
         if self.min_models == self.max_models and model_count != self.min_models:
             raise InputError(f"merge method {self.name} merges exactly {self.min_models} models, got {model_count}")
         if model_count < self.min_models:
@@ -172,7 +173,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor, norm_a: Optional[float] = None, no
 
 # --- methods -----------------------------------------------------------------------------------------
 
-@register("linear", elementwise=True)
+@register("linear", elementwise=True, takes_base=False)
 def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], base=None) -> torch.Tensor:
     """Weighted average: sum of w_i * theta_i (LM-Cocktail)."""
     return _weighted_sum(tensors, weights)

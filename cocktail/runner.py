@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from . import card, sidefiles
-from .checkpoint import TRANSFORMER, Checkpoint, _read_config, resolve, transformer_dir
+from .checkpoint import TRANSFORMER, Checkpoint, read_config, resolve, transformer_dir
 from .errors import CocktailError, InputError
 from .methods import Method, get_method
 from .output import OutputFolder, check_output
@@ -333,7 +333,7 @@ def check_config_from(recipe: Recipe, plan: Plan) -> None:
         where = lambda rel: f"in {rel}/" if rel else "in the top folder"  # noqa: E731
         raise InputError(f"config_from {recipe.config_from} keeps its config {where(theirs)}, but the merged "
                          f"weights go {where(ours)} like the first model's: give a config_from laid out the same way")
-    _read_config(source / ours / "config.json", required=True)
+    read_config(source / ours / "config.json", required=True)
 
 
 def _write_side_files(recipe: Recipe, plan: Plan, dest: Path) -> list[str]:

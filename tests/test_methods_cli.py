@@ -330,3 +330,11 @@ def test_shipped_method_recipe_runs_on_tiny_models(path, berts, tmp_path):
     result = run(Recipe.from_dict(data))
     assert (Path(data["output"]) / "model.safetensors").is_file()
     assert result.recipe.merge_method == data["merge_method"]
+
+
+def test_linear_refuses_a_base_it_would_ignore(tmp_path):
+    a, b, base = (make_bert(tmp_path / n, seed=s) for n, s in (("a", 1), ("b", 2), ("base", 3)))
+    result = run_cli("merge", "--models", a, b, "--base", base, "--output", tmp_path / "out")
+    assert result.returncode == 2, result
+    assert "merge method linear takes no base model" in result.stderr and "task_arithmetic" in result.stderr
+    assert not (tmp_path / "out").exists()
