@@ -9,6 +9,11 @@ from .plan import build_plan
 CONFIG_KEYS_IGNORED = {"_name_or_path", "transformers_version", "torch_dtype", "dtype"}
 
 
+def _first(config: dict, *keys: str):
+    """The first of ``keys`` the config has (architectures name the same thing differently)."""
+    return next((config[k] for k in keys if config.get(k) is not None), None)
+
+
 def describe(ckpt: Checkpoint) -> dict:
     """Architecture, size, dtypes and file layout of one checkpoint (headers only, no tensor read)."""
     parameters = 0
@@ -28,8 +33,8 @@ def describe(ckpt: Checkpoint) -> dict:
         "path": ckpt.source,
         "architecture": ckpt.architecture,
         "model_type": ckpt.model_type,
-        "hidden_size": config.get("hidden_size"),
-        "num_layers": config.get("num_hidden_layers"),
+        "hidden_size": _first(config, "hidden_size", "n_embd", "d_model"),
+        "num_layers": _first(config, "num_hidden_layers", "n_layer", "num_layers"),
         "vocab_size": config.get("vocab_size"),
         "parameters": parameters,
         "dtypes": dtypes,

@@ -139,3 +139,11 @@ def test_a_killed_merge_leaves_nothing_behind(tmp_path, minilm_path):
         pytest.skip("the merge finished before it could be interrupted")
     assert proc.returncode == 130 and "interrupted" in stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_inspect_reads_gpt2_style_config_names(tmp_path, cli):
+    from conftest import make_gpt2
+
+    report = json.loads(cli("inspect", make_gpt2(tmp_path / "g", seed=1), "--json").stdout)
+    model = report["models"][0]
+    assert (model["hidden_size"], model["num_layers"], model["vocab_size"]) == (32, 2, 120)
