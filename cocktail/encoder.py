@@ -18,14 +18,8 @@ import torch
 
 from .checkpoint import TRANSFORMER, Checkpoint
 from .errors import InputError
+from .pooling import read_pooling
 
-POOLING_MODES = {
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
-    "pooling_mode_lasttoken": "lasttoken",
-}
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "torch.nn.modules.activation.Tanh": torch.tanh,
     "torch.nn.modules.linear.Identity": lambda x: x,
@@ -49,41 +43,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
-
-
-def read_pooling(root: Path) -> str:
-    """The model's pooling: from its sentence-transformers Pooling module, else ``cls`` (BGE)."""
-    modules_path = root / "modules.json"
-    if not modules_path.is_file():
-        return "cls"
-    for module in _read_json(modules_path):
-        if str(module.get("type", "")).endswith("Pooling"):
-            config = _read_json(root / module.get("path", "") / "config.json")
-            modes = [mode for key, mode in POOLING_MODES.items() if config.get(key)]
-            if config.get("pooling_mode_weightedmean_tokens"):
-                modes.append("weightedmean")
-            if len(modes) != 1 or modes[0] == "weightedmean":
-                raise InputError(f"{root}: pooling {', '.join(modes) or 'none'} is not supported "
-                                 f"(supported: one of {', '.join(POOLING_MODES.values())})")
-            return modes[0]
-    return "cls"
-
-
-def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """Pool token states ``(batch, tokens, dim)`` with the attention mask into ``(batch, dim)``."""
-    mask_f = mask.unsqueeze(-1).to(hidden.dtype)
-    if mode == "cls":
-        return hidden[:, 0]
-    if mode in ("mean", "mean_sqrt_len"):
-        summed = (hidden * mask_f).sum(1)
-        counts = mask_f.sum(1).clamp(min=1e-9)
-        return summed / (counts if mode == "mean" else counts.sqrt())
-    if mode == "max":
-        return hidden.masked_fill(mask_f == 0, torch.finfo(hidden.dtype).min).max(1).values
-    if mode == "lasttoken":
-        last = mask.sum(1) - 1  # right padding
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    raise InputError(f"unknown pooling {mode!r}")
 
 
 class Encoder:
@@ -220,7 +179,7 @@ class Encoder:
                                        max_length=self.max_length, return_tensors="pt")
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 hidden = self.model(**batch).last_hidden_state
-                embedded = pool(hidden, batch["attention_mask"], self.pooling)
+                embedded = self.pooling(hidden, batch["attention_mask"])
                 for dense in self.dense:
                     weight = dense["tensors"]["linear.weight"].to(self.device, torch.float32)
                     bias = dense["tensors"].get("linear.bias")

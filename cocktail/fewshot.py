@@ -226,6 +226,7 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
     from .methods import get_method
     from .plan import build_plan
     from .search import search_weights
+    from .pooling import read_pooling
     from .skeleton import Skeleton, model_folder
     from .weights import softmax_weights
 
@@ -262,7 +263,7 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
         notes.append(f"sentence-transformers module(s) {', '.join(extra_modules)} are not applied in the loss "
                      "(the embedding is the pooled transformer output, as in LM-Cocktail)")
     tokenizer = load_tokenizer(model_folder(fplan))
-    pooling = L.read_pooling(first.root) if model_type == "encoder" else None
+    pooling = read_pooling(first.root) if model_type == "encoder" else None
     common = dict(batch_size=options.batch_size, max_length=max_length,
                   query_instruction=options.query_instruction, pooling=pooling, device=device)
     fit_data = L.prepare(fit, model_type, tokenizer, **common)

@@ -20,26 +20,20 @@ re-tokenising.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
 from .errors import InputError
 from .examples import Example
+from .pooling import Pooling
 
 TEMPERATURE_SCALE = 0.05  # LM-Cocktail / BGE: scores are cosine similarities divided by 0.05
 ENCODE_CHUNK = 32  # most texts per forward pass (the loss grouping is separate)
 CHUNK_TOKENS = 4096  # most padded tokens per forward pass: bounds the attention's memory
 ROBERTA_LIKE = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "bart", "mbart"}
-LEGACY_POOLING_KEYS = (("pooling_mode_cls_token", "cls"), ("pooling_mode_max_tokens", "max"),
-                       ("pooling_mode_mean_tokens", "mean"), ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"),
-                       ("pooling_mode_weightedmean_tokens", "weightedmean"), ("pooling_mode_lasttoken", "lasttoken"))
-POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "lasttoken")
-
 
 # -- choices made before tokenising ---------------------------------------------------------------
 
@@ -56,58 +50,6 @@ def choose_negatives(examples: Sequence[Example], neg_number: int, seed: int) ->
             example = replace(example, neg=tuple(rng.sample(list(example.neg), neg_number)))
         chosen.append(example)
     return chosen
-
-
-@dataclass(frozen=True)
-class Pooling:
-    """How token states become one sentence embedding (modes are concatenated, as in sentence-transformers)."""
-
-    modes: tuple[str, ...] = ("cls",)
-    source: str = "default (BGE: [CLS])"
-
-    def __call__(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        mask_f = mask.unsqueeze(-1).to(hidden.dtype)
-        parts = []
-        for mode in self.modes:
-            if mode == "cls":
-                parts.append(hidden[:, 0])
-            elif mode == "max":
-                parts.append(hidden.masked_fill(mask_f == 0, float("-inf")).max(dim=1).values)
-            elif mode in ("mean", "mean_sqrt_len_tokens"):
-                total = (hidden * mask_f).sum(dim=1)
-                count = mask_f.sum(dim=1).clamp(min=1e-9)
-                parts.append(total / (count if mode == "mean" else count.sqrt()))
-            elif mode == "lasttoken":
-                last = mask.sum(dim=1).long() - 1
-                parts.append(hidden[torch.arange(hidden.size(0), device=hidden.device), last])
-        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
-
-
-def read_pooling(root: Path) -> Pooling:
-    """The pooling a sentence-transformers folder asks for (its Pooling module), else BGE's ``[CLS]``."""
-    modules_path = root / "modules.json"
-    if not modules_path.is_file():
-        return Pooling()
-    try:
-        modules = json.loads(modules_path.read_text())
-        pooling_dir = next(m.get("path", "") for m in modules if str(m.get("type", "")).endswith("Pooling"))
-    except (ValueError, StopIteration, AttributeError, TypeError):
-        return Pooling()
-    config_path = root / pooling_dir / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError):
-        return Pooling()
-    if "pooling_mode" in config:
-        mode = config["pooling_mode"]
-        modes = (mode,) if isinstance(mode, str) else tuple(mode)
-    else:
-        modes = tuple(name for key, name in LEGACY_POOLING_KEYS if config.get(key)) or ("mean",)
-    unsupported = [m for m in modes if m not in POOLING_MODES]
-    if unsupported:
-        raise InputError(f"{config_path}: pooling mode {unsupported[0]!r} is not supported for few-shot losses "
-                         f"(supported: {', '.join(POOLING_MODES)})")
-    return Pooling(modes, f"{config_path.relative_to(root)} ({'+'.join(modes)})")
 
 
 def position_limit(config: dict) -> Optional[int]:
@@ -323,5 +265,5 @@ def _decoder_row(tokenizer, example: Example, max_length: int) -> dict:
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
-__all__ = ["choose_negatives", "prepare", "Prepared", "Pooling", "read_pooling", "position_limit",
+__all__ = ["choose_negatives", "prepare", "Prepared", "position_limit",
            "TEMPERATURE_SCALE"]

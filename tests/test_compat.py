@@ -8,6 +8,7 @@ so does cocktail's own encoder (the one ``cocktail eval`` uses). Rerankers:
 
 from __future__ import annotations
 
+import json
 import pytest
 import torch
 
@@ -52,7 +53,7 @@ def test_cocktail_encoder_matches_the_recipe(merged_encoder):
     from cocktail.encoder import Encoder
 
     encoder = Encoder(str(merged_encoder), device="cpu", batch_size=3)
-    assert encoder.pooling == "cls"
+    assert encoder.pooling.modes == ("cls",)
     torch.testing.assert_close(encoder.encode(SENTENCES), bge_recipe(merged_encoder, SENTENCES), atol=1e-5, rtol=0)
 
 
@@ -61,7 +62,7 @@ def test_cocktail_encoder_follows_sentence_transformers_pooling(minilm_path):
     from cocktail.encoder import Encoder
 
     encoder = Encoder(str(minilm_path), device="cpu", batch_size=2)
-    assert encoder.pooling == "mean" and encoder.max_length == 256
+    assert encoder.pooling.modes == ("mean",) and encoder.max_length == 256
     texts = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby. " * 80]
     st = sentence_transformers.SentenceTransformer(str(minilm_path), device="cpu")
     expected = st.encode(texts, convert_to_tensor=True, normalize_embeddings=True).cpu()
@@ -91,3 +92,21 @@ def test_merged_reranker_loads_in_sequence_classification_and_cross_encoder(tmp_
     cross = sentence_transformers.CrossEncoder(str(out), device="cpu")
     scores = torch.as_tensor(cross.predict(pairs, activation_fn=torch.nn.Identity()))
     torch.testing.assert_close(scores.float(), logits, atol=1e-5, rtol=0)
+
+
+def test_a_model_saved_by_sentence_transformers_5_or_later_keeps_its_pooling(minilm_path, tmp_path):
+    """sentence-transformers >= 5 writes ``"pooling_mode": "mean"`` instead of the old flags: eval and the
+    few-shot losses must read both."""
+    from cocktail.encoder import Encoder
+    from cocktail.pooling import read_pooling
+
+    st = sentence_transformers.SentenceTransformer(str(minilm_path), device="cpu")
+    st.save(str(tmp_path / "saved"))
+    pooling_config = json.loads((tmp_path / "saved" / "1_Pooling" / "config.json").read_text())
+    assert read_pooling(tmp_path / "saved").modes == ("mean",)
+    assert read_pooling(minilm_path).modes == ("mean",)  # the old flags, as shipped
+    texts = ["A man is eating food.", "The girl is carrying a baby."]
+    expected = st.encode(texts, convert_to_tensor=True, normalize_embeddings=True).cpu()
+    torch.testing.assert_close(Encoder(str(tmp_path / "saved"), device="cpu").encode(texts), expected,
+                               atol=1e-5, rtol=0)
+    assert pooling_config.get("pooling_mode", "mean") == "mean"
