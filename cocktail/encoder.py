@@ -18,6 +18,7 @@ import torch
 
 from .checkpoint import TRANSFORMER, Checkpoint
 from .errors import InputError
+from .plan import canonical_names
 from .pooling import read_pooling
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -115,15 +116,11 @@ class Encoder:
         return dense
 
     def _own_names(self, names) -> dict[str, str]:
-        """``{saved name: name in self.model}`` for the saved names the model has."""
+        """``{saved name: name in self.model}`` for the saved names the model has (a ``BertFor...``
+        checkpoint's ``bert.`` prefix is matched as the merge plan matches it)."""
         own = self.model.state_dict()
-        prefix = f"{self.model.base_model_prefix}."
-        mapping = {}
-        for name in names:
-            target = name[len(prefix):] if name not in own and name.startswith(prefix) else name
-            if target in own:
-                mapping[name] = target
-        return mapping
+        mapping, _ = canonical_names(list(names), self.model.base_model_prefix or None)
+        return {actual: canonical for canonical, actual in mapping.items() if canonical in own}
 
     def load_weights(self, transformer: dict[str, torch.Tensor],
                      modules: Optional[dict[str, dict[str, torch.Tensor]]] = None) -> None:

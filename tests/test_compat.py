@@ -110,3 +110,20 @@ def test_a_model_saved_by_sentence_transformers_5_or_later_keeps_its_pooling(min
     torch.testing.assert_close(Encoder(str(tmp_path / "saved"), device="cpu").encode(texts), expected,
                                atol=1e-5, rtol=0)
     assert pooling_config.get("pooling_mode", "mean") == "mean"
+
+
+def test_encoder_takes_weights_saved_with_the_base_model_prefix(tmp_path):
+    """An in-memory merge in the naming of a ``BertFor...`` checkpoint (``bert.`` prefix) loads into the
+    encoder's bare model, as the merge plan matches them."""
+    from conftest import make_bert, read_folder_tensors
+
+    from cocktail.encoder import Encoder
+
+    bare = make_bert(tmp_path / "bare", seed=1)
+    other = make_bert(tmp_path / "other", seed=2)
+    encoder = Encoder(str(bare), device="cpu")
+    expected = Encoder(str(other), device="cpu").encode(SENTENCES)
+    prefixed = {f"bert.{name}": t for name, t in read_folder_tensors(other).items()}
+    prefixed["classifier.weight"] = torch.zeros(1, 32)  # a head the encoder has no place for
+    encoder.load_weights(prefixed)
+    torch.testing.assert_close(encoder.encode(SENTENCES), expected, atol=1e-6, rtol=0)
