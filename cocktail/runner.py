@@ -261,17 +261,29 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
         result = MergeResult(recipe, prepared.weights, prepared.plan, target, warnings=prepared.messages,
                              dry_run=dry_run, few_shot=prepared.few_shot)
         if not dry_run:
-            result.files = _write(prepared, target, force, progress)
+            result.files, nonfinite = _write(prepared, target, force, progress)
+            if nonfinite:
+                one = len(nonfinite) == 1
+                message = (f"{len(nonfinite)} merged tensor{'' if one else 's'} hold{'s' if one else ''} NaN or "
+                           f"infinite values: {_few_names(nonfinite)} (an input holds them, or --dtype overflowed)")
+                (on_warning or _warn_default)(message)
+                result.warnings.append(message)
         return result
 
 
-def _write(prepared: Prepared, target: Path, force: bool, progress: bool) -> list[str]:
+def _few_names(names: list[str], show: int = 4) -> str:
+    return ", ".join(names[:show]) + (f" (and {len(names) - show} more)" if len(names) > show else "")
+
+
+def _write(prepared: Prepared, target: Path, force: bool, progress: bool) -> tuple[list[str], list[str]]:
+    """Write the merge into ``target``: ``(files written, merged tensors with NaN or inf values)``."""
     recipe, plan, method, weights = prepared.recipe, prepared.plan, prepared.method, prepared.weights
     first = plan.checkpoints[0]
     every = plan.checkpoints + ([plan.base] if plan.base else [])
     hasher = card.InputHasher([(c.root, c.weight_files()) for c in every])
     max_shard = parse_size(recipe.max_shard_size)
     files: list[str] = []
+    nonfinite: list[str] = []
     try:
         with OutputFolder(target, force) as folder:
             writers = {}
@@ -289,6 +301,8 @@ def _write(prepared: Prepared, target: Path, force: bool, progress: bool) -> lis
             try:
                 for planned, tensor in prepared.tensors(on_tensor=lambda t: bar.update(t.nbytes)):
                     writers[planned.component][1].write(planned.name, tensor)
+                    if planned.action != COPY and not bool(torch.isfinite(tensor).all()):
+                        nonfinite.append(planned.name)
                     del tensor
             finally:
                 torch.set_num_threads(threads)
@@ -305,7 +319,7 @@ def _write(prepared: Prepared, target: Path, force: bool, progress: bool) -> lis
     except BaseException:
         hasher.cancel()
         raise
-    return sorted(files)
+    return sorted(files), nonfinite
 
 
 def _progress_bar(plan: Plan, enabled: bool):

@@ -376,3 +376,27 @@ def test_mix_models_returns_a_loaded_model_like_lm_cocktail(two_berts, tmp_path)
     in_memory = cocktail.mix_models_by_layers([str(a), str(b)], model_type="encoder", weights=[0.5, 0.5])
     assert torch.equal(in_memory.state_dict()[name], model.state_dict()[name])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "mixed"]
+
+
+def test_non_finite_values_in_the_merge_are_reported(two_berts, tmp_path):
+    """0 * inf is NaN: a broken input (or a float16 overflow) must not pass silently."""
+    from safetensors.torch import load_file, save_file
+
+    a, b = two_berts
+    tensors = load_file(str(b / "model.safetensors"))
+    tensors["pooler.dense.bias"][0] = float("inf")
+    save_file(tensors, str(b / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.warns(cocktail.CocktailWarning, match=r"1 merged tensor holds NaN or infinite values: pooler.dense.bias"):
+        result = cocktail.merge([a, b], [1.0, 0.0], tmp_path / "out")
+    assert any("pooler.dense.bias" in w for w in result.warnings)
+    assert torch.isnan(read_folder_tensors(tmp_path / "out")["pooler.dense.bias"][0])
+
+
+def test_a_clean_merge_reports_nothing_non_finite(two_berts, tmp_path):
+    import warnings
+
+    a, b = two_berts
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = cocktail.merge([a, b], [0.5, 0.5], tmp_path / "out")
+    assert result.warnings == []
