@@ -67,10 +67,11 @@ def canonical_names(names, prefix: str | None) -> tuple[dict[str, str], set[str]
     return mapping, heads
 
 
-def _few(items) -> str:
+def few_names(items, show: int = SHOW) -> str:
+    """The first ``show`` names, then how many more: the shape of every list in a message."""
     items = list(items)
-    shown = ", ".join(items[:SHOW])
-    return shown + (f" (and {len(items) - SHOW} more)" if len(items) > SHOW else "")
+    shown = ", ".join(items[:show])
+    return shown + (f" (and {len(items) - show} more)" if len(items) > show else "")
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ def _plan_component(component: str, checkpoints: list[Checkpoint], base: Checkpo
         names = list(missing)
         who = sorted({m for ms in missing.values() for m in ms})
         raise IncompatibleModelsError(
-            f"{label}float tensors missing from {', '.join(who)}: {_few(names)}"
+            f"{label}float tensors missing from {', '.join(who)}: {few_names(names)}"
         )
 
     notes = []
@@ -217,7 +218,7 @@ def _plan_component(component: str, checkpoints: list[Checkpoint], base: Checkpo
         have = [c.source for i, c in enumerate(every) if any(n in maps[i] for n in head_only)]
         kept = [n for n in head_only if n in maps[0]]
         fate = "copied from the first model, not merged" if kept else "left out of the output"
-        notes.append(f"{label}head tensors only some models have ({', '.join(have)}): {_few(head_only)}; {fate}")
+        notes.append(f"{label}head tensors only some models have ({', '.join(have)}): {few_names(head_only)}; {fate}")
 
     planned: list[PlannedTensor] = []
     shape_errors: list[str] = []

@@ -21,7 +21,7 @@ from .checkpoint import TRANSFORMER, Checkpoint, read_config, resolve, transform
 from .errors import CocktailError, InputError
 from .methods import Method, get_method
 from .output import OutputFolder, check_output
-from .plan import COPY, Plan, PlannedTensor, build_plan
+from .plan import COPY, Plan, PlannedTensor, build_plan, few_names
 from .recipe import DTYPES, MODEL_TYPES, Recipe
 from .tensor_settings import (TensorSettings, check_method_use, has_weight_schedules, resolve_settings,
                               tensor_generator)
@@ -265,14 +265,11 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
             if nonfinite:
                 one = len(nonfinite) == 1
                 message = (f"{len(nonfinite)} merged tensor{'' if one else 's'} hold{'s' if one else ''} NaN or "
-                           f"infinite values: {_few_names(nonfinite)} (an input holds them, or --dtype overflowed)")
+                           f"infinite values: {few_names(nonfinite)} (an input holds them, or --dtype overflowed)")
                 (on_warning or _warn_default)(message)
                 result.warnings.append(message)
         return result
 
-
-def _few_names(names: list[str], show: int = 4) -> str:
-    return ", ".join(names[:show]) + (f" (and {len(names) - show} more)" if len(names) > show else "")
 
 
 def _write(prepared: Prepared, target: Path, force: bool, progress: bool) -> tuple[list[str], list[str]]:

@@ -17,7 +17,7 @@ import torch
 from .checkpoint import TRANSFORMER
 from .errors import InputError
 from .methods import Method
-from .plan import Plan, canonical_names
+from .plan import Plan, canonical_names, few_names
 
 LOADERS = {"encoder": "AutoModel", "reranker": "AutoModelForSequenceClassification",
            "decoder": "AutoModelForCausalLM"}
@@ -101,9 +101,8 @@ class Skeleton:
     def _check_filled(self, filled: set, source: str) -> None:
         missing = [names[0] for key, names in self.required.items() if key not in filled]
         if missing:
-            shown = ", ".join(missing[:4]) + (f" (and {len(missing) - 4} more)" if len(missing) > 4 else "")
-            raise InputError(f"{source}: lacks tensors a {self.model_type} needs to compute its loss: {shown} "
-                             f"(is --model-type right?)")
+            raise InputError(f"{source}: lacks tensors a {self.model_type} needs to compute its loss: "
+                             f"{few_names(missing)} (is --model-type right?)")
 
     def fill_from_checkpoint(self, index: int) -> None:
         """Load model ``index`` of the plan, tensor by tensor."""

@@ -18,7 +18,7 @@ import torch
 from .checkpoint import TRANSFORMER
 from .errors import InputError
 from .methods import Method, parameter_problem
-from .plan import MERGE, Plan, PlannedTensor
+from .plan import MERGE, Plan, PlannedTensor, few_names
 from .schedules import Schedule, TensorName, is_number, layer_count
 from .weights import normalized, sums_to_one
 
@@ -87,11 +87,6 @@ def tensor_generator(seed: int, component: str, canonical: str) -> torch.Generat
 
 def _tensor_name(planned: PlannedTensor) -> TensorName:
     return TensorName.of(planned.name, planned.canonical)
-
-
-def _few(names: list[str]) -> str:
-    shown = ", ".join(names[:SHOW])
-    return shown + (f" (and {len(names) - SHOW} more)" if len(names) > SHOW else "")
 
 
 def resolve_settings(plan: Plan, method: Method, weights: Optional[Sequence[Any]], parameters: Optional[dict],
@@ -167,7 +162,7 @@ def resolve_settings(plan: Plan, method: Method, weights: Optional[Sequence[Any]
                          f"adjust models[*].weight or pass --normalize to divide them by their sum")
     warnings = []
     if negative:
-        warnings.append(f"negative weights for {len(negative)} tensors ({_few(negative)}): "
+        warnings.append(f"negative weights for {len(negative)} tensors ({few_names(negative, SHOW)}): "
                         f"this extrapolates beyond the models")
     for schedule in every_schedule:
         matched = used.get(id(schedule), set())
