@@ -278,7 +278,8 @@ class Checkpoint:
         return f"Checkpoint({self.source!r}, {self.layout})"
 
 
-def _read_json(path: Path, kind: type, what: str):
+def read_json(path: Path, kind: type = object, what: str = "JSON"):
+    """A JSON file's value; unreadable, invalid or not of ``kind`` is a one-line InputError."""
     try:
         value = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -293,7 +294,7 @@ def read_config(path: Path, required: bool) -> dict:
         if required:
             raise InputError(f"{path.parent}: no config.json (is this a transformers model folder?)")
         return {}
-    return _read_json(path, dict, "a JSON object")
+    return read_json(path, dict, "a JSON object")
 
 
 def transformer_dir(folder: Path) -> str:
@@ -307,4 +308,4 @@ def transformer_dir(folder: Path) -> str:
 
 def _read_modules(folder: Path) -> list | None:
     path = folder / "modules.json"
-    return _read_json(path, list, "a list of modules") if path.is_file() else None
+    return read_json(path, list, "a list of modules") if path.is_file() else None

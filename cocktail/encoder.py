@@ -9,14 +9,12 @@ on CUDA when there is one, and passage embeddings are cached by text until the w
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from .checkpoint import TRANSFORMER, Checkpoint
+from .checkpoint import TRANSFORMER, Checkpoint, read_json
 from .errors import InputError
 from .plan import canonical_names
 from .pooling import read_pooling
@@ -37,13 +35,6 @@ def float32_kwargs() -> dict:
     import transformers
 
     return {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch.float32}
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
 
 
 class Encoder:
@@ -70,7 +61,7 @@ class Encoder:
         self.pooling = read_pooling(self.root)
         self.dense = self._read_dense(dense_weights)
         st_config = self.root / "sentence_bert_config.json"
-        st = _read_json(st_config) if st_config.is_file() else {}
+        st = read_json(st_config) if st_config.is_file() else {}
         self.lowercase = bool(st.get("do_lower_case", False))
         self.tokenizer = load_tokenizer(self.transformer_dir, "to embed texts")
         if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
@@ -99,11 +90,11 @@ class Encoder:
         modules_path = self.root / "modules.json"
         if not modules_path.is_file():
             return dense
-        for module in _read_json(modules_path):
+        for module in read_json(modules_path):
             kind = str(module.get("type", ""))
             path = module.get("path", "")
             if kind.endswith("Dense"):
-                config = _read_json(self.root / path / "config.json")
+                config = read_json(self.root / path / "config.json")
                 activation = config.get("activation_function", "torch.nn.modules.linear.Identity")
                 if activation not in ACTIVATIONS:
                     raise InputError(f"{self.root / path}: activation {activation} is not supported")

@@ -7,12 +7,12 @@ pooled like BGE: the ``[CLS]`` token. Used by the few-shot losses and by ``cockt
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .checkpoint import read_json
 from .errors import InputError
 
 LEGACY_POOLING_KEYS = (("pooling_mode_cls_token", "cls"), ("pooling_mode_max_tokens", "max"),
@@ -47,27 +47,18 @@ class Pooling:
         return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
-
-
 def read_pooling(root: Path) -> Pooling:
     """The pooling a model folder asks for: its sentence-transformers Pooling module, else ``[CLS]``."""
     modules_path = root / "modules.json"
     if not modules_path.is_file():
         return Pooling()
-    modules = _read_json(modules_path)
+    modules = read_json(modules_path)
     pooling_dir = next((m.get("path", "") for m in modules if isinstance(m, dict)
                         and str(m.get("type", "")).endswith("Pooling")), None) if isinstance(modules, list) else None
     if pooling_dir is None:
         return Pooling()
     config_path = root / pooling_dir / "config.json"
-    config = _read_json(config_path)
-    if not isinstance(config, dict):
-        raise InputError(f"{config_path}: expected a JSON object")
+    config = read_json(config_path, dict, "a JSON object")
     if "pooling_mode" in config:
         mode = config["pooling_mode"]
         modes = (mode,) if isinstance(mode, str) else tuple(mode)
