@@ -1,3 +1,3 @@
-from .cli import main
+from cocktail.cli import main
 
 main()

@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
-from .errors import InputError
-from .recipe import Recipe
-from .runner import run
+from cocktail.errors import InputError
+from cocktail.recipe.recipe import Recipe
+from cocktail.runner import run
 
 if TYPE_CHECKING:  # imported for type hints only: importing cocktail.api stays light
     import torch
@@ -77,7 +77,7 @@ def merge(models: Sequence[ModelInput], weights: Union[Sequence[float], str, Non
         merged = cocktail.merge([model, "BAAI/bge-base-en-v1.5"], weights=[0.5, 0.5])
         cocktail.merge(["./ft", "./base"], weights=[0.5, 0.5], output="./mixed")
     """
-    from . import memory
+    from cocktail.io import memory
 
     models = _as_list(models)
     recipe, objects = prepare(models, weights, output, model_type=model_type, method=method, base=base,
@@ -92,7 +92,7 @@ def merge(models: Sequence[ModelInput], weights: Union[Sequence[float], str, Non
         result = run(recipe, force=force, progress=progress, objects=objects)
         tensors = _read_folder(result.output)
     else:
-        from .runner import iter_merged
+        from cocktail.runner import iter_merged
 
         tensors = ((p.component, p.name, t) for p, t in iter_merged(recipe, objects=objects))
     if memory.is_module(first):
@@ -113,7 +113,7 @@ def prepare(models: Sequence[ModelInput], weights: Union[Sequence[float], str, N
     ``cocktail.run(recipe, objects=objects)`` then writes exactly what :func:`merge` writes.
     Arguments are those of :func:`merge`.
     """
-    from . import memory
+    from cocktail.io import memory
 
     models = _as_list(models)
     labels = [str(m) if memory.is_path(m) else _memory_label(m, f"model {i + 1}") for i, m in enumerate(models)]
@@ -168,7 +168,7 @@ def merge_state_dicts(state_dicts: Sequence[Mapping[str, "torch.Tensor"]], weigh
     Raises:
         cocktail.CocktailError: names, shapes or dtypes that do not match, bad weights, unknown method.
     """
-    from .memory import is_state_dict
+    from cocktail.io.memory import is_state_dict
 
     state_dicts = _as_list(state_dicts)
     for i, state in enumerate(state_dicts):
@@ -181,7 +181,7 @@ def merge_state_dicts(state_dicts: Sequence[Mapping[str, "torch.Tensor"]], weigh
 
 
 def _as_list(models) -> list:
-    from .memory import is_module, is_path, is_state_dict
+    from cocktail.io.memory import is_module, is_path, is_state_dict
 
     if is_path(models) or is_module(models) or is_state_dict(models):
         raise InputError("models must be a list of models (give [model_a, model_b])")
@@ -193,15 +193,15 @@ def _as_list(models) -> list:
 
 def _memory_label(value, where: str) -> str:
     """How a model held in memory is named in messages and in the recipe: ``<in memory: BertModel, model 1>``."""
-    from .memory import describe
+    from cocktail.io.memory import describe
 
     return f"{describe(value)[:-1]}, {where}>"
 
 
 def _side_files_source(models: list) -> Optional[Path]:
     """Where a model held in memory takes the files it cannot write itself: the first model on disk."""
-    from .checkpoint import resolve
-    from .memory import is_path
+    from cocktail.io.checkpoints import resolve
+    from cocktail.io.memory import is_path
 
     for value in models:
         if is_path(value):
@@ -228,7 +228,7 @@ def examples_request(examples: Any) -> dict:
 
 def _read_folder(folder: Path):
     """``(component, name, tensor)`` of every tensor of a written folder, one at a time."""
-    from .checkpoint import TRANSFORMER, Checkpoint, _find_weights
+    from cocktail.io.checkpoints import TRANSFORMER, Checkpoint, _find_weights
 
     folder = Path(folder)
     if (folder / "config.json").is_file():
@@ -244,8 +244,8 @@ def _read_folder(folder: Path):
 
 def _into_module(first, checkpoint, tensors, dtype: Optional[str]):
     """A new model of the first model's class holding the merged tensors; ``first`` is not touched."""
-    from .memory import empty_clone, fill_clone
-    from .runner import output_dtype
+    from cocktail.io.memory import empty_clone, fill_clone
+    from cocktail.runner import output_dtype
 
     clone = empty_clone(first)
     if dtype is not None:
@@ -255,7 +255,7 @@ def _into_module(first, checkpoint, tensors, dtype: Optional[str]):
 
 def _into_state_dict(first: Mapping, objects: dict, tensors) -> dict:
     """The merged state dict, in the first state dict's order, sharing no memory with any input."""
-    from .memory import MemoryCheckpoint
+    from cocktail.io.memory import MemoryCheckpoint
 
     input_storages = {t.untyped_storage().data_ptr()
                       for c in objects.values() if isinstance(c, MemoryCheckpoint)

@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence, Union
 
 from transformers import TrainerCallback
 
-from .errors import InputError
+from cocktail.errors import InputError
 
 EVENTS = ("train_end", "save")
 
@@ -70,7 +70,7 @@ class CocktailCallback(TrainerCallback):
                              "give [w_trained, w_base]")
         if examples is not None and weights != "examples":
             raise InputError("examples are used only with weights='examples'")
-        from .methods import get_method
+        from cocktail.merging.methods import get_method
 
         get_method(method)  # an unknown method is an error now, not after training
         self.base = base
@@ -105,8 +105,8 @@ class CocktailCallback(TrainerCallback):
         """Check what can be checked before hours of training: the base opens, the output is free."""
         if not state.is_world_process_zero:
             return
-        from .memory import open_any
-        from .output import check_output
+        from cocktail.io.memory import open_any
+        from cocktail.io.output import check_output
 
         with open_any(self.base, "base"):
             pass
@@ -126,9 +126,9 @@ class CocktailCallback(TrainerCallback):
     # -- the merge ---------------------------------------------------------------------------------
     def mix(self, model, output: Path, event_kwargs: Optional[dict] = None):
         """Merge ``model`` (as it is now) with the base into ``output``; the model is only read."""
-        from .api import prepare
-        from .methods import get_method
-        from .runner import run
+        from cocktail.api import prepare
+        from cocktail.merging.methods import get_method
+        from cocktail.runner import run
 
         if model is None:
             raise InputError("CocktailCallback: the trainer passed no model to merge")

@@ -16,18 +16,19 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from . import card, sidefiles
-from .checkpoint import TRANSFORMER, Checkpoint, read_config, resolve, transformer_dir
-from .errors import CocktailError, InputError
-from .methods import Method, get_method
-from .output import OutputFolder, check_output
-from .plan import COPY, Plan, PlannedTensor, build_plan, few_names
-from .recipe import DTYPES, MODEL_TYPES, Recipe
-from .tensor_settings import (TensorSettings, check_method_use, has_weight_schedules, resolve_settings,
+from cocktail.io import provenance as card
+from cocktail.io import sidefiles
+from cocktail.io.checkpoints import TRANSFORMER, Checkpoint, read_config, resolve, transformer_dir
+from cocktail.errors import CocktailError, InputError
+from cocktail.merging.methods import Method, get_method
+from cocktail.io.output import OutputFolder, check_output
+from cocktail.merging.plan import COPY, Plan, PlannedTensor, build_plan, few_names
+from cocktail.recipe.recipe import DTYPES, MODEL_TYPES, Recipe
+from cocktail.merging.tensor_settings import (TensorSettings, check_method_use, has_weight_schedules, resolve_settings,
                               tensor_generator)
-from .version import __version__
-from .weights import fixed_weights
-from .writer import ShardedSafetensorsWriter, parse_size
+from cocktail.version import __version__
+from cocktail.merging.weights import fixed_weights
+from cocktail.io.writer import ShardedSafetensorsWriter, parse_size
 
 DTYPE_BY_NAME = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -89,7 +90,7 @@ def check_recipe(recipe: Recipe) -> Method:
 def open_checkpoints(recipe: Recipe, objects: Optional[dict] = None) -> tuple[list[Checkpoint], Optional[Checkpoint]]:
     """Open the recipe's models and base; ``objects`` maps a model's name in the recipe to the model
     itself when it is in memory (a module, a state dict or an already opened checkpoint)."""
-    from .memory import open_any, share_model_type
+    from cocktail.io.memory import open_any, share_model_type
 
     objects = objects or {}
     opened: list[Checkpoint] = []
@@ -190,7 +191,7 @@ def prepare(recipe: Recipe, *, objects: Optional[dict] = None, on_warning: Optio
     method = check_recipe(recipe)
     few_shot = None
     if recipe.weights_from:  # options and examples are checked now, before any model is opened
-        from .fewshot import FewShotRequest
+        from cocktail.fewshot.weighting import FewShotRequest
 
         few_shot = FewShotRequest(recipe, method)
         weights, weight_warnings = [], []
@@ -243,7 +244,7 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
         recipe = Recipe.from_yaml(recipe)
     check_recipe(recipe)
     if verify:
-        from .verify import verify_inputs
+        from cocktail.io.verify import verify_inputs
 
         verify_inputs(recipe)
     if not dry_run and not recipe.output:

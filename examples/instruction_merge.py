@@ -39,10 +39,10 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 import cocktail  # noqa: E402
-from cocktail.datasets import RetrievalSet, load_dataset  # noqa: E402
-from cocktail.encoder import float32_kwargs  # noqa: E402
-from cocktail.evaluate import Task, evaluate_models  # noqa: E402
-from cocktail.sweep import plot_sweep, sweep_weights, table_rows  # noqa: E402
+from cocktail.evaluation.datasets import RetrievalSet, load_dataset  # noqa: E402
+from cocktail.modeling.encoder import float32_kwargs  # noqa: E402
+from cocktail.evaluation.evaluate import Task, evaluate_models  # noqa: E402
+from cocktail.evaluation.sweep import plot_sweep, sweep_weights, table_rows  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 INSTRUCTION = "Represent this sentence for searching relevant passages: "

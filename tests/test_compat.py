@@ -50,7 +50,7 @@ def test_merged_encoder_loads_in_automodel_and_sentence_transformers(merged_enco
 
 
 def test_cocktail_encoder_matches_the_recipe(merged_encoder):
-    from cocktail.encoder import Encoder
+    from cocktail.modeling.encoder import Encoder
 
     encoder = Encoder(str(merged_encoder), device="cpu", batch_size=3)
     assert encoder.pooling.modes == ("cls",)
@@ -59,7 +59,7 @@ def test_cocktail_encoder_matches_the_recipe(merged_encoder):
 
 def test_cocktail_encoder_follows_sentence_transformers_pooling(minilm_path):
     """The real all-MiniLM-L6-v2 pools by mean: cocktail's encoder must agree with sentence-transformers."""
-    from cocktail.encoder import Encoder
+    from cocktail.modeling.encoder import Encoder
 
     encoder = Encoder(str(minilm_path), device="cpu", batch_size=2)
     assert encoder.pooling.modes == ("mean",) and encoder.max_length == 256
@@ -97,8 +97,8 @@ def test_merged_reranker_loads_in_sequence_classification_and_cross_encoder(tmp_
 def test_a_model_saved_by_sentence_transformers_5_or_later_keeps_its_pooling(minilm_path, tmp_path):
     """sentence-transformers >= 5 writes ``"pooling_mode": "mean"`` instead of the old flags: eval and the
     few-shot losses must read both."""
-    from cocktail.encoder import Encoder
-    from cocktail.pooling import read_pooling
+    from cocktail.modeling.encoder import Encoder
+    from cocktail.modeling.pooling import read_pooling
 
     st = sentence_transformers.SentenceTransformer(str(minilm_path), device="cpu")
     st.save(str(tmp_path / "saved"))
@@ -117,7 +117,7 @@ def test_encoder_takes_weights_saved_with_the_base_model_prefix(tmp_path):
     encoder's bare model, as the merge plan matches them."""
     from conftest import make_bert, read_folder_tensors
 
-    from cocktail.encoder import Encoder
+    from cocktail.modeling.encoder import Encoder
 
     bare = make_bert(tmp_path / "bare", seed=1)
     other = make_bert(tmp_path / "other", seed=2)

@@ -1,0 +1,269 @@
+"""The few-shot loss of one model, LM-Cocktail's definitions, for embedders, rerankers and decoders.
+
+Examples are tokenised once (:func:`prepare`); the result scores any model loaded with the same
+architecture (:meth:`Prepared.loss`), so N checkpoints cost N forward passes over the examples and no
+re-tokenising.
+
+- **encoder**: each text's embedding is the pooled last hidden state (``[CLS]`` by default, the BGE
+  convention, or the pooling of the model's sentence-transformers config), L2-normalised. Examples are
+  grouped ``batch_size`` at a time; a group's passages are, per query, its first positive then its
+  chosen negatives; ``scores = q @ p.T / 0.05`` over all passages of the group (in-batch negatives);
+  the group's loss is the cross-entropy with each query's own positive as the target; the model's
+  loss is the mean over groups. Texts are encoded in length-sorted chunks (fast); only the loss
+  grouping follows ``batch_size``.
+- **reranker**: per query, the one-logit scores of (query, positive) and (query, negative j);
+  cross-entropy with the positive as the target; mean over the queries of a group, then over groups.
+- **decoder**: causal-LM cross-entropy on the output tokens only (``input + " " + output`` then EOS,
+  the input's tokens masked), mean over a group's output tokens, then over groups. Each group is
+  padded to its own longest sequence.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence
+
+import torch
+
+from cocktail.errors import InputError
+from cocktail.fewshot.examples import Example
+from cocktail.modeling.pooling import Pooling
+
+TEMPERATURE_SCALE = 0.05  # LM-Cocktail / BGE: scores are cosine similarities divided by 0.05
+ENCODE_CHUNK = 32  # most texts per forward pass (the loss grouping is separate)
+CHUNK_TOKENS = 4096  # most padded tokens per forward pass: bounds the attention's memory
+ROBERTA_LIKE = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "bart", "mbart"}
+
+# -- choices made before tokenising ---------------------------------------------------------------
+
+
+def choose_negatives(examples: Sequence[Example], neg_number: int, seed: int) -> list[Example]:
+    """Each example with at most ``neg_number`` negatives: all of them when it has that many or fewer
+    (in file order), else a sample drawn with ``random.Random(seed)``, example by example in order."""
+    if neg_number < 0:
+        raise InputError(f"neg_number must be 0 or more, got {neg_number}")
+    rng = random.Random(seed)
+    chosen = []
+    for example in examples:
+        if len(example.neg) > neg_number:
+            example = replace(example, neg=tuple(rng.sample(list(example.neg), neg_number)))
+        chosen.append(example)
+    return chosen
+
+
+def position_limit(config: dict) -> Optional[int]:
+    """How many tokens the model's position embeddings allow (``None``: no limit known)."""
+    limit = config.get("max_position_embeddings") or config.get("n_positions")
+    if not isinstance(limit, int) or limit <= 0:
+        return None
+    if config.get("model_type") in ROBERTA_LIKE and config.get("position_embedding_type", "absolute") == "absolute":
+        limit -= int(config.get("pad_token_id") or 1) + 1  # RoBERTa positions start after the padding index
+    return limit
+
+
+# -- tokenised examples ---------------------------------------------------------------------------
+
+
+def _pad(rows: list[dict], pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Right-pad tokenised rows (lists of ids) into tensors."""
+    longest = max(len(r["input_ids"]) for r in rows)
+    out = {}
+    for key in rows[0]:
+        fill = pad_id if key == "input_ids" else (-100 if key == "labels" else 0)
+        out[key] = torch.tensor([r[key] + [fill] * (longest - len(r[key])) for r in rows], dtype=torch.long,
+                                device=device)
+    return out
+
+
+def _chunks_by_length(rows: list[dict], pad_id: int, device) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
+    """Rows grouped into padded chunks of similar length: ``[(row indices, tensors)]``."""
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
+    chunks, members = [], []
+    for i in order:
+        longest = len(rows[members[0]]["input_ids"]) if members else len(rows[i]["input_ids"])
+        if members and (len(members) >= ENCODE_CHUNK or (len(members) + 1) * longest > CHUNK_TOKENS):
+            chunks.append((members, _pad([rows[j] for j in members], pad_id, device)))
+            members = []
+        members.append(i)
+    if members:
+        chunks.append((members, _pad([rows[j] for j in members], pad_id, device)))
+    return chunks
+
+
+def _tokenize(tokenizer, first: list[str], second: Optional[list[str]], max_length: int) -> list[dict]:
+    kwargs = dict(truncation=True, max_length=max_length)
+    encoded = tokenizer(first, second, **kwargs) if second is not None else tokenizer(first, **kwargs)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
+    return [{k: list(encoded[k][i]) for k in keys} for i in range(len(first))]
+
+
+def _pad_id(tokenizer) -> int:
+    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if value is not None:
+            return int(value)
+    return 0
+
+
+class Prepared:
+    """Examples tokenised for one model type; ``loss(model)`` scores a loaded model on them."""
+
+    model_type: str
+    groups: int
+
+    def loss(self, model) -> float:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+@dataclass
+class EncoderExamples(Prepared):
+    chunks: list  # [(text indices, tensors)]
+    text_count: int
+    groups_: list  # [(query indices, passage indices, targets)]
+    pooling: Pooling
+    model_type: str = "encoder"
+
+    @property
+    def groups(self) -> int:
+        return len(self.groups_)
+
+    def embeddings(self, model) -> torch.Tensor:
+        out = None
+        for members, tensors in self.chunks:
+            hidden = model(**tensors, return_dict=True).last_hidden_state.float()
+            pooled = torch.nn.functional.normalize(self.pooling(hidden, tensors["attention_mask"]), dim=-1)
+            if out is None:
+                out = torch.empty(self.text_count, pooled.size(-1), device=pooled.device)
+            out[torch.tensor(members, device=pooled.device)] = pooled
+        return out
+
+    def loss(self, model) -> float:
+        with torch.inference_mode():
+            emb = self.embeddings(model)
+            total = torch.zeros((), dtype=torch.float64)
+            for queries, passages, targets in self.groups_:
+                scores = emb[queries] @ emb[passages].T / TEMPERATURE_SCALE
+                total += torch.nn.functional.cross_entropy(scores, targets).double().cpu()
+        return float(total / len(self.groups_))
+
+
+@dataclass
+class RerankerExamples(Prepared):
+    chunks: list  # [(pair indices, tensors)]
+    pair_count: int
+    groups_: list  # [[pair indices of one query: positive first], ...] per group
+    model_type: str = "reranker"
+
+    @property
+    def groups(self) -> int:
+        return len(self.groups_)
+
+    def loss(self, model) -> float:
+        with torch.inference_mode():
+            scores = None
+            for members, tensors in self.chunks:
+                logits = model(**tensors, return_dict=True).logits.float()
+                if scores is None:
+                    scores = torch.empty(self.pair_count, device=logits.device)
+                scores[torch.tensor(members, device=logits.device)] = logits[:, 0]
+            scores = scores.double().cpu()
+            total = 0.0
+            for group in self.groups_:
+                per_query = [-torch.log_softmax(scores[pairs], dim=0)[0] for pairs in group]
+                total += float(torch.stack(per_query).mean())
+        return total / len(self.groups_)
+
+
+@dataclass
+class DecoderExamples(Prepared):
+    batches: list  # [tensors with input_ids, attention_mask, labels]
+    model_type: str = "decoder"
+
+    @property
+    def groups(self) -> int:
+        return len(self.batches)
+
+    def loss(self, model) -> float:
+        total = 0.0
+        with torch.inference_mode():
+            for batch in self.batches:
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               return_dict=True).logits.float()
+                shifted = logits[:, :-1].reshape(-1, logits.size(-1))
+                labels = batch["labels"][:, 1:].reshape(-1)
+                total += float(torch.nn.functional.cross_entropy(shifted, labels, ignore_index=-100))
+        return total / len(self.batches)
+
+
+def _query_text(example: Example, query_instruction: Optional[str]) -> str:
+    prefix = example.prompt if example.prompt is not None else (query_instruction or "")
+    return prefix + example.query
+
+
+def prepare(examples: Sequence[Example], model_type: str, tokenizer, *, batch_size: int, max_length: int,
+            query_instruction: Optional[str] = None, pooling: Optional[Pooling] = None,
+            device="cpu") -> Prepared:
+    """Tokenise ``examples`` (negatives already chosen, see :func:`choose_negatives`) once, for ``model_type``."""
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    if max_length < 2:
+        raise InputError(f"max_length must be at least 2, got {max_length}")
+    if not examples:
+        raise InputError("no examples to compute a loss on")
+    groups = [list(examples[i:i + batch_size]) for i in range(0, len(examples), batch_size)]
+    pad_id = _pad_id(tokenizer)
+    if model_type == "encoder":
+        texts: dict[str, int] = {}
+
+        def index(text: str) -> int:
+            return texts.setdefault(text, len(texts))
+
+        loss_groups = []
+        for group in groups:
+            queries, passages, targets = [], [], []
+            for example in group:
+                queries.append(index(_query_text(example, query_instruction)))
+                targets.append(len(passages))
+                passages += [index(example.pos[0])] + [index(n) for n in example.neg]
+            loss_groups.append((torch.tensor(queries, device=device), torch.tensor(passages, device=device),
+                                torch.tensor(targets, device=device)))
+        rows = _tokenize(tokenizer, list(texts), None, max_length)
+        return EncoderExamples(_chunks_by_length(rows, pad_id, device), len(rows), loss_groups, pooling or Pooling())
+    if model_type == "reranker":
+        firsts, seconds, loss_groups = [], [], []
+        for group in groups:
+            query_pairs = []
+            for example in group:
+                query = _query_text(example, query_instruction)
+                passages = [example.pos[0], *example.neg]
+                query_pairs.append(list(range(len(firsts), len(firsts) + len(passages))))
+                firsts += [query] * len(passages)
+                seconds += passages
+            loss_groups.append(query_pairs)
+        rows = _tokenize(tokenizer, firsts, seconds, max_length)
+        return RerankerExamples(_chunks_by_length(rows, pad_id, device), len(rows), loss_groups)
+    if model_type == "decoder":
+        batches = []
+        for group in groups:
+            rows = [_decoder_row(tokenizer, example, max_length) for example in group]
+            batches.append(_pad(rows, pad_id, device))
+        return DecoderExamples(batches)
+    raise InputError(f"unknown model type {model_type!r}")
+
+
+def _decoder_row(tokenizer, example: Example, max_length: int) -> dict:
+    """LM-Cocktail's decoder tokenisation: ``input + " " + output`` then EOS; the input's tokens masked."""
+    ids = list(tokenizer.encode(example.input + " " + example.output))
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    prompt_len = len(tokenizer.encode(example.input))
+    labels = [-100] * prompt_len + ids[prompt_len:]
+    ids, labels = ids[:max_length], labels[:max_length]
+    if all(label == -100 for label in labels[1:]):
+        raise InputError(f"{example.where}: no output token is left to score after truncating to "
+                         f"{max_length} tokens (raise --max-length or shorten the input)")
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+__all__ = ["choose_negatives", "prepare", "Prepared", "position_limit",
+           "TEMPERATURE_SCALE"]

@@ -1,0 +1,422 @@
+"""Weights from a few examples: each model's loss on them, ``softmax(-loss / T)``, and weight search.
+
+This is LM-Cocktail's ``compute_weights`` with its faults fixed: one model skeleton in memory (never
+N models), examples tokenised once, per-batch padding, examples with few negatives allowed, seeded
+and recorded negative sampling, rerankers supported; and ``search`` looks for the weights whose
+*merged* model has the lowest loss, keeping a holdout part aside to show overfitting.
+
+Entry points: :func:`few_shot_losses` (losses, weights and details), :func:`weights_from_examples`
+(just the weights) and :func:`weights_for_plan` (what the runner calls for ``recipe.weights_from``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+from cocktail.errors import InputError
+from cocktail.fewshot.examples import ExampleSet, ExampleSource, load_examples
+
+DEFAULT_MAX_LENGTH = {"encoder": 512, "reranker": 512, "decoder": 2048}
+DEFAULT_SEARCH_BUDGET = 30
+MIN_FOR_DEFAULT_HOLDOUT = 10  # with fewer examples, --search keeps none aside unless asked
+HOLDOUT_SEED_OFFSET = 1  # the holdout split uses random.Random(seed + 1), negatives random.Random(seed)
+
+
+@dataclass
+class FewShotOptions:
+    """Everything that defines the few-shot loss and weights (the keys of a recipe's ``weights_from``)."""
+
+    examples: Any = None  # a path, or a list of example dicts
+    temperature: float = 5.0
+    query_instruction: Optional[str] = None
+    neg_number: int = 7
+    batch_size: int = 2
+    max_length: Optional[int] = None  # None: 512 for encoders and rerankers, 2048 for decoders
+    task: Union[str, list, None] = None
+    seed: Optional[int] = None  # None: the recipe's seed (0)
+    device: Optional[str] = None  # None: cuda when present, else cpu
+    search: bool = False
+    search_budget: int = DEFAULT_SEARCH_BUDGET
+    holdout: Optional[float] = None  # None: a fifth with --search when there are >= 10 examples; <1 fraction, >=1 count
+
+    @classmethod
+    def from_dict(cls, data: dict, default_seed: int = 0) -> "FewShotOptions":
+        """Options from a recipe's ``weights_from`` mapping, every key and type checked."""
+        if not isinstance(data, dict):
+            raise InputError(f"weights_from must be a mapping with at least 'examples', got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            raise InputError(f"weights_from: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        options = cls(**data)
+        if options.seed is None:
+            options.seed = default_seed
+        options.check()
+        return options
+
+    def check(self) -> None:
+        """Cheap checks of every option (the examples file is read by :meth:`load`)."""
+        if self.examples is None:
+            raise InputError("weights_from: 'examples' is required (a file of examples)")
+
+        def number(name, kind, low, strict=False):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+                raise InputError(f"{name.replace('_', '-')} must be {'a number' if kind is float else 'an integer'}, got {value!r}")
+            if not math.isfinite(value) or (value <= low if strict else value < low):
+                raise InputError(f"{name.replace('_', '-')} must be {'more than' if strict else 'at least'} {low}, got {value!r}")
+
+        number("temperature", float, 0, strict=True)
+        number("neg_number", int, 0)
+        number("batch_size", int, 1)
+        number("search_budget", int, 1)
+        if self.seed is not None:
+            number("seed", int, 0)
+        if self.max_length is not None:
+            number("max_length", int, 2)
+        if self.holdout is not None:
+            number("holdout", float, 0)
+            if self.holdout >= 1 and self.holdout != int(self.holdout):
+                raise InputError(f"holdout must be a fraction below 1 or a whole number of examples, got {self.holdout}")
+        if self.query_instruction is not None and not isinstance(self.query_instruction, str):
+            raise InputError(f"query-instruction must be a string, got {self.query_instruction!r}")
+        if not isinstance(self.search, bool):
+            raise InputError(f"search must be true or false, got {self.search!r}")
+
+    def load(self, model_type: str) -> ExampleSet:
+        return load_examples(self.examples, model_type, self.task)
+
+
+@dataclass
+class SearchReport:
+    """What ``--search`` found, with losses on the part it fitted and the part it kept aside."""
+
+    budget: int
+    evaluations: int
+    fit_examples: int
+    holdout_examples: int
+    start_weights: list[float]
+    start_loss: float
+    start_holdout_loss: Optional[float]
+    weights: list[float]
+    loss: float
+    holdout_loss: Optional[float]
+
+    @property
+    def improvement(self) -> float:
+        return self.start_loss - self.loss
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["improvement"] = self.improvement
+        return data
+
+
+@dataclass
+class FewShotResult:
+    """Each model's few-shot loss and the weights made of them (``weights`` is what a merge uses)."""
+
+    models: list[str]
+    losses: list[float]
+    softmax_weights: list[float]
+    weights: list[float]
+    model_type: str
+    temperature: float
+    seed: int
+    examples: int
+    examples_source: str
+    examples_sha256: str
+    tasks: list[str]
+    neg_number: int
+    batch_size: int
+    max_length: int
+    query_instruction: Optional[str]
+    pooling: Optional[str]
+    device: str
+    holdout_losses: Optional[list[float]] = None
+    search: Optional[SearchReport] = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """Plain data, for ``--json`` and the provenance of a merged model."""
+        data = asdict(self)
+        data["search"] = self.search.to_dict() if self.search else None
+        return data
+
+
+# -- the work --------------------------------------------------------------------------------------
+
+
+def resolve_device(name: Optional[str]):
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {name!r} (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name} asked for, but CUDA is not available here")
+    return device
+
+
+def _sha256_of_examples(example_set: ExampleSet, source) -> str:
+    if isinstance(source, (str, os.PathLike)) and Path(source).expanduser().is_file():
+        return hashlib.sha256(Path(source).expanduser().read_bytes()).hexdigest()
+    payload = json.dumps([e.to_dict() for e in example_set.examples], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _holdout_count(options: FewShotOptions, total: int) -> int:
+    if options.holdout is None:
+        return total // 5 if total >= MIN_FOR_DEFAULT_HOLDOUT else 0
+    if options.holdout < 1:
+        count = int(round(options.holdout * total))
+    else:
+        count = int(options.holdout)
+    if count >= total:
+        raise InputError(f"holdout of {count} examples leaves none to search on ({total} examples in all)")
+    return count
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
+                   "sentencepiece.bpe.model", "spiece.model", "spm.model")
+
+
+def load_tokenizer(folder: Path, needed_for: str = "to score examples"):
+    """The tokenizer saved in ``folder``; an :class:`InputError` when there is none (never a made-up one)."""
+    from transformers import AutoTokenizer
+
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        # transformers 5 would build an empty tokenizer that maps every word to [UNK]
+        raise InputError(f"{folder}: cannot load its tokenizer, needed {needed_for} (no tokenizer files: "
+                         f"expected one of {', '.join(TOKENIZER_FILES[:3])}, ...)")
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except Exception as exc:  # transformers raises many kinds when no tokenizer is there
+        raise InputError(f"{folder}: cannot load its tokenizer, needed {needed_for} "
+                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+
+
+def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=None, parameters=None,
+                     progress: bool = False, example_set: Optional[ExampleSet] = None) -> FewShotResult:
+    """Few-shot losses and weights for the checkpoints of ``plan`` (the runner's entry point).
+
+    Args:
+        plan: a plan over the opened checkpoints (its compatibility checks have passed).
+        model_type: ``encoder``, ``reranker`` or ``decoder``.
+        options: the few-shot options.
+        method: the merge method the search merges with (default: linear).
+        parameters: that method's parameters.
+        progress: print one line per model on stderr.
+        example_set: the examples, if already loaded (else read from ``options.examples``).
+    """
+    import torch
+
+    from cocktail.fewshot import losses as L
+    from cocktail.merging.methods import get_method
+    from cocktail.merging.plan import build_plan
+    from cocktail.fewshot.search import search_weights
+    from cocktail.modeling.pooling import read_pooling
+    from cocktail.modeling.skeleton import Skeleton, model_folder
+    from cocktail.merging.weights import softmax_weights
+
+    options.check()
+    seed = int(options.seed or 0)
+    example_set = example_set or options.load(model_type)
+    device = resolve_device(options.device)
+    notes: list[str] = []
+    say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
+
+    # float32 plan: a merge with one-hot weights is then exactly that model, as loaded on its own
+    fplan = build_plan(plan.checkpoints, plan.base, torch.float32)
+    first = fplan.checkpoints[0]
+    max_length = options.max_length or DEFAULT_MAX_LENGTH[model_type]
+    limit = L.position_limit(first.config)
+    if limit is not None and max_length > limit:
+        if options.max_length is not None:  # asked for explicitly: say why it is not used
+            notes.append(f"max length {max_length} is more than the model's {limit} positions; using {limit}")
+        max_length = limit
+
+    chosen = L.choose_negatives(example_set.examples, options.neg_number, seed)
+    holdout_idx: set[int] = set()
+    if options.search:
+        count = _holdout_count(options, len(chosen))
+        holdout_idx = set(random.Random(seed + HOLDOUT_SEED_OFFSET).sample(range(len(chosen)), count))
+        if count == 0:
+            notes.append(f"no examples kept aside for the search ({len(chosen)} examples; "
+                         f"the default holdout needs {MIN_FOR_DEFAULT_HOLDOUT}): watch for overfitting")
+    fit = [e for i, e in enumerate(chosen) if i not in holdout_idx]
+    held = [e for i, e in enumerate(chosen) if i in holdout_idx]
+
+    extra_modules = [c for c in fplan.components if c != "transformer"]
+    if model_type == "encoder" and extra_modules:
+        notes.append(f"sentence-transformers module(s) {', '.join(extra_modules)} are not applied in the loss "
+                     "(the embedding is the pooled transformer output, as in LM-Cocktail)")
+    tokenizer = load_tokenizer(model_folder(fplan))
+    pooling = read_pooling(first.root) if model_type == "encoder" else None
+    common = dict(batch_size=options.batch_size, max_length=max_length,
+                  query_instruction=options.query_instruction, pooling=pooling, device=device)
+    fit_data = L.prepare(fit, model_type, tokenizer, **common)
+    held_data = L.prepare(held, model_type, tokenizer, **common) if held else None
+
+    skeleton = Skeleton(fplan, model_type, device)
+    names = [c.source for c in fplan.checkpoints]
+    losses, held_losses = [], []
+    for i, name in enumerate(names):
+        skeleton.fill_from_checkpoint(i)
+        loss = fit_data.loss(skeleton.model)
+        if not math.isfinite(loss):
+            raise InputError(f"{name}: its loss on the examples is {loss} (broken weights?)")
+        losses.append(loss)
+        if held_data is not None:
+            held_losses.append(held_data.loss(skeleton.model))
+        say(f"loss {loss:.6g}  {name}")
+    start = softmax_weights(losses, options.temperature)
+    weights = start
+    report = None
+    if options.search:
+        merge_method = method or get_method("linear")
+        known = {}
+        if merge_method.name == "linear" and fplan.base is None:
+            known = {tuple(1.0 if j == i else 0.0 for j in range(len(names))): losses[i] for i in range(len(names))}
+
+        def evaluate(candidate: list[float]) -> float:
+            skeleton.fill_from_merge(merge_method, candidate, parameters)
+            value = fit_data.loss(skeleton.model)
+            say(f"search: loss {value:.6g} at [{', '.join(f'{w:.4f}' for w in candidate)}]")
+            return value if math.isfinite(value) else math.inf
+
+        outcome = search_weights(evaluate, start, options.search_budget, known)
+        weights = outcome.weights
+        start_held = best_held = None
+        if held_data is not None:
+            skeleton.fill_from_merge(merge_method, start, parameters)
+            start_held = held_data.loss(skeleton.model)
+            skeleton.fill_from_merge(merge_method, weights, parameters)
+            best_held = held_data.loss(skeleton.model)
+        report = SearchReport(options.search_budget, outcome.evaluations, len(fit), len(held), start,
+                              outcome.start_loss, start_held, weights, outcome.loss, best_held)
+    return FewShotResult(
+        models=names, losses=losses, softmax_weights=start, weights=list(weights), model_type=model_type,
+        temperature=float(options.temperature), seed=seed, examples=len(chosen),
+        examples_source=example_set.source, examples_sha256=_sha256_of_examples(example_set, options.examples),
+        tasks=example_set.tasks, neg_number=options.neg_number, batch_size=options.batch_size,
+        max_length=max_length, query_instruction=options.query_instruction,
+        pooling=pooling.source if pooling else None, device=str(device),
+        holdout_losses=held_losses or None, search=report, notes=notes,
+    )
+
+
+def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: ExampleSource, model_type: str = "encoder",
+                    temperature: float = 5.0, query_instruction: Optional[str] = None, neg_number: int = 7,
+                    batch_size: int = 2, max_length: Optional[int] = None, seed: int = 0,
+                    device: Optional[str] = None, task: Union[str, Sequence[str], None] = None,
+                    search: bool = False, search_budget: int = DEFAULT_SEARCH_BUDGET,
+                    holdout: Optional[float] = None, progress: bool = False) -> FewShotResult:
+    """Each model's loss on ``examples`` and the weights ``softmax(-loss / temperature)``.
+
+    Args:
+        models: model folders, ``.safetensors`` files or cached hub ids (one architecture).
+        examples: a path to a JSONL / JSON list / task-keyed JSON file, or a list of example dicts.
+        model_type: ``encoder`` (embedder), ``reranker`` (one-logit cross-encoder) or ``decoder``.
+        temperature: the softmax temperature (LM-Cocktail's default 5.0).
+        query_instruction: prepended to every query (unless the example has its own ``prompt``).
+        neg_number: the most negatives used per query (fewer are fine).
+        batch_size: how many queries share in-batch negatives (part of the loss definition).
+        max_length: tokens per text (default 512; 2048 for decoders; capped at the model's positions).
+        seed: seeds the choice of negatives (and the holdout split).
+        device: ``cpu``, ``cuda``, ... (default: cuda when present).
+        task: for task-keyed files, the task(s) to use (default: all).
+        search: also search for the weights whose merged model has the lowest loss.
+        search_budget: the most merged models the search evaluates.
+        holdout: examples kept aside by the search: a fraction below 1 or a count (default: a fifth
+            when there are at least 10 examples).
+        progress: print progress lines on stderr.
+
+    Returns:
+        A :class:`FewShotResult`; ``.weights`` are the searched weights with ``search``, else the softmax ones.
+    """
+    options = FewShotOptions(examples=examples, temperature=temperature, query_instruction=query_instruction,
+                             neg_number=neg_number, batch_size=batch_size, max_length=max_length,
+                             task=list(task) if isinstance(task, (list, tuple)) else task, seed=seed,
+                             device=device, search=search, search_budget=search_budget, holdout=holdout)
+    options.check()
+    if model_type not in DEFAULT_MAX_LENGTH:
+        raise InputError(f"unknown model type {model_type!r} (choose from encoder, reranker, decoder)")
+    if not models:
+        raise InputError("no models given")
+    example_set = options.load(model_type)  # a bad file fails before torch is even imported
+    from cocktail.io.checkpoints import Checkpoint
+    from cocktail.merging.plan import build_plan
+
+    opened = []
+    try:
+        for model in models:
+            opened.append(Checkpoint.open(model))
+        plan = build_plan(opened)
+        return weights_for_plan(plan, model_type, options, progress=progress, example_set=example_set)
+    finally:
+        for ckpt in opened:
+            ckpt.close()
+
+
+def weights_from_examples(models: Sequence[Union[str, os.PathLike]], examples: ExampleSource,
+                          model_type: str = "encoder", temperature: float = 5.0,
+                          query_instruction: Optional[str] = None, neg_number: int = 7, batch_size: int = 2,
+                          max_length: Optional[int] = None, seed: int = 0, device: Optional[str] = None,
+                          **options) -> list[float]:
+    """LM-Cocktail's few-shot weights, one per model: ``softmax(-loss / temperature)``.
+
+    Takes the arguments of :func:`few_shot_losses` (``task``, ``search``, ... as keywords).
+    """
+    return few_shot_losses(models, examples, model_type=model_type, temperature=temperature,
+                           query_instruction=query_instruction, neg_number=neg_number, batch_size=batch_size,
+                           max_length=max_length, seed=seed, device=device, **options).weights
+
+
+class FewShotRequest:
+    """A recipe's ``weights_from``, checked (options and examples) before any model is opened.
+
+    ``run(plan)`` computes the weights; ``result`` then holds the losses and details that go into the
+    output's provenance.
+    """
+
+    def __init__(self, recipe, method=None):
+        if recipe.weights is not None:
+            raise InputError("give either fixed weights or examples to compute them from, not both")
+        if method is not None and not method.uses_weights:
+            raise InputError(f"merge method {method.name} does not use weights, so there is nothing to "
+                             "compute from examples")
+        self.model_type = recipe.model_type
+        self.method = method
+        self.parameters = dict(recipe.parameters or {})
+        self.options = FewShotOptions.from_dict(dict(recipe.weights_from), default_seed=int(recipe.seed or 0))
+        self.examples = self.options.load(recipe.model_type)
+        self.result: Optional[FewShotResult] = None
+
+    def run(self, plan, progress: bool = False) -> tuple[list[float], list[str]]:
+        """``(weights, warnings)`` for the checkpoints of ``plan``."""
+        self.result = weights_for_plan(plan, self.model_type, self.options, method=self.method,
+                                       parameters=self.parameters, progress=progress, example_set=self.examples)
+        return list(self.result.weights), list(self.result.notes)
+
+    def provenance(self) -> Optional[dict]:
+        """What was computed, for ``provenance.weights_from`` of the written recipe."""
+        if self.result is None:
+            return None
+        data = self.result.to_dict()
+        source = self.options.examples
+        if isinstance(source, (str, os.PathLike)):
+            data["examples_source"] = str(Path(source).expanduser().absolute())
+        data["options"] = {k: v for k, v in asdict(self.options).items() if k != "examples"}
+        return data

@@ -1,0 +1,311 @@
+"""A model on disk, opened lazily and read one tensor at a time.
+
+``Checkpoint.open(source)`` accepts a model folder (single or sharded safetensors, legacy
+``pytorch_model.bin`` loaded with ``weights_only=True``), a sentence-transformers folder (its
+``modules.json`` says where the transformer lives and which other modules carry weights), a path to a
+single ``.safetensors`` file, or a Hugging Face hub id resolved through the local cache.
+
+Nothing is loaded up front but headers: names, dtypes and shapes come from the safetensors header,
+tensors are read with ``pread`` when asked for, so a checkpoint costs no memory until it is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cocktail.io import safetensors_format as st_format
+from cocktail.errors import InputError
+
+TRANSFORMER = "transformer"  # key of the main weights; sentence-transformers modules use their folder
+SAFE_INDEX = "model.safetensors.index.json"
+SAFE_SINGLE = "model.safetensors"
+BIN_INDEX = "pytorch_model.bin.index.json"
+BIN_SINGLE = "pytorch_model.bin"
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return st_format.tensor_nbytes(self.dtype, self.shape)
+
+    @property
+    def numel(self) -> int:
+        return self.nbytes // self.dtype.itemsize
+
+
+class _SafetensorsFile:
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries, self.metadata = st_format.read_header(path)
+        self._fd: int | None = None
+
+    def infos(self) -> dict[str, TensorInfo]:
+        return {name: TensorInfo(e.dtype, e.shape) for name, e in self.entries.items()}
+
+    def read(self, name: str) -> torch.Tensor:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        return st_format.read_tensor(self._fd, self.entries[name])
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class _TorchBinFile:
+    """A legacy ``pytorch_model.bin``: loaded with ``weights_only=True`` (no code runs), memory-mapped."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._state: dict[str, torch.Tensor] | None = None
+
+    def _load(self) -> dict[str, torch.Tensor]:
+        if self._state is None:
+            try:
+                try:
+                    state = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as exc:  # the pre-zip format cannot be memory-mapped
+                    if "mmap" not in str(exc):
+                        raise
+                    state = torch.load(self.path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # pickle errors come in many types
+                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise InputError(f"{self.path}: cannot be loaded safely as weights ({first_line})") from None
+            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+                state = state["state_dict"]
+            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+                raise InputError(f"{self.path}: does not hold a state dict of tensors")
+            self._state = state
+        return self._state
+
+    def infos(self) -> dict[str, TensorInfo]:
+        return {name: TensorInfo(t.dtype, tuple(t.shape)) for name, t in self._load().items()}
+
+    def read(self, name: str) -> torch.Tensor:
+        return self._load()[name]
+
+    def close(self) -> None:
+        self._state = None
+
+
+def _open_weight_file(path: Path):
+    if path.suffix == ".safetensors":
+        return _SafetensorsFile(path)
+    return _TorchBinFile(path)
+
+
+@dataclass
+class Component:
+    """One set of weights inside a model: the transformer, or a sentence-transformers module (Dense...)."""
+
+    key: str
+    rel_dir: str  # folder, relative to the model root, that holds these weights ("" for the root)
+    layout: str
+    files: list = field(default_factory=list)
+    _where: dict = field(default_factory=dict)  # tensor name -> file object
+    _infos: dict = field(default_factory=dict)
+
+    def infos(self) -> dict[str, TensorInfo]:
+        if not self._infos:
+            for f in self.files:
+                for name, info in f.infos().items():
+                    self._infos[name] = info
+                    self._where[name] = f
+        return self._infos
+
+    def read(self, name: str) -> torch.Tensor:
+        self.infos()
+        return self._where[name].read(name)
+
+    def paths(self) -> list[Path]:
+        return [f.path for f in self.files]
+
+
+def _find_weights(folder: Path, key: str, rel_dir: str, required: bool) -> Component | None:
+    def from_index(index_name: str, layout: str) -> Component:
+        index_path = folder / index_name
+        try:
+            weight_map = json.loads(index_path.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{index_path}: not a valid shard index ({exc})") from None
+        shard_names = list(dict.fromkeys(weight_map.values()))
+        missing = [s for s in shard_names if not (folder / s).is_file()]
+        if missing:
+            raise InputError(f"{index_path}: lists shard {missing[0]} which is not in the folder")
+        return Component(key, rel_dir, layout, [_open_weight_file(folder / s) for s in shard_names])
+
+    if (folder / SAFE_INDEX).is_file():
+        return from_index(SAFE_INDEX, "sharded safetensors")
+    if (folder / SAFE_SINGLE).is_file():
+        return Component(key, rel_dir, "safetensors", [_SafetensorsFile(folder / SAFE_SINGLE)])
+    if (folder / BIN_INDEX).is_file():
+        return from_index(BIN_INDEX, "sharded pytorch .bin")
+    if (folder / BIN_SINGLE).is_file():
+        return Component(key, rel_dir, "pytorch .bin", [_TorchBinFile(folder / BIN_SINGLE)])
+    others = sorted(folder.glob("*.safetensors"))
+    if len(others) == 1:
+        return Component(key, rel_dir, "safetensors", [_SafetensorsFile(others[0])])
+    if required:
+        raise InputError(
+            f"{folder}: no weights found (expected {SAFE_SINGLE}, {SAFE_INDEX}, {BIN_SINGLE} or {BIN_INDEX})"
+        )
+    return None
+
+
+def looks_like_hub_id(source: str) -> bool:
+    return bool(HUB_ID.match(source)) and not source.startswith(".") and not source.endswith(".safetensors")
+
+
+def resolve(source: str) -> Path:
+    """A local path for ``source``: the path itself, or the cached snapshot of a hub id."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    if not looks_like_hub_id(source):
+        raise InputError(f"model not found: {source} (no such file or folder)")
+    try:
+        import huggingface_hub
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - a dependency, but stay clear if it is missing
+        raise InputError(f"model not found: {source} (not a local folder, and huggingface_hub is not installed)") from None
+    offline = bool(constants.HF_HUB_OFFLINE)
+    try:
+        folder = huggingface_hub.snapshot_download(
+            source,
+            local_files_only=offline,
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.py", "*.tiktoken", "*/*.json",
+                            "*/*.safetensors", "*.bin"],
+        )
+    except Exception as exc:  # hub errors come in many types; all mean "not available"
+        how = "offline (HF_HUB_OFFLINE=1) and not in the local Hugging Face cache" if offline else str(exc).splitlines()[0]
+        raise InputError(f"model not found: {source} is not a local folder; as a hub id it is {how}") from None
+    return Path(folder)
+
+
+class Checkpoint:
+    """A model on disk: its config and the weights of each component, read lazily."""
+
+    def __init__(self, source: str, root: Path, config: dict, components: dict[str, Component],
+                 sentence_transformers: bool):
+        self.source = source
+        self.root = root
+        self.config = config
+        self.components = components
+        self.sentence_transformers = sentence_transformers
+
+    # -- opening ---------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, source: str | os.PathLike) -> "Checkpoint":
+        source = str(source)
+        path = resolve(source)
+        if path.is_file():
+            if path.suffix != ".safetensors":
+                raise InputError(f"{source}: a single weight file must be .safetensors (or give its folder)")
+            config = read_config(path.parent / "config.json", required=False)
+            components = {TRANSFORMER: Component(TRANSFORMER, "", "safetensors", [_SafetensorsFile(path)])}
+            return cls(source, path.parent, config, components, sentence_transformers=False)
+        modules = _read_modules(path)
+        transformer_dir = ""
+        extra: list[tuple[str, str]] = []
+        if modules is not None:
+            for module in modules:
+                module_path = str(module.get("path", ""))
+                if str(module.get("type", "")).endswith("Transformer"):
+                    transformer_dir = module_path
+                elif module_path and (path / module_path).is_dir():
+                    extra.append((module_path, module_path))
+        main_dir = path / transformer_dir
+        components = {TRANSFORMER: _find_weights(main_dir, TRANSFORMER, transformer_dir, required=True)}
+        for key, rel in extra:
+            found = _find_weights(path / rel, key, rel, required=False)
+            if found is not None:
+                components[key] = found
+        config = read_config(main_dir / "config.json", required=True)
+        return cls(source, path, config, components, sentence_transformers=modules is not None)
+
+    # -- facts -----------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.source
+
+    @property
+    def model_type(self) -> str | None:
+        return self.config.get("model_type")
+
+    @property
+    def architecture(self) -> str | None:
+        archs = self.config.get("architectures") or []
+        return archs[0] if archs else None
+
+    @property
+    def layout(self) -> str:
+        layout = self.components[TRANSFORMER].layout
+        return f"sentence-transformers, {layout}" if self.sentence_transformers else layout
+
+    def weight_files(self) -> list[Path]:
+        return [p for c in self.components.values() for p in c.paths()]
+
+    def infos(self, component: str = TRANSFORMER) -> dict[str, TensorInfo]:
+        return self.components[component].infos()
+
+    def read(self, component: str, name: str) -> torch.Tensor:
+        return self.components[component].read(name)
+
+    def close(self) -> None:
+        for component in self.components.values():
+            for f in component.files:
+                f.close()
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.source!r}, {self.layout})"
+
+
+def read_json(path: Path, kind: type = object, what: str = "JSON"):
+    """A JSON file's value; unreadable, invalid or not of ``kind`` is a one-line InputError."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(value, kind):
+        raise InputError(f"{path}: expected {what}")
+    return value
+
+
+def read_config(path: Path, required: bool) -> dict:
+    if not path.is_file():
+        if required:
+            raise InputError(f"{path.parent}: no config.json (is this a transformers model folder?)")
+        return {}
+    return read_json(path, dict, "a JSON object")
+
+
+def transformer_dir(folder: Path) -> str:
+    """Where a model folder keeps its transformer (config and weights), relative to the folder:
+    the Transformer module's path of a sentence-transformers ``modules.json``, else ``""``."""
+    for module in _read_modules(folder) or []:
+        if isinstance(module, dict) and str(module.get("type", "")).endswith("Transformer"):
+            return str(module.get("path", ""))
+    return ""
+
+
+def _read_modules(folder: Path) -> list | None:
+    path = folder / "modules.json"
+    return read_json(path, list, "a list of modules") if path.is_file() else None

@@ -1,0 +1,2 @@
+"""Merging: methods (pure per-tensor functions), schedules and per-tensor settings, weights, the
+plan (every check) and the inspect report."""

@@ -1,0 +1,174 @@
+"""The weights and parameters each tensor is merged with, resolved and checked before anything is written.
+
+Weights (``models[i].weight``) and method parameters (``parameters.<name>``) may be numbers or
+per-tensor schedules (``schedules.py``). Here they become, for every merged tensor of a plan, one
+weight per model and one number per parameter; every value is checked (weights sum to 1 for each
+tensor unless normalised, parameters in range) so a bad recipe fails before the first byte is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+
+from cocktail.io.checkpoints import TRANSFORMER
+from cocktail.errors import InputError
+from cocktail.merging.methods import Method, parameter_problem
+from cocktail.merging.plan import MERGE, Plan, PlannedTensor, few_names
+from cocktail.merging.schedules import Schedule, TensorName, is_number, layer_count
+from cocktail.merging.weights import normalized, sums_to_one
+
+SHOW = 3  # tensors named in a message before "and N more"
+
+
+@dataclass(frozen=True)
+class TensorSettings:
+    """What one tensor is merged with: a weight per model and a number per method parameter."""
+
+    weights: tuple[float, ...]
+    parameters: dict
+
+
+def weight_key(index: int) -> str:
+    return f"models[{index}].weight"
+
+
+def parameter_key(name: str) -> str:
+    return f"parameters.{name}"
+
+
+def has_weight_schedules(weights: Optional[Sequence[Any]]) -> bool:
+    """True when some model's weight is a schedule (a list) rather than a plain number."""
+    return bool(weights) and any(w is not None and not is_number(w) for w in weights)
+
+
+def check_method_use(method: Method, weights: Sequence[Any], base_model: Optional[str], parameters: dict,
+                     seed: Any = 0) -> None:
+    """Checks that need no file: model count, base, weights allowed, parameter names and syntax, seed."""
+    method.check_inputs(len(weights), bool(base_model))
+    given = [i for i, w in enumerate(weights) if w is not None]
+    if given and not method.uses_weights:
+        how = {"slerp": "its parameter t sets the mix", "model_stock": "it computes its own mix from the models"}
+        raise InputError(f"merge method {method.name} takes no weights, but {weight_key(given[0])} is given "
+                         f"(--weights): "
+                         f"{how.get(method.name, 'remove them')}")
+    for i, weight in enumerate(weights):
+        if weight is not None and not is_number(weight):
+            Schedule.parse(weight, weight_key(i))
+    parameter_schedules(method, parameters)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def parameter_schedules(method: Method, parameters: Optional[dict]) -> dict[str, Schedule]:
+    """Parse the recipe's parameters for ``method``; unknown names are refused."""
+    parameters = dict(parameters or {})
+    for name in parameters:
+        if name not in method.defaults:
+            takes = f"its parameters: {', '.join(method.parameters)}" if method.parameters else "it takes none"
+            raise InputError(f"merge method {method.name} has no parameter {name!r} ({takes})")
+    return {name: Schedule.parse(value, parameter_key(name)) for name, value in parameters.items()}
+
+
+def tensor_generator(seed: int, component: str, canonical: str) -> torch.Generator:
+    """A random generator for one tensor, from the recipe's seed and the tensor's canonical name.
+
+    It does not depend on the order tensors are merged in, nor on a model prefix such as ``bert.``.
+    """
+    digest = hashlib.sha256(f"{seed}\0{component}\0{canonical}".encode()).digest()
+    generator = torch.Generator()
+    generator.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return generator
+
+
+def _tensor_name(planned: PlannedTensor) -> TensorName:
+    return TensorName.of(planned.name, planned.canonical)
+
+
+def resolve_settings(plan: Plan, method: Method, weights: Optional[Sequence[Any]], parameters: Optional[dict],
+                     normalize: bool = False) -> tuple[list[Optional[TensorSettings]], list[str]]:
+    """Per-tensor settings, aligned with ``plan.tensors`` (``None`` for copied tensors), and warnings.
+
+    ``weights`` holds one entry per model: a number (already checked, e.g. by ``fixed_weights``), a
+    schedule, or ``None`` for all (equal weights). Raises :class:`InputError` for any bad value.
+    """
+    count = len(plan.checkpoints)
+    merged = [(i, t) for i, t in enumerate(plan.tensors) if t.action == MERGE]
+    layers = layer_count(t.canonical for _, t in merged if t.component == TRANSFORMER)
+    params = parameter_schedules(method, parameters)
+    used: dict[int, set[int]] = {}  # id(schedule) -> entry indices that matched a tensor
+    every_schedule: list[Schedule] = list(params.values())
+
+    scheduled = method.uses_weights and has_weight_schedules(weights)
+    weight_schedules: list[Schedule] = []
+    if scheduled:
+        if any(w is None for w in weights):
+            missing = ", ".join(weight_key(i) for i, w in enumerate(weights) if w is None)
+            raise InputError(f"weights are given for some models but not {missing}")
+        weight_schedules = [Schedule.parse(w, weight_key(i)) for i, w in enumerate(weights)]
+        every_schedule += weight_schedules
+    elif method.uses_weights and weights is not None and all(w is not None for w in weights):
+        constant = tuple(float(w) for w in weights)
+    else:
+        constant = tuple([1.0 / count] * count)
+
+    settings: list[Optional[TensorSettings]] = [None] * len(plan.tensors)
+    sum_errors: list[tuple[str, list[float]]] = []
+    negative: list[str] = []
+    for index, planned in merged:
+        tensor = _tensor_name(planned)
+        if scheduled:
+            values = []
+            for schedule in weight_schedules:
+                found = schedule.lookup(tensor, layers)
+                if found is None:
+                    raise InputError(f"{schedule.key}: no entry matches tensor {planned.name}; "
+                                     f"add a default entry (a value without filter) at the end")
+                used.setdefault(id(schedule), set()).add(found[0])
+                values.append(found[1])
+            if normalize:
+                values = normalized(values, f" of tensor {planned.name}")
+            elif not sums_to_one(values):
+                sum_errors.append((planned.name, values))
+            if any(v < 0 for v in values):
+                negative.append(planned.name)
+            tensor_weights = tuple(values)
+        else:
+            tensor_weights = constant
+        if method.nonnegative_weights and any(w < 0 for w in tensor_weights):
+            where = f" for tensor {planned.name}" if scheduled else ""
+            raise InputError(f"merge method {method.name} needs non-negative weights, got {list(tensor_weights)}{where}")
+        values_by_name = dict(method.defaults)
+        for name, schedule in params.items():
+            found = schedule.lookup(tensor, layers)
+            if found is None:
+                continue  # filters without a default: the method's default applies
+            used.setdefault(id(schedule), set()).add(found[0])
+            values_by_name[name] = found[1]
+            problem = parameter_problem(name, found[1])
+            if problem:
+                where = "" if schedule.is_constant else f" (tensor {planned.name})"
+                raise InputError(f"{schedule.key} {problem}{where}")
+        settings[index] = TensorSettings(tensor_weights, values_by_name)
+
+    if sum_errors:
+        name, values = sum_errors[0]
+        more = f" (and {len(sum_errors) - 1} more tensors)" if len(sum_errors) > 1 else ""
+        raise InputError(f"weights for tensor {name} sum to {math.fsum(values):g}, not 1: {values}{more}; "
+                         f"adjust models[*].weight or pass --normalize to divide them by their sum")
+    warnings = []
+    if negative:
+        warnings.append(f"negative weights for {len(negative)} tensors ({few_names(negative, SHOW)}): "
+                        f"this extrapolates beyond the models")
+    for schedule in every_schedule:
+        matched = used.get(id(schedule), set())
+        for i, entry in enumerate(schedule.entries):
+            if entry.pattern is not None and i not in matched:
+                hit_before = any(entry.matches(_tensor_name(t)) for _, t in merged)
+                why = "an earlier entry takes every tensor it matches" if hit_before else "it matches no merged tensor"
+                warnings.append(f"{entry.key}.filter {entry.filter!r} is never used: {why}")
+    return settings, warnings

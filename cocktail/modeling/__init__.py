@@ -1,0 +1,1 @@
+"""Models in memory: pooling, the skeleton filled tensor by tensor, and the encoder used by eval."""

@@ -1,0 +1,128 @@
+"""One model in memory whose parameters are refilled from each checkpoint, or from a merge, in turn.
+
+Scoring N checkpoints never holds N models: the skeleton is built once from the first model's config
+(``AutoModel`` for an encoder, ``AutoModelForSequenceClassification`` for a reranker,
+``AutoModelForCausalLM`` for a decoder), then each checkpoint's tensors are streamed into it one at
+a time, matched through the plan's canonical names (so ``bert.encoder...`` and ``encoder...`` meet).
+Peak memory: the skeleton, plus one tensor (N tensors while filling it from a merge).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+
+from cocktail.io.checkpoints import TRANSFORMER
+from cocktail.errors import InputError
+from cocktail.merging.methods import Method
+from cocktail.merging.plan import Plan, canonical_names, few_names
+
+LOADERS = {"encoder": "AutoModel", "reranker": "AutoModelForSequenceClassification",
+           "decoder": "AutoModelForCausalLM"}
+UNUSED_BY_LOSS = {"encoder": ("pooler.",)}  # parameters the loss never reads may be absent
+
+
+def _skip_random_init():
+    """transformers' ``no_init_weights``: build the skeleton without drawing random weights (faster,
+    and half the peak memory); buffers made in ``__init__`` (position ids) are still made."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        try:
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:
+            return contextlib.nullcontext()
+    return no_init_weights()
+
+
+def model_folder(plan: Plan):
+    """The folder holding the first model's config and tokenizer."""
+    first = plan.checkpoints[0]
+    return first.root / first.components[TRANSFORMER].rel_dir
+
+
+class Skeleton:
+    """``Skeleton(plan, model_type, device)``; ``fill_from_checkpoint(i)`` or ``fill_from_merge(...)``,
+    then use ``.model``."""
+
+    def __init__(self, plan: Plan, model_type: str, device: torch.device):
+        import transformers
+        from transformers import AutoConfig
+
+        self.plan = plan
+        self.model_type = model_type
+        folder = model_folder(plan)
+        try:
+            config = AutoConfig.from_pretrained(str(folder))
+        except Exception as exc:  # transformers raises many kinds for unreadable configs
+            raise InputError(f"{folder}: cannot read the model config ({str(exc).splitlines()[0]})") from None
+        if model_type == "reranker":
+            architectures = list(getattr(config, "architectures", None) or [])
+            if not any("SequenceClassification" in a for a in architectures):
+                raise InputError(f"{plan.checkpoints[0].source}: not a reranker (architecture "
+                                 f"{', '.join(architectures) or 'unknown'}, no classification head); check --model-type")
+            if getattr(config, "num_labels", 1) != 1:
+                raise InputError(f"{plan.checkpoints[0].source}: a reranker must have one output logit, "
+                                 f"its config has num_labels={config.num_labels}")
+        loader = getattr(transformers, LOADERS[model_type])
+        try:
+            with _skip_random_init():  # every parameter is overwritten (and checked) before use
+                model = loader.from_config(config)
+        except Exception as exc:
+            raise InputError(f"{plan.checkpoints[0].source}: cannot build a {model_type} model of type "
+                             f"{config.model_type!r} ({str(exc).splitlines()[0]})") from None
+        if hasattr(model, "tie_weights"):
+            model.tie_weights()  # tied embeddings (GPT-2's lm_head) share one tensor, as from_pretrained makes them
+        self.model = model.float().to(device).eval()
+        state = self.model.state_dict(keep_vars=True)
+        mapping, _ = canonical_names(list(state), getattr(self.model, "base_model_prefix", None) or None)
+        self.targets: dict[str, torch.Tensor] = {canonical: state[actual] for canonical, actual in mapping.items()}
+        self.names = {canonical: actual for canonical, actual in mapping.items()}
+        skip = UNUSED_BY_LOSS.get(model_type, ())
+        groups: dict[int, list[str]] = {}
+        for name, param in self.model.named_parameters(remove_duplicate=False):
+            groups.setdefault(id(param), []).append(name)
+        self.required = {key: names for key, names in groups.items()
+                         if not all(any(n.startswith(s) or f".{s}" in n for s in skip) for n in names)}
+
+    def _copy(self, canonical: str, tensor: torch.Tensor, source: str) -> Optional[int]:
+        target = self.targets.get(canonical)
+        if target is None:
+            return None
+        if tuple(target.shape) != tuple(tensor.shape):
+            raise InputError(f"{source}: tensor {canonical} has shape {list(tensor.shape)}, but a "
+                             f"{self.model_type} built from the first model's config needs {list(target.shape)}")
+        with torch.no_grad():
+            target.data.copy_(tensor)
+        return id(target)
+
+    def _check_filled(self, filled: set, source: str) -> None:
+        missing = [names[0] for key, names in self.required.items() if key not in filled]
+        if missing:
+            raise InputError(f"{source}: lacks tensors a {self.model_type} needs to compute its loss: "
+                             f"{few_names(missing)} (is --model-type right?)")
+
+    def fill_from_checkpoint(self, index: int) -> None:
+        """Load model ``index`` of the plan, tensor by tensor."""
+        ckpt = self.plan.checkpoints[index]
+        filled = set()
+        for planned in self.plan.tensors_of(TRANSFORMER):
+            actual = planned.sources[index]
+            if actual is None or planned.canonical not in self.targets:
+                continue
+            key = self._copy(planned.canonical, ckpt.read(TRANSFORMER, actual), ckpt.source)
+            filled.add(key)
+        self._check_filled(filled, ckpt.source)
+
+    def fill_from_merge(self, method: Method, weights: list[float], parameters: Optional[dict] = None) -> None:
+        """Load the merge of every model with ``weights``, without writing it anywhere."""
+        from cocktail.runner import merged_tensors
+
+        filled = set()
+        wanted = [t for t in self.plan.tensors if t.component == TRANSFORMER and t.canonical in self.targets]
+        subset = Plan(self.plan.checkpoints, self.plan.base, wanted)
+        for planned, tensor in merged_tensors(subset, method, weights, parameters or {}):
+            filled.add(self._copy(planned.canonical, tensor, "the merged model"))
+        self._check_filled(filled, "the merged model")

@@ -1,0 +1,133 @@
+"""The ``Recipe``: everything a merge needs, as one value.
+
+The CLI, the Python API and YAML recipe files all build a ``Recipe`` and hand it to
+``cocktail.runner.run``. A recipe is plain data: it round-trips through ``to_dict``/``from_dict`` and
+through YAML (``from_yaml``/``to_yaml``); the schema and its checks live in ``recipe_schema.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
+
+from cocktail.errors import InputError, RecipeError
+
+MODEL_TYPES = ("encoder", "reranker", "decoder")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass
+class ModelEntry:
+    path: str
+    weight: Optional[float | list] = None  # a number, or a per-tensor schedule (see schedules.py)
+
+    def to_dict(self) -> dict:
+        entry: dict[str, Any] = {"path": self.path}
+        if self.weight is not None:
+            entry["weight"] = self.weight
+        return entry
+
+
+@dataclass
+class Recipe:
+    models: list[ModelEntry]
+    output: Optional[str] = None
+    model_type: str = "encoder"
+    merge_method: str = "linear"
+    base_model: Optional[str] = None
+    weights_from: Optional[dict] = None
+    parameters: dict = field(default_factory=dict)
+    dtype: Optional[str] = None
+    normalize: bool = False
+    max_shard_size: str = "5GB"
+    config_from: Optional[str] = None
+    seed: int = 0
+    provenance: Optional[dict] = None  # what a merge was made from (input sha256, versions): kept for --verify
+
+    @classmethod
+    def from_models(cls, paths, weights=None, **options) -> "Recipe":
+        """A recipe for ``paths`` with one weight each (``weights=None``: equal weights)."""
+        paths = [str(p) for p in paths]
+        if weights is not None and len(weights) != len(paths):
+            raise InputError(f"got {len(weights)} weights for {len(paths)} models: give one weight per model")
+        weights = list(weights) if weights is not None else [None] * len(paths)
+        return cls(models=[ModelEntry(p, w) for p, w in zip(paths, weights)], **options)
+
+    @property
+    def weights(self) -> Optional[list]:
+        """The fixed weights, one per model, or ``None`` when none are given."""
+        given = [m.weight for m in self.models]
+        if all(w is None for w in given):
+            return None
+        if any(w is None for w in given):
+            missing = [m.path for m in self.models if m.weight is None]
+            raise InputError(f"weights are given for some models but not for {', '.join(missing)}")
+        return given
+
+    def to_dict(self) -> dict:
+        data: dict[str, Any] = {
+            "model_type": self.model_type,
+            "merge_method": self.merge_method,
+            "models": [m.to_dict() for m in self.models],
+            "base_model": self.base_model,
+            "weights_from": self.weights_from,
+            "parameters": dict(self.parameters),
+            "dtype": self.dtype,
+            "normalize": self.normalize,
+            "max_shard_size": self.max_shard_size,
+            "config_from": self.config_from,
+            "seed": self.seed,
+            "output": self.output,
+        }
+        if self.provenance is not None:
+            data["provenance"] = self.provenance
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Recipe":
+        data = dict(data)
+        models = [ModelEntry(**m) if isinstance(m, dict) else ModelEntry(str(m)) for m in data.pop("models")]
+        return cls(models=models, **data)
+
+    # -- YAML recipe files -------------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: Union[str, os.PathLike], overrides: Iterable[str] = ()) -> "Recipe":
+        """Read and check the recipe file ``path``; relative paths in it are relative to its folder.
+
+        ``overrides`` are ``KEY.PATH=VALUE`` strings (``models.1.weight=0.3``), applied before the checks.
+        Raises :class:`~cocktail.errors.RecipeError` naming the key path and line of every problem.
+        """
+        path = Path(path).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise RecipeError(f"recipe file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RecipeError(f"{path}: cannot be read ({exc})") from None
+        return cls.from_yaml_text(text, base_dir=path.absolute().parent, source=str(path), overrides=overrides)
+
+    @classmethod
+    def from_yaml_text(cls, text: str, base_dir: Union[str, os.PathLike] = ".", source: str = "<recipe>",
+                       overrides: Iterable[str] = ()) -> "Recipe":
+        """Like :meth:`from_yaml` for recipe text; relative paths are relative to ``base_dir``."""
+        from cocktail.recipe.schema import apply_override, check, parse_yaml, resolve_paths
+
+        data, lines = parse_yaml(text, source)
+        for assignment in [overrides] if isinstance(overrides, str) else overrides:
+            data = apply_override(data, lines, assignment)
+        check(data, lines, base_dir, source)
+        return cls.from_dict(resolve_paths(data, base_dir))
+
+    def check(self, base_dir: Union[str, os.PathLike] = ".") -> None:
+        """Run the recipe file checks on this recipe (relative paths against ``base_dir``)."""
+        from cocktail.recipe.schema import check
+
+        check(self.to_dict(), {}, base_dir, "recipe")
+
+    def to_yaml(self) -> str:
+        """The recipe as YAML; :meth:`from_yaml` reads it back to an equal Recipe."""
+        from cocktail.io.provenance import dump_yaml
+
+        return dump_yaml(self.to_dict())

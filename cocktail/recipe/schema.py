@@ -1,0 +1,514 @@
+"""The recipe file schema: YAML read with line numbers, ``--set`` overrides, and every check up front.
+
+A recipe file is checked whole before any work starts. Each problem names its key path
+(``models[1].weight``) and, where the YAML parser knows it, the file and line, e.g.::
+
+    my.yaml:7: models[1].weight: expected a number, a list of numbers or a list of {filter, value}
+    mappings, got 'half' (a string)
+
+Relative paths in a recipe are relative to the recipe file's folder, not to the current directory.
+Merge methods are checked against the live registry (``cocktail.methods.METHODS``), so methods added
+there are accepted here without a change.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import yaml
+
+from cocktail.errors import InputError, RecipeError
+
+KeyPath = tuple  # ("models", 1, "weight")
+SET = "--set"  # the "line" of a value given on the command line
+
+# Keys of the recipe that name files or models, resolved against the recipe file's folder.
+MODEL_PATH_KEYS = (("base_model",), ("config_from",))
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading floats the YAML 1.2 way (``1e-3`` is a number, not a string)."""
+
+
+RecipeLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def key_path(parts: KeyPath) -> str:
+    """``("models", 1, "weight")`` -> ``models[1].weight``."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def parse_key_path(text: str) -> KeyPath:
+    """``models.1.weight`` or ``models[1].weight`` -> ``("models", 1, "weight")``."""
+    parts: list = []
+    for piece in re.sub(r"\[(\d+)\]", r".\1", text.strip()).split("."):
+        if not piece:
+            raise RecipeError(f"--set {text}: not a key path (examples: dtype, models.1.weight, parameters.density)")
+        parts.append(int(piece) if piece.isdigit() else piece)
+    return tuple(parts)
+
+
+def parse_yaml(text: str, source: str) -> tuple[Any, dict]:
+    """The data of a recipe file, and the line of each key path in it (``{("models", 1): 7}``)."""
+    try:
+        loader = RecipeLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise RecipeError(f"{where}: not valid YAML ({exc.problem or exc.context})") from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{source}: not valid YAML ({exc})") from None
+    lines: dict = {}
+    duplicates: list[str] = []
+    if node is not None:
+        _index_lines(node, (), lines, duplicates, source)
+    if duplicates:
+        raise RecipeError(duplicates)
+    return data, lines
+
+
+def _index_lines(node, path: KeyPath, lines: dict, duplicates: list, source: str) -> None:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        seen: dict = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                duplicates.append(f"{source}:{line}: {key_path(path + (key,))}: duplicate key "
+                                  f"(first given on line {seen[key]})")
+            seen[key] = line
+            _index_lines(value_node, path + (key,), lines, duplicates, source)
+            lines[path + (key,)] = line  # point at the key, where the reader looks
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _index_lines(item, path + (i,), lines, duplicates, source)
+
+
+def apply_override(data: Any, lines: dict, assignment: str) -> dict:
+    """Apply one ``KEY.PATH=VALUE`` (the value read as YAML) to the recipe data; returns the data."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"--set {assignment}: expected KEY=VALUE (e.g. --set dtype=float16, --set models.1.weight=0.3)")
+    parts = parse_key_path(key)
+    try:
+        value = yaml.load(raw, Loader=RecipeLoader) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"--set {key}: the value {raw!r} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        data = {}
+    container: Any = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        here = key_path(parts[:depth]) if depth else "the recipe"
+        if isinstance(part, int):
+            if not isinstance(container, list):
+                raise RecipeError(f"--set {key}: {here} is not a list, so [{part}] cannot be set")
+            if part > len(container):
+                raise RecipeError(f"--set {key}: {here} has {len(container)} entries; "
+                                  f"an index can be at most {len(container)} (to add one)")
+            if part == len(container):
+                container.append(None)
+        elif not isinstance(container, dict):
+            raise RecipeError(f"--set {key}: {here} is not a mapping, so .{part} cannot be set")
+        if last:
+            container[part] = value
+        else:
+            following = parts[depth + 1]
+            current = container.get(part) if isinstance(container, dict) else container[part]
+            if parts[:1] == ("models",) and depth == 1 and isinstance(current, str):
+                container[part] = {"path": current}  # "- ./a" is short for "- path: ./a"
+            elif current is None:
+                container[part] = [] if isinstance(following, int) else {}
+            container = container[part]
+    for known in [p for p in lines if p[:len(parts)] == parts]:
+        del lines[known]
+    lines[parts] = SET
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# checks
+
+
+class Problems:
+    """The problems found so far, each placed at its key path and line."""
+
+    def __init__(self, source: str, lines: dict):
+        self.source = source
+        self.lines = lines
+        self.messages: list[str] = []
+
+    def add(self, path: KeyPath, message: str, at: Optional[KeyPath] = None) -> None:
+        """Record ``message`` about ``path``, at the line of ``at`` (default: ``path``, else its nearest parent)."""
+        line = None
+        anchor = path if at is None else at
+        for depth in range(len(anchor), 0, -1):  # a missing key: the line of its nearest parent
+            if anchor[:depth] in self.lines:
+                line = self.lines[anchor[:depth]]
+                break
+        if line == SET:
+            where = f"{self.source}: {key_path(path)} (from --set)"
+        elif line is not None and path:
+            where = f"{self.source}:{line}: {key_path(path)}"
+        else:
+            where = f"{self.source}: {key_path(path)}"
+        self.messages.append(f"{where}: {message}")
+
+    def raise_any(self) -> None:
+        if self.messages:
+            raise RecipeError(self.messages)
+
+
+def _describe(value: Any) -> str:
+    kind = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a mapping", type(None): "null"}.get(type(value), type(value).__name__)
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{shown} ({kind})" if not isinstance(value, (list, dict)) and value is not None else kind
+
+
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+Check = Callable[[Any, KeyPath, Problems], None]
+
+
+def _expect(test: Callable[[Any], bool], wanted: str, nullable: bool = False) -> Check:
+    def check(value, path, problems):
+        if value is None and nullable:
+            return
+        if not test(value):
+            problems.add(path, f"expected {wanted}, got {_describe(value)}")
+    return check
+
+
+def _choice(choices, nullable: bool = False) -> Check:
+    def check(value, path, problems):
+        if value is None and nullable:
+            return
+        if value not in choices:
+            hint = _did_you_mean(value, choices) if isinstance(value, str) else ""
+            problems.add(path, f"{hint}expected one of {', '.join(choices)}" + (" or null" if nullable else "")
+                         + f", got {_describe(value)}")
+    return check
+
+
+def _mapping_keys(value: dict, path: KeyPath, allowed, problems: Problems) -> None:
+    for key in value:
+        if not isinstance(key, str):
+            problems.add(path + (key,), f"keys must be strings, got {_describe(key)}")
+        elif key not in allowed:
+            problems.add(path + (key,), f"unknown key; {_did_you_mean(key, allowed)}"
+                                        f"expected one of {', '.join(allowed)}")
+
+
+def _check_regex(value: Any, path: KeyPath, problems: Problems) -> None:
+    if not isinstance(value, str):
+        problems.add(path, f"expected a regular expression (a string), got {_describe(value)}")
+        return
+    try:
+        re.compile(value)
+    except re.error as exc:
+        problems.add(path, f"not a valid regular expression ({exc})")
+
+
+def check_tensor_value(value: Any, path: KeyPath, problems: Problems, scalar: Callable[[Any], bool] = is_number,
+                       scalar_name: str = "a number") -> None:
+    """A number for every tensor, a list of numbers (a gradient over layers), or a list of
+    ``{filter: regex, value: number or list of numbers}`` mappings (per-tensor values, first match
+    wins; an entry without filter is the default). Which tensors they reach is checked by the runner."""
+    wanted = f"{scalar_name}, a list of numbers or a list of {{filter, value}} mappings"
+    if scalar(value):
+        return
+    if not isinstance(value, list) or not value:
+        problems.add(path, f"expected {wanted}, got {_describe(value)}")
+        return
+    if _numbers(value):
+        return
+    if all(isinstance(v, dict) for v in value):
+        for i, item in enumerate(value):
+            _mapping_keys(item, path + (i,), ("filter", "value"), problems)
+            if "value" not in item:
+                problems.add(path + (i,), "missing key 'value'")
+            elif not (scalar(item["value"]) or _numbers(item["value"])):
+                problems.add(path + (i, "value"), f"expected {scalar_name} or a list of numbers, "
+                                                  f"got {_describe(item['value'])}")
+            if "filter" in item:
+                _check_regex(item["filter"], path + (i, "filter"), problems)
+        return
+    problems.add(path, f"expected {wanted}, got a list that mixes kinds")
+
+
+def _numbers(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(is_number(v) for v in value)
+
+
+def _parameter_value(value: Any) -> bool:
+    return is_number(value) or isinstance(value, (bool, str))
+
+
+def _positive(value: Any) -> bool:
+    return is_number(value) and value > 0
+
+
+def _positive_int(value: Any) -> bool:
+    return is_int(value) and value > 0
+
+
+def _nonnegative_int(value: Any) -> bool:
+    return is_int(value) and value >= 0
+
+
+def _shard_size(value, path, problems):
+    from cocktail.io.writer import parse_size
+
+    try:
+        parse_size(value)
+    except InputError as exc:
+        problems.add(path, str(exc))
+
+
+#: The keys of ``weights_from`` (few-shot weights from examples) and their checks; the few-shot
+#: code checks them again, with the examples themselves, when it runs.
+WEIGHTS_FROM_KEYS: dict[str, Check] = {
+    "examples": _expect(lambda v: (isinstance(v, str) and v.strip() != "") or
+                        (isinstance(v, list) and bool(v) and all(isinstance(e, dict) for e in v)),
+                        "a path to a .jsonl file (or a list of examples)"),
+    "temperature": _expect(_positive, "a positive number"),
+    "query_instruction": _expect(lambda v: isinstance(v, str), "a string", nullable=True),
+    "neg_number": _expect(_nonnegative_int, "a non-negative integer"),
+    "batch_size": _expect(_positive_int, "a positive integer"),
+    "max_length": _expect(lambda v: is_int(v) and v >= 2, "an integer of at least 2", nullable=True),
+    "task": _expect(lambda v: isinstance(v, (str, list)), "a task name or a list of them", nullable=True),
+    "seed": _expect(_nonnegative_int, "a non-negative integer", nullable=True),
+    "device": _expect(lambda v: isinstance(v, str), "a device name (cpu, cuda, cuda:1)", nullable=True),
+    "search": _expect(lambda v: isinstance(v, bool), "true or false"),
+    "search_budget": _expect(_positive_int, "a positive integer"),
+    "holdout": _expect(lambda v: is_number(v) and v >= 0, "a fraction below 1 or a count of examples",
+                       nullable=True),
+}
+
+
+def _top_level_checks() -> dict[str, Check]:
+    from cocktail.recipe.recipe import DTYPES, MODEL_TYPES
+
+    path_or_null = _expect(lambda v: isinstance(v, str) and v.strip() != "", "a path", nullable=True)
+    return {
+        "model_type": _choice(MODEL_TYPES),
+        "merge_method": _expect(lambda v: isinstance(v, str), "the name of a merge method"),
+        "base_model": path_or_null,
+        "dtype": _choice(DTYPES, nullable=True),
+        "normalize": _expect(lambda v: isinstance(v, bool), "true or false"),
+        "max_shard_size": _shard_size,
+        "config_from": path_or_null,
+        "seed": _expect(_nonnegative_int, "a non-negative integer"),
+        "output": path_or_null,
+        "parameters": _expect(lambda v: isinstance(v, dict), "a mapping of parameter names to values",
+                              nullable=True),
+        "weights_from": _expect(lambda v: isinstance(v, dict), "a mapping (examples, temperature, ...)",
+                                nullable=True),
+        "provenance": _expect(lambda v: isinstance(v, dict), "a mapping", nullable=True),
+    }
+
+
+def local_path(value: str, base_dir: Union[str, os.PathLike]) -> Path:
+    """Where ``value`` (from a recipe in ``base_dir``) lies: relative paths join the recipe's folder."""
+    path = Path(value).expanduser()
+    return Path(os.path.abspath(path if path.is_absolute() else Path(base_dir) / path))
+
+
+def _is_hub_id(value: str) -> bool:
+    from cocktail.io.checkpoints import looks_like_hub_id
+
+    return looks_like_hub_id(value)
+
+
+def resolve_model_path(value: str, base_dir: Union[str, os.PathLike]) -> str:
+    """A model path made absolute against ``base_dir``; a hub id (not a local path) stays as it is."""
+    local = local_path(value, base_dir)
+    if not local.exists() and _is_hub_id(value):
+        return value
+    return str(local)
+
+
+def _check_model_path(value: Any, path: KeyPath, base_dir, problems: Problems) -> None:
+    if not isinstance(value, str) or not value.strip():
+        problems.add(path, f"expected a path to a model (a folder, a .safetensors file or a hub id), "
+                           f"got {_describe(value)}")
+        return
+    local = local_path(value, base_dir)
+    if not local.exists() and not _is_hub_id(value):
+        problems.add(path, f"model not found: {value} (no such file or folder: {local})")
+
+
+def check(data: Any, lines: dict, base_dir: Union[str, os.PathLike], source: str) -> None:
+    """Check recipe ``data`` (read from ``source`` in ``base_dir``); raise one RecipeError listing every problem."""
+    from cocktail.recipe.recipe import ModelEntry, Recipe
+
+    problems = Problems(source, lines)
+    if not isinstance(data, dict):
+        problems.add((), "a recipe is a mapping of keys (models, merge_method, output, ...), got "
+                         + _describe(data))
+        problems.raise_any()
+    top_keys = [f.name for f in fields(Recipe)]
+    _mapping_keys(data, (), top_keys, problems)
+    checks = _top_level_checks()
+    for key, value in data.items():
+        if key in checks:
+            checks[key](value, (key,), problems)
+
+    method = _registered_method(data.get("merge_method", "linear"))
+    _check_models(data, base_dir, problems, [f.name for f in fields(ModelEntry)],
+                  uses_weights=method is None or method.uses_weights)
+    for key in MODEL_PATH_KEYS:
+        value = data.get(key[0])
+        if isinstance(value, str) and value.strip():
+            _check_model_path(value, key, base_dir, problems)
+    weights_from = data.get("weights_from")
+    if isinstance(weights_from, dict):
+        _check_weights_from(weights_from, data, base_dir, problems)
+    if isinstance(data.get("merge_method", "linear"), str):
+        _check_method(data, problems)
+    problems.raise_any()
+
+
+def _registered_method(name: Any):
+    """The registered method called ``name``, or ``None``."""
+    from cocktail.merging.methods import METHODS
+
+    return METHODS.get(name) if isinstance(name, str) else None
+
+
+def _check_models(data: dict, base_dir, problems: Problems, model_keys: list[str], uses_weights: bool) -> None:
+    models = data.get("models")
+    if "models" not in data:
+        problems.add(("models",), "missing: list the models to merge (each with a path)")
+        return
+    if not isinstance(models, list) or not models:
+        problems.add(("models",), f"expected a list of models (each a mapping with a path), got {_describe(models)}")
+        return
+    given = []
+    for i, entry in enumerate(models):
+        path = ("models", i)
+        if isinstance(entry, str):
+            entry = {"path": entry}
+        if not isinstance(entry, dict):
+            problems.add(path, f"expected a mapping with a path (and a weight), got {_describe(entry)}")
+            continue
+        _mapping_keys(entry, path, model_keys, problems)
+        if "path" not in entry:
+            problems.add(path + ("path",), "missing: the model's folder, .safetensors file or hub id")
+        else:
+            _check_model_path(entry["path"], path + ("path",), base_dir, problems)
+        if entry.get("weight") is not None:
+            check_tensor_value(entry["weight"], path + ("weight",), problems)
+            given.append(i)
+    if given and data.get("weights_from"):
+        for i in given:
+            problems.add(("models", i, "weight"), "weights are given both here and by weights_from; "
+                                                  "remove one (fixed weights, or weights from examples)")
+    elif given and len(given) != len(models) and uses_weights:
+        missing = [i for i in range(len(models)) if i not in given]
+        for i in missing:
+            problems.add(("models", i, "weight"), "missing: give a weight to every model, or to none "
+                                                  "(equal weights)")
+
+
+def _check_weights_from(weights_from: dict, data: dict, base_dir, problems: Problems) -> None:
+    path = ("weights_from",)
+    _mapping_keys(weights_from, path, list(WEIGHTS_FROM_KEYS), problems)
+    for key, value in weights_from.items():
+        if key in WEIGHTS_FROM_KEYS:
+            WEIGHTS_FROM_KEYS[key](value, path + (key,), problems)
+    examples = weights_from.get("examples")
+    if "examples" not in weights_from:
+        problems.add(path + ("examples",), "missing: the .jsonl file of examples to weigh the models on")
+    elif isinstance(examples, str) and examples.strip():
+        local = local_path(examples, base_dir)
+        if not local.is_file():
+            problems.add(path + ("examples",), f"examples file not found: {examples} (no such file: {local})")
+
+
+def _check_method(data: dict, problems: Problems) -> None:
+    from cocktail.merging.methods import METHODS
+
+    name = data.get("merge_method", "linear")
+    method = METHODS.get(name)
+    if method is None:
+        problems.add(("merge_method",), f"unknown merge method {name!r}; {_did_you_mean(name, METHODS)}"
+                                        f"choose from {', '.join(sorted(METHODS))}")
+        return
+    if method.needs_base and not data.get("base_model"):
+        problems.add(("base_model",), f"merge method {name} needs a base model: set base_model",
+                     at=("base_model",) if "base_model" in data else ("merge_method",))
+    if not method.uses_weights and isinstance(data.get("models"), list):
+        for i, entry in enumerate(data["models"]):
+            if isinstance(entry, dict) and entry.get("weight") is not None:
+                problems.add(("models", i, "weight"), f"merge method {name} takes no weights; remove it")
+    parameters = data.get("parameters")
+    if not isinstance(parameters, dict):
+        return
+    accepted = set(method.defaults)  # a method's defaults name every parameter it takes
+    for key, value in parameters.items():
+        where = ("parameters", key)
+        if key not in accepted:
+            choices = f"it takes {', '.join(sorted(accepted))}" if accepted else "it takes no parameters"
+            problems.add(where, f"unknown parameter of {name}; {_did_you_mean(key, accepted)}{choices}")
+        else:
+            check_tensor_value(value, where, problems, scalar=_parameter_value,
+                               scalar_name="a number, true/false or a string")
+
+
+def resolve_paths(data: dict, base_dir: Union[str, os.PathLike]) -> dict:
+    """A copy of checked recipe ``data`` with every local path made absolute against ``base_dir``."""
+    data = {key: value for key, value in data.items() if not (key == "parameters" and value is None)}
+    models = []
+    for entry in data.get("models") or []:
+        entry = {"path": entry} if isinstance(entry, str) else dict(entry)
+        entry["path"] = resolve_model_path(entry["path"], base_dir)
+        models.append(entry)
+    data["models"] = models
+    for (key,) in MODEL_PATH_KEYS:
+        if data.get(key):
+            data[key] = resolve_model_path(data[key], base_dir)
+    if data.get("output"):
+        data["output"] = str(local_path(data["output"], base_dir))
+    if isinstance(data.get("weights_from"), dict) and isinstance(data["weights_from"].get("examples"), str):
+        data["weights_from"] = dict(data["weights_from"])
+        data["weights_from"]["examples"] = str(local_path(data["weights_from"]["examples"], base_dir))
+    return data

@@ -1,0 +1,122 @@
+"""`cocktail sweep`: in-memory merges along the weight, the ends reproduce the inputs, the plot is a PNG."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+import cocktail
+from conftest import make_bert, run_cli
+from test_evaluate import _write, make_beir
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def sweep_inputs(tmp_path):
+    a = make_bert(tmp_path / "a", seed=1)
+    b = make_bert(tmp_path / "b", seed=2)
+    beir = make_beir(tmp_path / "beir")
+    sts = _write(tmp_path / "sts.tsv", "the cat is red\ta red cat\t4\nthe dog\tsun moon\t1\nred\tblue\t2\n"
+                                       "one two three\tone two\t3.5\nfire\twater\t0.5\n")
+    return a, b, beir, sts
+
+
+def scores(rows, **match) -> dict:
+    return {(r["data"], r["metric"]): r["value"] for r in rows if all(r[k] == v for k, v in match.items())}
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert width > 100 and height > 100
+    assert data[-8:-4] == b"IEND"
+
+
+def test_sweep_ends_reproduce_the_two_models(sweep_inputs, tmp_path):
+    from cocktail.evaluation.evaluate import evaluate_models
+    from cocktail.evaluation.sweep import plot_sweep, sweep_weights
+
+    a, b, beir, sts = sweep_inputs
+    result = sweep_weights([a, b], [str(beir), str(sts)], steps=3, query_instruction="find ")
+    assert result.weights == [0.0, 0.5, 1.0]
+    alone = evaluate_models([str(a), str(b)], [str(beir), str(sts)], "find ")
+    for weight, model in ((1.0, str(a)), (0.0, str(b))):
+        swept, direct = scores(result.rows, weight=weight), scores(alone, model=model)
+        assert swept.keys() == direct.keys() and len(swept) == 5
+        for key in direct:
+            assert swept[key] == pytest.approx(direct[key], abs=1e-6), (weight, key)
+    png = plot_sweep(result, tmp_path / "sweep.png")
+    assert_png(png)
+    assert [p.name for p in tmp_path.glob("*.png")] == ["sweep.png"]  # no temporary file left
+
+
+def test_sweep_middle_matches_a_merge_written_to_disk(sweep_inputs, tmp_path):
+    from cocktail.evaluation.evaluate import evaluate_models
+    from cocktail.evaluation.sweep import sweep_weights
+
+    a, b, beir, sts = sweep_inputs
+    cocktail.merge([a, b], [0.25, 0.75], tmp_path / "merged")
+    result = sweep_weights([a, b], [str(sts)], steps=5)
+    assert result.weights == [0.0, 0.25, 0.5, 0.75, 1.0]
+    on_disk = evaluate_models([str(tmp_path / "merged")], [str(sts)])
+    assert scores(result.rows, weight=0.25)[(str(sts), "spearman")] == pytest.approx(on_disk[0]["value"], abs=1e-6)
+
+
+def test_cli_sweep_table_json_and_plot(sweep_inputs, tmp_path):
+    a, b, beir, sts = sweep_inputs
+    plot = tmp_path / "curve.png"
+    result = run_cli("sweep", "--models", a, b, "--data", beir, sts, "--steps", "3", "--plot", plot, "--json")
+    assert result.returncode == 0, result
+    data = json.loads(result.stdout)
+    assert data["models"] == [str(a), str(b)] and data["weights"] == [0.0, 0.5, 1.0]
+    assert data["few_shot_weights"] is None
+    assert {(r["weight"], r["data"], r["metric"]) for r in data["rows"]} == {
+        (w, str(d), m) for w in (0.0, 0.5, 1.0)
+        for d, ms in ((beir, ("ndcg@10", "mrr@10", "recall@10", "recall@100")), (sts, ("spearman",))) for m in ms}
+    assert_png(plot)
+
+    table = run_cli("sweep", "--models", a, b, "--data", sts, "--steps", "2", "--quiet")
+    assert table.returncode == 0, table
+    assert f"weight w: w * {a} + (1 - w) * {b}" in table.stdout
+    assert "spearman" in table.stdout and "\n  0 " in table.stdout and "\n  1 " in table.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "1"], "a sweep needs at least 2 steps"),
+    (["--plot", "curve.pdf"], "--plot writes a PNG"),
+])
+def test_cli_sweep_bad_arguments(sweep_inputs, tmp_path, args, message):
+    a, b, beir, sts = sweep_inputs
+    result = run_cli("sweep", "--models", a, b, "--data", sts, *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_sweep_needs_two_models(sweep_inputs, tmp_path):
+    a, b, beir, sts = sweep_inputs
+    result = run_cli("sweep", "--models", a, b, a, "--data", sts)
+    assert result.returncode == 2 and "exactly 2 models, got 3" in result.stderr
+
+
+def test_sweep_marks_the_few_shot_weight(sweep_inputs, tmp_path):
+    from cocktail.evaluation.sweep import plot_sweep, sweep_weights
+
+    a, b, beir, sts = sweep_inputs
+    examples = _write(tmp_path / "examples.jsonl", "".join(json.dumps(r) + "\n" for r in [
+        {"query": "red cat", "pos": ["the cat is red"], "neg": ["the dog is blue", "one two three"]},
+        {"query": "blue dog", "pos": ["the dog is blue"], "neg": ["the cat is red", "sun moon star"]},
+    ]))
+    expected = cocktail.weights_from_examples([str(a), str(b)], str(examples), model_type="encoder")
+    result = sweep_weights([a, b], [str(sts)], steps=3, examples=str(examples))
+    assert result.few_shot_weights == pytest.approx(expected)
+    assert any(abs(w - expected[0]) < 1e-9 for w in result.weights)
+    assert scores(result.rows, weight=next(w for w in result.weights if abs(w - expected[0]) < 1e-9))
+    assert_png(plot_sweep(result, tmp_path / "marked.png"))
+
+
