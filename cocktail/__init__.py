@@ -6,8 +6,8 @@ is first used (``cocktail --help`` stays fast).
 
 from importlib import import_module
 
-from .errors import CocktailError, IncompatibleModelsError, InputChangedError, InputError, OutputError, RecipeError
-from .version import __version__
+from cocktail.errors import CocktailError, IncompatibleModelsError, InputChangedError, InputError, OutputError, RecipeError
+from cocktail.version import __version__
 
 _LAZY = {
     "merge": "cocktail.api",

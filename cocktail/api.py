@@ -4,7 +4,7 @@ and LM-Cocktail's ``mix_models`` / ``mix_models_by_layers``.
 All of them build a :class:`~cocktail.recipe.Recipe` and run it on the same streaming engine as the
 CLI, so a folder written from Python is byte-identical to one written by ``cocktail merge``.
 Models already in memory (``torch.nn.Module``s, state dicts) enter the engine as
-:class:`~cocktail.memory.MemoryCheckpoint`s: the same checks, the same methods, the same writer.
+:class:`~cocktail.io.memory.MemoryCheckpoint`s: the same checks, the same methods, the same writer.
 """
 
 from __future__ import annotations
@@ -13,14 +13,18 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import torch
 
 from cocktail.errors import InputError
+from cocktail.io import memory
+from cocktail.io.checkpoints import TRANSFORMER, Checkpoint, find_weights, resolve
+from cocktail.merging.engine import output_dtype
+from cocktail.modeling.clone import empty_clone, fill_clone
+from cocktail.modeling.loading import load_pretrained
 from cocktail.recipe.recipe import Recipe
-from cocktail.runner import run
-
-if TYPE_CHECKING:  # imported for type hints only: importing cocktail.api stays light
-    import torch
+from cocktail.runner import iter_merged, run
 
 PathLike = Union[str, os.PathLike]
 ModelInput = Union[str, os.PathLike, "torch.nn.Module", Mapping[str, "torch.Tensor"]]
@@ -77,8 +81,6 @@ def merge(models: Sequence[ModelInput], weights: Union[Sequence[float], str, Non
         merged = cocktail.merge([model, "BAAI/bge-base-en-v1.5"], weights=[0.5, 0.5])
         cocktail.merge(["./ft", "./base"], weights=[0.5, 0.5], output="./mixed")
     """
-    from cocktail.io import memory
-
     models = _as_list(models)
     recipe, objects = prepare(models, weights, output, model_type=model_type, method=method, base=base,
                               parameters=parameters, dtype=dtype, normalize=normalize,
@@ -92,8 +94,6 @@ def merge(models: Sequence[ModelInput], weights: Union[Sequence[float], str, Non
         result = run(recipe, force=force, progress=progress, objects=objects)
         tensors = _read_folder(result.output)
     else:
-        from cocktail.runner import iter_merged
-
         tensors = ((p.component, p.name, t) for p, t in iter_merged(recipe, objects=objects))
     if memory.is_module(first):
         return _into_module(first, first_checkpoint, tensors, dtype)
@@ -113,8 +113,6 @@ def prepare(models: Sequence[ModelInput], weights: Union[Sequence[float], str, N
     ``cocktail.run(recipe, objects=objects)`` then writes exactly what :func:`merge` writes.
     Arguments are those of :func:`merge`.
     """
-    from cocktail.io import memory
-
     models = _as_list(models)
     labels = [str(m) if memory.is_path(m) else _memory_label(m, f"model {i + 1}") for i, m in enumerate(models)]
     objects: dict = {}  # recipe name -> opened in-memory model
@@ -168,22 +166,18 @@ def merge_state_dicts(state_dicts: Sequence[Mapping[str, "torch.Tensor"]], weigh
     Raises:
         cocktail.CocktailError: names, shapes or dtypes that do not match, bad weights, unknown method.
     """
-    from cocktail.io.memory import is_state_dict
-
     state_dicts = _as_list(state_dicts)
     for i, state in enumerate(state_dicts):
-        if not is_state_dict(state):
+        if not memory.is_state_dict(state):
             raise InputError(f"model {i + 1}: expected a state dict {{name: tensor}}, got {type(state).__name__}")
-    if base is not None and not is_state_dict(base):
+    if base is not None and not memory.is_state_dict(base):
         raise InputError(f"base: expected a state dict {{name: tensor}}, got {type(base).__name__}")
     return merge(state_dicts, weights, method=method, base=base, parameters=parameters, dtype=dtype,
                  normalize=normalize, seed=seed)
 
 
 def _as_list(models) -> list:
-    from cocktail.io.memory import is_module, is_path, is_state_dict
-
-    if is_path(models) or is_module(models) or is_state_dict(models):
+    if memory.is_path(models) or memory.is_module(models) or memory.is_state_dict(models):
         raise InputError("models must be a list of models (give [model_a, model_b])")
     models = list(models)
     if not models:
@@ -193,18 +187,13 @@ def _as_list(models) -> list:
 
 def _memory_label(value, where: str) -> str:
     """How a model held in memory is named in messages and in the recipe: ``<in memory: BertModel, model 1>``."""
-    from cocktail.io.memory import describe
-
-    return f"{describe(value)[:-1]}, {where}>"
+    return f"{memory.describe(value)[:-1]}, {where}>"
 
 
 def _side_files_source(models: list) -> Optional[Path]:
     """Where a model held in memory takes the files it cannot write itself: the first model on disk."""
-    from cocktail.io.checkpoints import resolve
-    from cocktail.io.memory import is_path
-
     for value in models:
-        if is_path(value):
+        if memory.is_path(value):
             path = resolve(str(value))
             return path.parent if path.is_file() else path
     return None
@@ -228,13 +217,11 @@ def examples_request(examples: Any) -> dict:
 
 def _read_folder(folder: Path):
     """``(component, name, tensor)`` of every tensor of a written folder, one at a time."""
-    from cocktail.io.checkpoints import TRANSFORMER, Checkpoint, _find_weights
-
     folder = Path(folder)
     if (folder / "config.json").is_file():
         written = Checkpoint.open(folder)
     else:  # merged state dicts with no config to copy: the weights alone
-        written = Checkpoint(str(folder), folder, {}, {TRANSFORMER: _find_weights(folder, TRANSFORMER, "", True)},
+        written = Checkpoint(str(folder), folder, {}, {TRANSFORMER: find_weights(folder, TRANSFORMER, "", True)},
                              sentence_transformers=False)
     with written:
         for key in written.components:
@@ -244,9 +231,6 @@ def _read_folder(folder: Path):
 
 def _into_module(first, checkpoint, tensors, dtype: Optional[str]):
     """A new model of the first model's class holding the merged tensors; ``first`` is not touched."""
-    from cocktail.io.memory import empty_clone, fill_clone
-    from cocktail.runner import output_dtype
-
     clone = empty_clone(first)
     if dtype is not None:
         clone = clone.to(output_dtype(dtype))
@@ -255,10 +239,8 @@ def _into_module(first, checkpoint, tensors, dtype: Optional[str]):
 
 def _into_state_dict(first: Mapping, objects: dict, tensors) -> dict:
     """The merged state dict, in the first state dict's order, sharing no memory with any input."""
-    from cocktail.io.memory import MemoryCheckpoint
-
     input_storages = {t.untyped_storage().data_ptr()
-                      for c in objects.values() if isinstance(c, MemoryCheckpoint)
+                      for c in objects.values() if isinstance(c, memory.MemoryCheckpoint)
                       for comp in c.components.values() for t in comp.tensors.values()}
     merged = {}
     for _, name, tensor in tensors:
@@ -269,11 +251,7 @@ def _into_state_dict(first: Mapping, objects: dict, tensors) -> dict:
 
 def load_model(path: PathLike, model_type: str):
     """Load a merged folder with the transformers class LM-Cocktail uses for ``model_type``."""
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    loader = {"encoder": AutoModel, "reranker": AutoModelForSequenceClassification,
-              "decoder": AutoModelForCausalLM}[model_type]
-    return loader.from_pretrained(str(path))
+    return load_pretrained(path, model_type)
 
 
 def _mix(model_names_or_paths, model_type, weights, output_path):

@@ -18,7 +18,12 @@ from typing import Any, Optional, Sequence, Union
 
 from transformers import TrainerCallback
 
+from cocktail.api import prepare
 from cocktail.errors import InputError
+from cocktail.io.memory import open_any
+from cocktail.io.output import check_output
+from cocktail.merging.methods import get_method
+from cocktail.runner import run
 
 EVENTS = ("train_end", "save")
 
@@ -70,8 +75,6 @@ class CocktailCallback(TrainerCallback):
                              "give [w_trained, w_base]")
         if examples is not None and weights != "examples":
             raise InputError("examples are used only with weights='examples'")
-        from cocktail.merging.methods import get_method
-
         get_method(method)  # an unknown method is an error now, not after training
         self.base = base
         self.weights = weights if weights is None or isinstance(weights, str) else list(weights)
@@ -105,9 +108,6 @@ class CocktailCallback(TrainerCallback):
         """Check what can be checked before hours of training: the base opens, the output is free."""
         if not state.is_world_process_zero:
             return
-        from cocktail.io.memory import open_any
-        from cocktail.io.output import check_output
-
         with open_any(self.base, "base"):
             pass
         if "train_end" in self.events:
@@ -126,10 +126,6 @@ class CocktailCallback(TrainerCallback):
     # -- the merge ---------------------------------------------------------------------------------
     def mix(self, model, output: Path, event_kwargs: Optional[dict] = None):
         """Merge ``model`` (as it is now) with the base into ``output``; the model is only read."""
-        from cocktail.api import prepare
-        from cocktail.merging.methods import get_method
-        from cocktail.runner import run
-
         if model is None:
             raise InputError("CocktailCallback: the trainer passed no model to merge")
         event_kwargs = event_kwargs or {}

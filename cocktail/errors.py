@@ -3,7 +3,17 @@
 Every failure a user can cause (a missing folder, incompatible models, an output that already
 exists) is a :class:`CocktailError` whose message is one line that says what is wrong and where.
 The CLI prints it as ``error: <message>`` and exits with status 2; the Python API raises it.
+:func:`few_names` gives every list in a message the same shape.
 """
+
+SHOW = 4  # names shown in a message before "and N more"
+
+
+def few_names(items, show: int = SHOW) -> str:
+    """The first ``show`` names, then how many more: ``a, b, c, d (and 9 more)``."""
+    items = list(items)
+    shown = ", ".join(items[:show])
+    return shown + (f" (and {len(items) - show} more)" if len(items) > show else "")
 
 
 class CocktailError(Exception):

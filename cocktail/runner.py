@@ -7,7 +7,6 @@ This is the one path every door (CLI, Python API, YAML recipes) goes through.
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,21 +15,21 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from cocktail.io import provenance as card
-from cocktail.io import sidefiles
-from cocktail.io.checkpoints import TRANSFORMER, Checkpoint, read_config, resolve, transformer_dir
-from cocktail.errors import CocktailError, InputError
-from cocktail.merging.methods import Method, get_method
+from cocktail.errors import CocktailError, InputError, few_names
+from cocktail.fewshot.request import FewShotRequest
+from cocktail.io import provenance, sidefiles
+from cocktail.io.checkpoints import TRANSFORMER, CheckpointLike, read_config, resolve, transformer_dir
+from cocktail.io.memory import open_any, share_model_type
 from cocktail.io.output import OutputFolder, check_output
-from cocktail.merging.plan import COPY, Plan, PlannedTensor, build_plan, few_names
-from cocktail.recipe.recipe import DTYPES, MODEL_TYPES, Recipe
-from cocktail.merging.tensor_settings import (TensorSettings, check_method_use, has_weight_schedules, resolve_settings,
-                              tensor_generator)
-from cocktail.version import __version__
+from cocktail.io.writer import parse_size
+from cocktail.merging.engine import merged_tensors, output_dtype, write_tensors
+from cocktail.merging.methods import Method, get_method
+from cocktail.merging.plan import Plan, PlannedTensor, build_plan
+from cocktail.merging.tensor_settings import check_method_use, has_weight_schedules, resolve_settings
 from cocktail.merging.weights import fixed_weights
-from cocktail.io.writer import ShardedSafetensorsWriter, parse_size
-
-DTYPE_BY_NAME = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from cocktail.recipe.choices import MODEL_TYPES
+from cocktail.recipe.recipe import Recipe
+from cocktail.version import __version__
 
 
 class CocktailWarning(UserWarning):
@@ -66,14 +65,6 @@ class MergeResult:
         }
 
 
-def output_dtype(name: Optional[str]) -> Optional[torch.dtype]:
-    if name is None:
-        return None
-    if name not in DTYPE_BY_NAME:
-        raise InputError(f"unknown dtype {name!r} (choose from {', '.join(DTYPES)})")
-    return DTYPE_BY_NAME[name]
-
-
 def check_recipe(recipe: Recipe) -> Method:
     """Checks that need no file: model count, model type, method, dtype, shard size."""
     if not recipe.models:
@@ -87,13 +78,12 @@ def check_recipe(recipe: Recipe) -> Method:
     return method
 
 
-def open_checkpoints(recipe: Recipe, objects: Optional[dict] = None) -> tuple[list[Checkpoint], Optional[Checkpoint]]:
+def open_checkpoints(recipe: Recipe, objects: Optional[dict] = None
+                     ) -> tuple[list[CheckpointLike], Optional[CheckpointLike]]:
     """Open the recipe's models and base; ``objects`` maps a model's name in the recipe to the model
     itself when it is in memory (a module, a state dict or an already opened checkpoint)."""
-    from cocktail.io.memory import open_any, share_model_type
-
     objects = objects or {}
-    opened: list[Checkpoint] = []
+    opened: list[CheckpointLike] = []
     try:
         for entry in recipe.models:
             opened.append(open_any(objects.get(entry.path, entry.path)))
@@ -118,46 +108,6 @@ def resolve_weights(recipe: Recipe, method: Method) -> tuple[list, list[str]]:
     if has_weight_schedules(recipe.weights):
         return list(recipe.weights), []
     return fixed_weights(recipe.weights, len(recipe.models), recipe.normalize)
-
-
-def merged_tensors(plan: Plan, method: Method, weights: list, parameters: dict,
-                   on_tensor: Optional[Callable[[PlannedTensor], None]] = None, *,
-                   settings: Optional[list[Optional[TensorSettings]]] = None, seed: int = 0
-                   ) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
-    """Yield ``(planned, tensor)`` for every output tensor, in plan order, holding one name at a time.
-
-    Each tensor is merged with its own weights and parameters (``settings``, resolved from ``weights``
-    and ``parameters`` when not given); random methods get a generator seeded from ``seed`` and the
-    tensor's name.
-    """
-    if method.needs_base and plan.base is None:
-        raise InputError(f"merge method {method.name} needs a base model")
-    if settings is None:
-        settings, _ = resolve_settings(plan, method, weights, parameters)
-    for planned, setting in zip(plan.tensors, settings):
-        if planned.action == COPY:
-            tensor = plan.checkpoints[0].read(planned.component, planned.sources[0])
-            tensor = tensor.to(planned.out_dtype)
-        else:
-            inputs = [ckpt.read(planned.component, source).to(torch.float32)
-                      for ckpt, source in zip(plan.checkpoints, planned.sources)]
-            base = None
-            if plan.base is not None and planned.base_source is not None:
-                base = plan.base.read(planned.component, planned.base_source).to(torch.float32)
-            extra = {"generator": tensor_generator(seed, planned.component, planned.canonical)} if method.random else {}
-            tensor = method(inputs, list(setting.weights), base, **setting.parameters, **extra).to(planned.out_dtype)
-            del inputs, base
-        yield planned, tensor
-        if on_tensor is not None:
-            on_tensor(planned)
-
-
-def merge_to_state_dict(plan: Plan, method: Method, weights: list, parameters: Optional[dict] = None,
-                        component: str = TRANSFORMER, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Merge in memory: ``{output name: tensor}`` of one component (the transformer by default)."""
-    return {planned.name: tensor for planned, tensor in merged_tensors(plan, method, weights, parameters or {},
-                                                                       seed=seed)
-            if planned.component == component}
 
 
 @dataclass
@@ -191,8 +141,6 @@ def prepare(recipe: Recipe, *, objects: Optional[dict] = None, on_warning: Optio
     method = check_recipe(recipe)
     few_shot = None
     if recipe.weights_from:  # options and examples are checked now, before any model is opened
-        from cocktail.fewshot.weighting import FewShotRequest
-
         few_shot = FewShotRequest(recipe, method)
         weights, weight_warnings = [], []
     else:
@@ -244,9 +192,7 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
         recipe = Recipe.from_yaml(recipe)
     check_recipe(recipe)
     if verify:
-        from cocktail.io.verify import verify_inputs
-
-        verify_inputs(recipe)
+        provenance.verify_inputs(recipe)
     if not dry_run and not recipe.output:
         raise InputError("no output folder given")
     target: Optional[Path] = None
@@ -275,56 +221,20 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
 
 def _write(prepared: Prepared, target: Path, force: bool, progress: bool) -> tuple[list[str], list[str]]:
     """Write the merge into ``target``: ``(files written, merged tensors with NaN or inf values)``."""
-    recipe, plan, method, weights = prepared.recipe, prepared.plan, prepared.method, prepared.weights
-    first = plan.checkpoints[0]
+    recipe, plan = prepared.recipe, prepared.plan
     every = plan.checkpoints + ([plan.base] if plan.base else [])
-    hasher = card.InputHasher([(c.root, c.weight_files()) for c in every])
-    max_shard = parse_size(recipe.max_shard_size)
-    files: list[str] = []
-    nonfinite: list[str] = []
+    hasher = provenance.InputHasher(every)
     try:
         with OutputFolder(target, force) as folder:
-            writers = {}
-            for component in plan.components:
-                rel_dir = first.components[component].rel_dir
-                (folder.tmp / rel_dir).mkdir(parents=True, exist_ok=True)
-                entries = [(t.name, t.out_dtype, t.shape) for t in plan.tensors_of(component)]
-                writers[component] = (rel_dir, ShardedSafetensorsWriter(folder.tmp / rel_dir, entries, max_shard))
-            bar = _progress_bar(plan, progress)
-            threads = torch.get_num_threads()
-            if method.elementwise:
-                # Elementwise arithmetic is memory-bound: one thread does it as fast as several, and
-                # leaves the other cores to the input hashing running beside it.
-                torch.set_num_threads(1)
-            try:
-                for planned, tensor in prepared.tensors(on_tensor=lambda t: bar.update(t.nbytes)):
-                    writers[planned.component][1].write(planned.name, tensor)
-                    if planned.action != COPY and not bool(torch.isfinite(tensor).all()):
-                        nonfinite.append(planned.name)
-                    del tensor
-            finally:
-                torch.set_num_threads(threads)
-                bar.close()
-                for _, writer in writers.values():
-                    writer.abort()
-            for rel_dir, writer in writers.values():
-                files += [os.path.join(rel_dir, name) for name in writer.close()]
+            files, nonfinite = write_tensors(plan, prepared.tensors, folder.tmp, parse_size(recipe.max_shard_size),
+                                             prepared.method.elementwise, progress)
             files += _write_side_files(recipe, plan, folder.tmp)
-            hashes = [c.content_hash() if getattr(c, "in_memory", False) else h
-                      for c, h in zip(every, hasher.result())]
-            files += _write_provenance(recipe, plan, weights, hashes, folder.tmp, prepared.few_shot)
+            files += _write_provenance(recipe, plan, prepared.weights, hasher.result(), folder.tmp, prepared.few_shot)
             folder.commit()
     except BaseException:
         hasher.cancel()
         raise
     return sorted(files), nonfinite
-
-
-def _progress_bar(plan: Plan, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=plan.output_bytes, unit="B", unit_scale=True, desc="merging", file=sys.stderr,
-                disable=not enabled, leave=False)
 
 
 def side_file_source(recipe: Recipe, plan: Plan) -> Path:
@@ -401,10 +311,10 @@ def resolved_recipe(recipe: Recipe, plan: Plan, weights: list[float], hashes: li
 def _write_provenance(recipe: Recipe, plan: Plan, weights: list[float], hashes: list[dict], dest: Path,
                       few_shot: Optional[dict] = None) -> list[str]:
     data = resolved_recipe(recipe, plan, weights, hashes, few_shot)
-    (dest / card.RECIPE_FILE).write_text(card.dump_yaml(data))
+    (dest / provenance.RECIPE_FILE).write_text(provenance.dump_yaml(data))
     library = "sentence-transformers" if sidefiles.has_sentence_transformers_files(dest) else "transformers"
-    (dest / card.CARD_FILE).write_text(card.model_card(data, weights, plan.summary(), library, __version__))
-    return [card.RECIPE_FILE, card.CARD_FILE]
+    (dest / provenance.CARD_FILE).write_text(provenance.model_card(data, weights, plan.summary(), library, __version__))
+    return [provenance.RECIPE_FILE, provenance.CARD_FILE]
 
 
-__all__ = ["run", "MergeResult", "merged_tensors", "merge_to_state_dict", "iter_merged", "CocktailWarning", "CocktailError"]
+__all__ = ["run", "MergeResult", "iter_merged", "prepare", "CocktailWarning", "CocktailError"]

@@ -40,9 +40,9 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 import cocktail  # noqa: E402
 from cocktail.evaluation.datasets import RetrievalSet, load_dataset  # noqa: E402
-from cocktail.modeling.encoder import float32_kwargs  # noqa: E402
 from cocktail.evaluation.evaluate import Task, evaluate_models  # noqa: E402
 from cocktail.evaluation.sweep import plot_sweep, sweep_weights, table_rows  # noqa: E402
+from cocktail.modeling.loading import float32_kwargs  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 INSTRUCTION = "Represent this sentence for searching relevant passages: "

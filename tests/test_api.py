@@ -11,10 +11,10 @@ import shutil
 
 import pytest
 import torch
+from conftest import make_bert, read_folder_tensors, run_cli, snapshot
 from safetensors.torch import load_file
 
 import cocktail
-from conftest import make_bert, read_folder_tensors, run_cli, snapshot
 
 W = (0.3, 0.7)
 

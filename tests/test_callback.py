@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import VOCAB, make_bert, read_folder_tensors, run_cli
 from safetensors.torch import load_file
 
 import cocktail
-from conftest import VOCAB, make_bert, read_folder_tensors, run_cli
 
 pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate")
 
@@ -151,8 +151,11 @@ def test_bad_arguments_are_cocktail_errors(base):
 def test_sentence_transformer_trainer(tmp_path):
     pytest.importorskip("datasets")
     from datasets import Dataset
-    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
-                                       SentenceTransformerTrainingArguments)
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 

@@ -9,11 +9,12 @@ so does cocktail's own encoder (the one ``cocktail eval`` uses). Rerankers:
 from __future__ import annotations
 
 import json
+
 import pytest
 import torch
+from conftest import make_bert
 
 import cocktail
-from conftest import make_bert
 
 sentence_transformers = pytest.importorskip("sentence_transformers")
 

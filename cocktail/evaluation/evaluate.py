@@ -16,6 +16,7 @@ from typing import Optional, Sequence, Union
 
 from cocktail.evaluation.datasets import Dataset, RetrievalSet, STSSet, load_dataset
 from cocktail.evaluation.metrics import RETRIEVAL_METRICS, retrieval_scores, spearman
+from cocktail.modeling.encoder import Encoder
 
 TOP_K = 100
 QUERY_CHUNK = 1024
@@ -120,8 +121,6 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
     Returns:
         Rows ``{"model": ..., "data": ..., "metric": ..., "value": ...}``.
     """
-    from cocktail.modeling.encoder import Encoder
-
     tasks = make_tasks(data, query_instruction, split)
     labels = list(labels) if labels is not None else [str(m) for m in models]
     rows = []

@@ -16,8 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from tqdm import tqdm
+
 from cocktail.errors import InputError
 from cocktail.evaluation.evaluate import Task, make_tasks, score_encoder
+from cocktail.fewshot.weighting import weights_from_examples
+from cocktail.io.checkpoints import TRANSFORMER, Checkpoint
+from cocktail.merging.engine import merged_tensors
+from cocktail.merging.methods import get_method
+from cocktail.merging.plan import build_plan
+from cocktail.modeling.encoder import Encoder
 
 
 @dataclass
@@ -50,8 +58,6 @@ def sweep_points(steps: int) -> list[float]:
 def few_shot_weights(models: Sequence[str], examples, query_instruction: Optional[str],
                      device: Optional[str], max_length: int = 512) -> list[float]:
     """The weights LM-Cocktail's few-shot weighting gives ``models`` (``cocktail.weights_from_examples``)."""
-    from cocktail.fewshot.weighting import weights_from_examples
-
     return [float(w) for w in weights_from_examples(list(models), examples, model_type="encoder",
                                                     query_instruction=query_instruction, max_length=max_length,
                                                     device=device)]
@@ -74,11 +80,6 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
     """
     import torch
 
-    from cocktail.io.checkpoints import TRANSFORMER, Checkpoint
-    from cocktail.modeling.encoder import Encoder
-    from cocktail.merging.methods import get_method
-    from cocktail.merging.plan import build_plan
-    from cocktail.runner import merged_tensors
 
     models = [str(m) for m in models]
     if len(models) != 2:
@@ -111,8 +112,6 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
 
 
 def _progress(points: list[float], enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(points, desc="sweep", unit="weight", file=sys.stderr, leave=False, disable=not enabled)
 
 

@@ -6,7 +6,8 @@ and recorded negative sampling, rerankers supported; and ``search`` looks for th
 *merged* model has the lowest loss, keeping a holdout part aside to show overfitting.
 
 Entry points: :func:`few_shot_losses` (losses, weights and details), :func:`weights_from_examples`
-(just the weights) and :func:`weights_for_plan` (what the runner calls for ``recipe.weights_from``).
+(just the weights) and :func:`weights_for_plan` (what ``request.FewShotRequest`` calls for a
+recipe's ``weights_from``).
 """
 
 from __future__ import annotations
@@ -17,82 +18,29 @@ import math
 import os
 import random
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
+
+import torch
 
 from cocktail.errors import InputError
+from cocktail.fewshot import losses as L
 from cocktail.fewshot.examples import ExampleSet, ExampleSource, load_examples
+from cocktail.fewshot.search import search_weights
+from cocktail.io.checkpoints import Checkpoint
+from cocktail.merging.methods import get_method
+from cocktail.merging.plan import build_plan
+from cocktail.modeling.loading import load_tokenizer, resolve_device
+from cocktail.modeling.pooling import read_pooling
+from cocktail.modeling.skeleton import Skeleton, model_folder
+from cocktail.recipe.choices import MODEL_TYPES
+from cocktail.recipe.weights_from import DEFAULT_SEARCH_BUDGET, FewShotOptions
 
 DEFAULT_MAX_LENGTH = {"encoder": 512, "reranker": 512, "decoder": 2048}
-DEFAULT_SEARCH_BUDGET = 30
+assert tuple(DEFAULT_MAX_LENGTH) == MODEL_TYPES
 MIN_FOR_DEFAULT_HOLDOUT = 10  # with fewer examples, --search keeps none aside unless asked
 HOLDOUT_SEED_OFFSET = 1  # the holdout split uses random.Random(seed + 1), negatives random.Random(seed)
-
-
-@dataclass
-class FewShotOptions:
-    """Everything that defines the few-shot loss and weights (the keys of a recipe's ``weights_from``)."""
-
-    examples: Any = None  # a path, or a list of example dicts
-    temperature: float = 5.0
-    query_instruction: Optional[str] = None
-    neg_number: int = 7
-    batch_size: int = 2
-    max_length: Optional[int] = None  # None: 512 for encoders and rerankers, 2048 for decoders
-    task: Union[str, list, None] = None
-    seed: Optional[int] = None  # None: the recipe's seed (0)
-    device: Optional[str] = None  # None: cuda when present, else cpu
-    search: bool = False
-    search_budget: int = DEFAULT_SEARCH_BUDGET
-    holdout: Optional[float] = None  # None: a fifth with --search when there are >= 10 examples; <1 fraction, >=1 count
-
-    @classmethod
-    def from_dict(cls, data: dict, default_seed: int = 0) -> "FewShotOptions":
-        """Options from a recipe's ``weights_from`` mapping, every key and type checked."""
-        if not isinstance(data, dict):
-            raise InputError(f"weights_from must be a mapping with at least 'examples', got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = [k for k in data if k not in known]
-        if unknown:
-            raise InputError(f"weights_from: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        options = cls(**data)
-        if options.seed is None:
-            options.seed = default_seed
-        options.check()
-        return options
-
-    def check(self) -> None:
-        """Cheap checks of every option (the examples file is read by :meth:`load`)."""
-        if self.examples is None:
-            raise InputError("weights_from: 'examples' is required (a file of examples)")
-
-        def number(name, kind, low, strict=False):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-                raise InputError(f"{name.replace('_', '-')} must be {'a number' if kind is float else 'an integer'}, got {value!r}")
-            if not math.isfinite(value) or (value <= low if strict else value < low):
-                raise InputError(f"{name.replace('_', '-')} must be {'more than' if strict else 'at least'} {low}, got {value!r}")
-
-        number("temperature", float, 0, strict=True)
-        number("neg_number", int, 0)
-        number("batch_size", int, 1)
-        number("search_budget", int, 1)
-        if self.seed is not None:
-            number("seed", int, 0)
-        if self.max_length is not None:
-            number("max_length", int, 2)
-        if self.holdout is not None:
-            number("holdout", float, 0)
-            if self.holdout >= 1 and self.holdout != int(self.holdout):
-                raise InputError(f"holdout must be a fraction below 1 or a whole number of examples, got {self.holdout}")
-        if self.query_instruction is not None and not isinstance(self.query_instruction, str):
-            raise InputError(f"query-instruction must be a string, got {self.query_instruction!r}")
-        if not isinstance(self.search, bool):
-            raise InputError(f"search must be true or false, got {self.search!r}")
-
-    def load(self, model_type: str) -> ExampleSet:
-        return load_examples(self.examples, model_type, self.task)
 
 
 @dataclass
@@ -155,18 +103,24 @@ class FewShotResult:
 # -- the work --------------------------------------------------------------------------------------
 
 
-def resolve_device(name: Optional[str]):
-    import torch
+def softmax_weights(losses: Sequence[float], temperature: float = 5.0) -> list[float]:
+    """LM-Cocktail's few-shot weights: ``softmax(-loss / temperature)``, one per model.
 
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise InputError(f"unknown device {name!r} (e.g. cpu, cuda, cuda:1)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name} asked for, but CUDA is not available here")
-    return device
+    Computed in float64 (LM-Cocktail uses float32; the two agree to about 1e-7), so the weights sum
+    to 1 within rounding and a dumped recipe reruns with them as fixed weights.
+    """
+    if not losses:
+        raise InputError("no losses to turn into weights")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise InputError(f"temperature must be a positive number, got {temperature!r}")
+    values = [float(loss) for loss in losses]
+    if not all(math.isfinite(v) for v in values):
+        raise InputError(f"losses must be finite numbers to become weights, got {values}")
+    scaled = [-v / temperature for v in values]
+    top = max(scaled)
+    exps = [math.exp(s - top) for s in scaled]
+    total = math.fsum(exps)
+    return [e / total for e in exps]
 
 
 def _sha256_of_examples(example_set: ExampleSet, source) -> str:
@@ -188,25 +142,6 @@ def _holdout_count(options: FewShotOptions, total: int) -> int:
     return count
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
-                   "sentencepiece.bpe.model", "spiece.model", "spm.model")
-
-
-def load_tokenizer(folder: Path, needed_for: str = "to score examples"):
-    """The tokenizer saved in ``folder``; an :class:`InputError` when there is none (never a made-up one)."""
-    from transformers import AutoTokenizer
-
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        # transformers 5 would build an empty tokenizer that maps every word to [UNK]
-        raise InputError(f"{folder}: cannot load its tokenizer, needed {needed_for} (no tokenizer files: "
-                         f"expected one of {', '.join(TOKENIZER_FILES[:3])}, ...)")
-    try:
-        return AutoTokenizer.from_pretrained(str(folder))
-    except Exception as exc:  # transformers raises many kinds when no tokenizer is there
-        raise InputError(f"{folder}: cannot load its tokenizer, needed {needed_for} "
-                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-
-
 def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=None, parameters=None,
                      progress: bool = False, example_set: Optional[ExampleSet] = None) -> FewShotResult:
     """Few-shot losses and weights for the checkpoints of ``plan`` (the runner's entry point).
@@ -220,19 +155,9 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
         progress: print one line per model on stderr.
         example_set: the examples, if already loaded (else read from ``options.examples``).
     """
-    import torch
-
-    from cocktail.fewshot import losses as L
-    from cocktail.merging.methods import get_method
-    from cocktail.merging.plan import build_plan
-    from cocktail.fewshot.search import search_weights
-    from cocktail.modeling.pooling import read_pooling
-    from cocktail.modeling.skeleton import Skeleton, model_folder
-    from cocktail.merging.weights import softmax_weights
-
     options.check()
     seed = int(options.seed or 0)
-    example_set = example_set or options.load(model_type)
+    example_set = example_set or load_examples(options.examples, model_type, options.task)
     device = resolve_device(options.device)
     notes: list[str] = []
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
@@ -351,14 +276,11 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
                              task=list(task) if isinstance(task, (list, tuple)) else task, seed=seed,
                              device=device, search=search, search_budget=search_budget, holdout=holdout)
     options.check()
-    if model_type not in DEFAULT_MAX_LENGTH:
-        raise InputError(f"unknown model type {model_type!r} (choose from encoder, reranker, decoder)")
+    if model_type not in MODEL_TYPES:
+        raise InputError(f"unknown model type {model_type!r} (choose from {', '.join(MODEL_TYPES)})")
     if not models:
         raise InputError("no models given")
-    example_set = options.load(model_type)  # a bad file fails before torch is even imported
-    from cocktail.io.checkpoints import Checkpoint
-    from cocktail.merging.plan import build_plan
-
+    example_set = load_examples(options.examples, model_type, options.task)  # a bad file fails before any model is read
     opened = []
     try:
         for model in models:
@@ -382,41 +304,3 @@ def weights_from_examples(models: Sequence[Union[str, os.PathLike]], examples: E
     return few_shot_losses(models, examples, model_type=model_type, temperature=temperature,
                            query_instruction=query_instruction, neg_number=neg_number, batch_size=batch_size,
                            max_length=max_length, seed=seed, device=device, **options).weights
-
-
-class FewShotRequest:
-    """A recipe's ``weights_from``, checked (options and examples) before any model is opened.
-
-    ``run(plan)`` computes the weights; ``result`` then holds the losses and details that go into the
-    output's provenance.
-    """
-
-    def __init__(self, recipe, method=None):
-        if recipe.weights is not None:
-            raise InputError("give either fixed weights or examples to compute them from, not both")
-        if method is not None and not method.uses_weights:
-            raise InputError(f"merge method {method.name} does not use weights, so there is nothing to "
-                             "compute from examples")
-        self.model_type = recipe.model_type
-        self.method = method
-        self.parameters = dict(recipe.parameters or {})
-        self.options = FewShotOptions.from_dict(dict(recipe.weights_from), default_seed=int(recipe.seed or 0))
-        self.examples = self.options.load(recipe.model_type)
-        self.result: Optional[FewShotResult] = None
-
-    def run(self, plan, progress: bool = False) -> tuple[list[float], list[str]]:
-        """``(weights, warnings)`` for the checkpoints of ``plan``."""
-        self.result = weights_for_plan(plan, self.model_type, self.options, method=self.method,
-                                       parameters=self.parameters, progress=progress, example_set=self.examples)
-        return list(self.result.weights), list(self.result.notes)
-
-    def provenance(self) -> Optional[dict]:
-        """What was computed, for ``provenance.weights_from`` of the written recipe."""
-        if self.result is None:
-            return None
-        data = self.result.to_dict()
-        source = self.options.examples
-        if isinstance(source, (str, os.PathLike)):
-            data["examples_source"] = str(Path(source).expanduser().absolute())
-        data["options"] = {k: v for k, v in asdict(self.options).items() if k != "examples"}
-        return data

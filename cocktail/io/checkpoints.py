@@ -16,11 +16,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional, Protocol
 
 import torch
 
-from cocktail.io import safetensors_format as st_format
 from cocktail.errors import InputError
+from cocktail.io import safetensors_format as st_format
+from cocktail.io.hashing import file_hashes
 
 TRANSFORMER = "transformer"  # key of the main weights; sentence-transformers modules use their folder
 SAFE_INDEX = "model.safetensors.index.json"
@@ -133,7 +135,7 @@ class Component:
         return [f.path for f in self.files]
 
 
-def _find_weights(folder: Path, key: str, rel_dir: str, required: bool) -> Component | None:
+def find_weights(folder: Path, key: str, rel_dir: str, required: bool) -> Component | None:
     def from_index(index_name: str, layout: str) -> Component:
         index_path = folder / index_name
         try:
@@ -194,6 +196,37 @@ def resolve(source: str) -> Path:
     return Path(folder)
 
 
+class CheckpointLike(Protocol):
+    """What the plan, the engine and the writer need of a model: a :class:`Checkpoint` on disk, or a
+    :class:`~cocktail.io.memory.MemoryCheckpoint` over a model held in memory."""
+
+    source: str  # how the user named it (path, hub id, or ``<in memory: ...>``)
+    config: dict
+    components: dict  # component key -> its weights (``TRANSFORMER`` first)
+
+    @property
+    def root(self) -> Path: ...  # the folder holding its config and tokenizer files
+
+    @property
+    def model_type(self) -> Optional[str]: ...
+
+    @property
+    def architecture(self) -> Optional[str]: ...
+
+    @property
+    def layout(self) -> str: ...
+
+    def weight_files(self) -> list[Path]: ...
+
+    def infos(self, component: str = TRANSFORMER) -> dict[str, "TensorInfo"]: ...
+
+    def read(self, component: str, name: str) -> torch.Tensor: ...
+
+    def content_hash(self) -> dict[str, str]: ...  # what provenance records: {file or "tensors": sha256}
+
+    def close(self) -> None: ...
+
+
 class Checkpoint:
     """A model on disk: its config and the weights of each component, read lazily."""
 
@@ -227,9 +260,9 @@ class Checkpoint:
                 elif module_path and (path / module_path).is_dir():
                     extra.append((module_path, module_path))
         main_dir = path / transformer_dir
-        components = {TRANSFORMER: _find_weights(main_dir, TRANSFORMER, transformer_dir, required=True)}
+        components = {TRANSFORMER: find_weights(main_dir, TRANSFORMER, transformer_dir, required=True)}
         for key, rel in extra:
-            found = _find_weights(path / rel, key, rel, required=False)
+            found = find_weights(path / rel, key, rel, required=False)
             if found is not None:
                 components[key] = found
         config = read_config(main_dir / "config.json", required=True)
@@ -262,6 +295,10 @@ class Checkpoint:
 
     def read(self, component: str, name: str) -> torch.Tensor:
         return self.components[component].read(name)
+
+    def content_hash(self) -> dict[str, str]:
+        """sha256 of each weight file, by its path in the model folder."""
+        return file_hashes(self.root, self.weight_files())
 
     def close(self) -> None:
         for component in self.components.values():

@@ -1,7 +1,7 @@
 """Models already in memory as merge inputs: ``torch.nn.Module``s and state dicts.
 
-:class:`MemoryCheckpoint` has the interface of :class:`~cocktail.checkpoint.Checkpoint` (``source``,
-``root``, ``config``, ``components``, ``infos``, ``read``, ``weight_files``, ``close``), so the plan,
+:class:`MemoryCheckpoint` is a :class:`~cocktail.io.checkpoints.CheckpointLike`, as a folder's
+:class:`~cocktail.io.checkpoints.Checkpoint` is, so the plan,
 the methods and the writer treat a loaded model exactly like a folder on disk. It holds references
 to the live tensors (no copy of the model is made) and ``read`` returns one tensor at a time,
 detached and on the CPU; nothing here ever writes into an input.
@@ -25,10 +25,10 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 
-from cocktail.io import sidefiles
-from cocktail.io import safetensors_format as st_format
-from cocktail.io.checkpoints import TRANSFORMER, Checkpoint, TensorInfo
 from cocktail.errors import InputError
+from cocktail.io import safetensors_format as st_format
+from cocktail.io import sidefiles
+from cocktail.io.checkpoints import TRANSFORMER, Checkpoint, TensorInfo
 
 LAYOUT = "in memory"
 
@@ -53,11 +53,11 @@ def describe(value: Any) -> str:
     if is_path(value):
         return str(value)
     if is_module(value):
-        return f"<in memory: {type(_unwrap(value)).__name__}>"
+        return f"<in memory: {type(unwrap(value)).__name__}>"
     return "<in memory: state dict>"
 
 
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     """The model inside ``torch.compile`` / DDP wrappers (their state dicts carry extra prefixes)."""
     while True:
         inner = getattr(module, "_orig_mod", None)
@@ -92,14 +92,12 @@ class MemoryComponent:
 
 
 class MemoryCheckpoint:
-    """A model in memory with the interface of :class:`~cocktail.checkpoint.Checkpoint`.
+    """A model in memory, a :class:`~cocktail.io.checkpoints.CheckpointLike` as a folder's ``Checkpoint`` is.
 
     ``root`` is a temporary folder holding the files the model can describe itself with (config,
     tokenizer, sentence-transformers files); it is written the first time it is asked for (only when
     an output folder is written) and removed by :meth:`close`.
     """
-
-    in_memory = True
 
     def __init__(self, source: str, config: dict, components: dict[str, MemoryComponent],
                  sentence_transformers: bool = False, module: Optional[torch.nn.Module] = None,
@@ -270,7 +268,7 @@ def from_module(module: torch.nn.Module, label: str, tokenizer=None,
     ``tokenizer`` is saved with the output when the model carries none itself; otherwise the side
     files a transformers model cannot write come from the folder ``side_files_from``.
     """
-    module = _unwrap(module)
+    module = unwrap(module)
     if _is_sentence_transformer(module):
         return _from_sentence_transformer(module, label)
     if _is_transformers_model(module):
@@ -408,41 +406,3 @@ def share_model_type(checkpoints: list) -> None:
     for ckpt in checkpoints:
         if isinstance(ckpt, MemoryCheckpoint) and not ckpt.model_type:
             ckpt.model_type_hint = known
-
-
-def empty_clone(module: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy of ``module`` whose parameters are new, uninitialised tensors (no gradients copied).
-
-    Parameters shared inside the module stay shared in the copy; buffers are copied with their values.
-    """
-    module = _unwrap(module)
-    memo: dict[int, Any] = {}
-    for param in module.parameters():
-        fresh = torch.nn.Parameter(torch.empty_like(param, memory_format=torch.contiguous_format),
-                                   requires_grad=param.requires_grad)
-        memo[id(param)] = fresh
-    return copy.deepcopy(module, memo)
-
-
-def fill_clone(clone: torch.nn.Module, original: torch.nn.Module, checkpoint: MemoryCheckpoint,
-               tensors) -> torch.nn.Module:
-    """Copy ``(component, name, tensor)`` triples into ``clone``, one at a time; what the merge does not
-    cover (buffers, weights a save drops) keeps the values of ``original``."""
-    targets: dict[str, dict[str, torch.Tensor]] = {}
-    for key, component in checkpoint.components.items():
-        sub = clone.get_submodule(component.module_path) if component.module_path else clone
-        targets[key] = sub.state_dict(keep_vars=True)
-    filled: set[int] = set()
-    with torch.no_grad():
-        for component, name, tensor in tensors:
-            target = targets.get(component, {}).get(name)
-            if target is None:
-                raise InputError(f"merged tensor {name} has no place in a {type(clone).__name__}")
-            target.copy_(tensor)
-            filled.add(id(target))
-        original = _unwrap(original)
-        for (name, param), (_, source) in zip(clone.named_parameters(remove_duplicate=True),
-                                               original.named_parameters(remove_duplicate=True)):
-            if id(param) not in filled:
-                param.copy_(source.detach())
-    return clone

@@ -1,51 +1,41 @@
-"""What the output says about itself: the resolved recipe (``cocktail_recipe.yaml``) and a model card."""
+"""What the output says about itself, and how that is checked later.
+
+An output folder holds the resolved recipe (``cocktail_recipe.yaml``: weights used, inputs with the
+sha256 of every weight file, versions) and a model card (``README.md``). ``--verify`` hashes a
+recipe's inputs again and compares them with what its provenance recorded.
+"""
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
+from typing import Sequence
 
 import yaml
 
+from cocktail.errors import InputChangedError, InputError
+from cocktail.io.checkpoints import Checkpoint, CheckpointLike
+from cocktail.io.hashing import relative, sha256_file
+
 RECIPE_FILE = "cocktail_recipe.yaml"
 CARD_FILE = "README.md"
-CHUNK = 8 * 1024 * 1024
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)  # releases the GIL: hashing runs beside the merge
-    return digest.hexdigest()
 
 
 class InputHasher:
-    """Hash every input weight file in a background thread while the merge runs."""
+    """Hash every input (its weight files, or its tensors when it is in memory) in a background thread
+    while the merge runs: ``result()`` gives one ``{file: sha256}`` per checkpoint, in order."""
 
-    def __init__(self, files_by_model: list[tuple[Path, list[Path]]]):
+    def __init__(self, checkpoints: Sequence[CheckpointLike]):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cocktail-sha256")
-        self._jobs: list[tuple[Path, list[tuple[str, Future]]]] = [
-            (root, [(_relative(f, root), self._pool.submit(sha256_file, f)) for f in files])
-            for root, files in files_by_model
-        ]
+        self._jobs: list[Future] = [self._pool.submit(c.content_hash) for c in checkpoints]
 
     def result(self) -> list[dict[str, str]]:
         try:
-            return [{name: job.result() for name, job in jobs} for _, jobs in self._jobs]
+            return [job.result() for job in self._jobs]
         finally:
             self._pool.shutdown(wait=True)
 
     def cancel(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return path.name
 
 
 def dump_yaml(data: dict) -> str:
@@ -87,3 +77,47 @@ def model_card(recipe: dict, weights: list, summary: dict, library_name: str, ve
               f"The full recipe, with the sha256 of every input weight file, is in `{RECIPE_FILE}`; "
               f"`cocktail run {RECIPE_FILE} --output <folder>` rebuilds this model.", ""]
     return "\n".join(lines)
+
+
+# -- --verify ------------------------------------------------------------------------------------
+
+def _inputs_of(recipe) -> list[str]:
+    return [m.path for m in recipe.models] + ([recipe.base_model] if recipe.base_model else [])
+
+
+def verify_inputs(recipe) -> int:
+    """Hash the recipe's current input weight files and compare with its provenance.
+
+    Returns the number of files checked. Raises :class:`InputChangedError` naming the first file that
+    differs, and :class:`~cocktail.errors.InputError` when the recipe has no provenance to check against.
+    """
+    provenance = recipe.provenance or {}
+    recorded = provenance.get("inputs")
+    if not isinstance(recorded, list) or not recorded:
+        raise InputError("--verify needs a recipe with provenance (the cocktail_recipe.yaml written into a "
+                         "merged folder); this recipe records no input hashes")
+    sources = _inputs_of(recipe)
+    if len(recorded) != len(sources):
+        raise InputChangedError(f"the recipe's provenance records {len(recorded)} inputs but it merges "
+                                f"{len(sources)} (models and base model): cannot verify")
+    checked = 0
+    for source, record in zip(sources, recorded):
+        hashes = record.get("sha256") if isinstance(record, dict) else None
+        if not isinstance(hashes, dict) or not hashes:
+            raise InputError(f"the recipe's provenance has no sha256 for input {source}: cannot verify")
+        with Checkpoint.open(source) as checkpoint:
+            root = checkpoint.root
+            current = {relative(p, root) for p in checkpoint.weight_files()}
+        for name in sorted(current - set(hashes)):
+            raise InputChangedError(f"input changed since the recipe was written: {root / name} is a weight "
+                                    f"file the recipe does not record")
+        for name, expected in hashes.items():
+            path = root / name
+            if not path.is_file():
+                raise InputChangedError(f"input changed since the recipe was written: {path} is missing")
+            actual = sha256_file(path)
+            if actual != expected:
+                raise InputChangedError(f"input changed since the recipe was written: {path} has sha256 "
+                                        f"{actual[:12]}..., the recipe recorded {str(expected)[:12]}...")
+            checked += 1
+    return checked

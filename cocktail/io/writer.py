@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from cocktail.io import safetensors_format as st_format
 from cocktail.errors import InputError
+from cocktail.io import safetensors_format as st_format
 
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}

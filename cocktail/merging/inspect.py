@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cocktail.io.checkpoints import Checkpoint
 from cocktail.errors import CocktailError
+from cocktail.io.checkpoints import Checkpoint
 from cocktail.merging.plan import build_plan
 
 CONFIG_KEYS_IGNORED = {"_name_or_path", "transformers_version", "torch_dtype", "dtype"}

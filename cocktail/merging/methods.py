@@ -2,7 +2,7 @@
 
 A method receives the float32 tensors of one parameter (one per model, same shape), the weights,
 the base model's tensor when the method needs one, and its parameters; it returns the merged float32
-tensor and never modifies its inputs. The engine (``runner.py``) handles reading, dtypes and writing,
+tensor and never modifies its inputs. The engine (``engine.py``) handles reading, dtypes and writing,
 and resolves per-tensor weights and parameters (``tensor_settings.py``) before calling a method.
 
 Notation: θ_b the base tensor, θ_i the models' tensors, Δ_i = θ_i − θ_b, w_i the weights.

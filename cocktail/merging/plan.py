@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from cocktail.errors import IncompatibleModelsError, few_names
 from cocktail.io.checkpoints import TRANSFORMER, Checkpoint, TensorInfo
-from cocktail.errors import IncompatibleModelsError
 
 MERGE = "merge"
 COPY = "copy"
-SHOW = 4  # names shown in a message before "and N more"
 
 # base_model_prefix of common transformers classes, by config model_type (transformers is the
 # fallback for others; this table saves importing it on the merge path).
@@ -65,13 +64,6 @@ def canonical_names(names, prefix: str | None) -> tuple[dict[str, str], set[str]
             if prefixed:
                 heads.add(name)
     return mapping, heads
-
-
-def few_names(items, show: int = SHOW) -> str:
-    """The first ``show`` names, then how many more: the shape of every list in a message."""
-    items = list(items)
-    shown = ", ".join(items[:show])
-    return shown + (f" (and {len(items) - show} more)" if len(items) > show else "")
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from cocktail.errors import InputError, few_names
 from cocktail.io.checkpoints import TRANSFORMER
-from cocktail.errors import InputError
 from cocktail.merging.methods import Method, parameter_problem
-from cocktail.merging.plan import MERGE, Plan, PlannedTensor, few_names
+from cocktail.merging.plan import MERGE, Plan, PlannedTensor
 from cocktail.merging.schedules import Schedule, TensorName, is_number, layer_count
 from cocktail.merging.weights import normalized, sums_to_one
 

@@ -43,23 +43,3 @@ def fixed_weights(weights: Optional[Sequence[float]], count: int, normalize: boo
     if any(w < 0 for w in values):
         warnings.append(f"negative weight in {values}: this extrapolates beyond the models")
     return values, warnings
-
-
-def softmax_weights(losses: Sequence[float], temperature: float = 5.0) -> list[float]:
-    """LM-Cocktail's few-shot weights: ``softmax(-loss / temperature)``, one per model.
-
-    Computed in float64 (LM-Cocktail uses float32; the two agree to about 1e-7), so the weights sum
-    to 1 within rounding and a dumped recipe reruns with them as fixed weights.
-    """
-    if not losses:
-        raise InputError("no losses to turn into weights")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise InputError(f"temperature must be a positive number, got {temperature!r}")
-    values = [float(loss) for loss in losses]
-    if not all(math.isfinite(v) for v in values):
-        raise InputError(f"losses must be finite numbers to become weights, got {values}")
-    scaled = [-v / temperature for v in values]
-    top = max(scaled)
-    exps = [math.exp(s - top) for s in scaled]
-    total = math.fsum(exps)
-    return [e / total for e in exps]

@@ -13,10 +13,12 @@ import sys
 from typing import Callable, Optional, Sequence
 
 import torch
+from tqdm import tqdm
 
-from cocktail.io.checkpoints import TRANSFORMER, Checkpoint, read_json
 from cocktail.errors import InputError
+from cocktail.io.checkpoints import TRANSFORMER, Checkpoint, read_json
 from cocktail.merging.plan import canonical_names
+from cocktail.modeling.loading import float32_kwargs, load_tokenizer, resolve_device
 from cocktail.modeling.pooling import read_pooling
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -30,21 +32,12 @@ POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "xlm-roberta-
 PROGRESS_MIN_TEXTS = 512  # shorter encodes get no progress bar
 
 
-def float32_kwargs() -> dict:
-    """``from_pretrained`` keyword for float32 weights (``dtype`` since transformers 5, ``torch_dtype`` before)."""
-    import transformers
-
-    return {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch.float32}
-
-
 class Encoder:
     """A model ready to embed texts: ``encode(texts)`` gives a ``(n, dim)`` float32 CPU tensor, rows of norm 1."""
 
     def __init__(self, source: str, device: Optional[str] = None, batch_size: int = 32, max_length: int = 512,
                  progress: bool = False, label: Optional[str] = None):
         from transformers import AutoModel
-
-        from cocktail.fewshot.weighting import load_tokenizer, resolve_device
 
         self.source = str(source)
         self.label = label or self.source
@@ -152,8 +145,6 @@ class Encoder:
         return int(self.model.config.hidden_size)
 
     def _encode_uncached(self, texts: list[str], desc: str) -> torch.Tensor:
-        from tqdm import tqdm
-
         prepared = [t.lower() for t in texts] if self.lowercase else texts
         tokens = self.tokenizer(prepared, truncation=True, max_length=self.max_length)["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: len(tokens[i]), reverse=True)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from cocktail.io.checkpoints import read_json
 from cocktail.errors import InputError
+from cocktail.io.checkpoints import read_json
 
 LEGACY_POOLING_KEYS = (("pooling_mode_cls_token", "cls"), ("pooling_mode_max_tokens", "max"),
                        ("pooling_mode_mean_tokens", "mean"), ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"),

@@ -14,13 +14,13 @@ from typing import Optional
 
 import torch
 
+from cocktail.errors import InputError, few_names
 from cocktail.io.checkpoints import TRANSFORMER
-from cocktail.errors import InputError
+from cocktail.merging.engine import merged_tensors
 from cocktail.merging.methods import Method
-from cocktail.merging.plan import Plan, canonical_names, few_names
+from cocktail.merging.plan import Plan, canonical_names
+from cocktail.modeling.loading import auto_class
 
-LOADERS = {"encoder": "AutoModel", "reranker": "AutoModelForSequenceClassification",
-           "decoder": "AutoModelForCausalLM"}
 UNUSED_BY_LOSS = {"encoder": ("pooler.",)}  # parameters the loss never reads may be absent
 
 
@@ -48,7 +48,6 @@ class Skeleton:
     then use ``.model``."""
 
     def __init__(self, plan: Plan, model_type: str, device: torch.device):
-        import transformers
         from transformers import AutoConfig
 
         self.plan = plan
@@ -66,7 +65,7 @@ class Skeleton:
             if getattr(config, "num_labels", 1) != 1:
                 raise InputError(f"{plan.checkpoints[0].source}: a reranker must have one output logit, "
                                  f"its config has num_labels={config.num_labels}")
-        loader = getattr(transformers, LOADERS[model_type])
+        loader = auto_class(model_type)
         try:
             with _skip_random_init():  # every parameter is overwritten (and checked) before use
                 model = loader.from_config(config)
@@ -118,8 +117,6 @@ class Skeleton:
 
     def fill_from_merge(self, method: Method, weights: list[float], parameters: Optional[dict] = None) -> None:
         """Load the merge of every model with ``weights``, without writing it anywhere."""
-        from cocktail.runner import merged_tensors
-
         filled = set()
         wanted = [t for t in self.plan.tensors if t.component == TRANSFORMER and t.canonical in self.targets]
         subset = Plan(self.plan.checkpoints, self.plan.base, wanted)

@@ -2,7 +2,7 @@
 
 The CLI, the Python API and YAML recipe files all build a ``Recipe`` and hand it to
 ``cocktail.runner.run``. A recipe is plain data: it round-trips through ``to_dict``/``from_dict`` and
-through YAML (``from_yaml``/``to_yaml``); the schema and its checks live in ``recipe_schema.py``.
+through YAML (``from_yaml``/``to_yaml``); its keys and their checks live in ``schema.py``.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 from cocktail.errors import InputError, RecipeError
-
-MODEL_TYPES = ("encoder", "reranker", "decoder")
-DTYPES = ("float32", "float16", "bfloat16")
+from cocktail.io.provenance import dump_yaml
+from cocktail.recipe import schema
+from cocktail.recipe.yaml_lines import apply_override, parse_yaml
 
 
 @dataclass
 class ModelEntry:
     path: str
-    weight: Optional[float | list] = None  # a number, or a per-tensor schedule (see schedules.py)
+    weight: Optional[float | list] = None  # a number, or a per-tensor schedule (see merging/schedules.py)
 
     def to_dict(self) -> dict:
         entry: dict[str, Any] = {"path": self.path}
@@ -112,22 +112,16 @@ class Recipe:
     def from_yaml_text(cls, text: str, base_dir: Union[str, os.PathLike] = ".", source: str = "<recipe>",
                        overrides: Iterable[str] = ()) -> "Recipe":
         """Like :meth:`from_yaml` for recipe text; relative paths are relative to ``base_dir``."""
-        from cocktail.recipe.schema import apply_override, check, parse_yaml, resolve_paths
-
         data, lines = parse_yaml(text, source)
         for assignment in [overrides] if isinstance(overrides, str) else overrides:
             data = apply_override(data, lines, assignment)
-        check(data, lines, base_dir, source)
-        return cls.from_dict(resolve_paths(data, base_dir))
+        schema.check(data, lines, base_dir, source)
+        return cls.from_dict(schema.resolve_paths(data, base_dir))
 
     def check(self, base_dir: Union[str, os.PathLike] = ".") -> None:
         """Run the recipe file checks on this recipe (relative paths against ``base_dir``)."""
-        from cocktail.recipe.schema import check
-
-        check(self.to_dict(), {}, base_dir, "recipe")
+        schema.check(self.to_dict(), {}, base_dir, "recipe")
 
     def to_yaml(self) -> str:
         """The recipe as YAML; :meth:`from_yaml` reads it back to an equal Recipe."""
-        from cocktail.io.provenance import dump_yaml
-
         return dump_yaml(self.to_dict())

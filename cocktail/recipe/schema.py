@@ -1,4 +1,4 @@
-"""The recipe file schema: YAML read with line numbers, ``--set`` overrides, and every check up front.
+"""The recipe schema: every key a recipe has, and every check of its values, run up front.
 
 A recipe file is checked whole before any work starts. Each problem names its key path
 (``models[1].weight``) and, where the YAML parser knows it, the file and line, e.g.::
@@ -7,147 +7,29 @@ A recipe file is checked whole before any work starts. Each problem names its ke
     mappings, got 'half' (a string)
 
 Relative paths in a recipe are relative to the recipe file's folder, not to the current directory.
-Merge methods are checked against the live registry (``cocktail.methods.METHODS``), so methods added
+Merge methods are checked against the live registry (``cocktail.merging.methods.METHODS``), so methods added
 there are accepted here without a change.
 """
 
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import re
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-import yaml
-
 from cocktail.errors import InputError, RecipeError
-
-KeyPath = tuple  # ("models", 1, "weight")
-SET = "--set"  # the "line" of a value given on the command line
+from cocktail.io.checkpoints import looks_like_hub_id
+from cocktail.io.writer import parse_size
+from cocktail.merging.methods import METHODS
+from cocktail.merging.schedules import is_number
+from cocktail.recipe.choices import DTYPES, MODEL_TYPES
+from cocktail.recipe.weights_from import KEYS as WEIGHTS_FROM_KEYS
+from cocktail.recipe.yaml_lines import SET, KeyPath, key_path
 
 # Keys of the recipe that name files or models, resolved against the recipe file's folder.
 MODEL_PATH_KEYS = (("base_model",), ("config_from",))
-
-
-class RecipeLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading floats the YAML 1.2 way (``1e-3`` is a number, not a string)."""
-
-
-RecipeLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
-                    |[-+]?\.(?:inf|Inf|INF)
-                    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."),
-)
-
-
-def key_path(parts: KeyPath) -> str:
-    """``("models", 1, "weight")`` -> ``models[1].weight``."""
-    text = ""
-    for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
-def parse_key_path(text: str) -> KeyPath:
-    """``models.1.weight`` or ``models[1].weight`` -> ``("models", 1, "weight")``."""
-    parts: list = []
-    for piece in re.sub(r"\[(\d+)\]", r".\1", text.strip()).split("."):
-        if not piece:
-            raise RecipeError(f"--set {text}: not a key path (examples: dtype, models.1.weight, parameters.density)")
-        parts.append(int(piece) if piece.isdigit() else piece)
-    return tuple(parts)
-
-
-def parse_yaml(text: str, source: str) -> tuple[Any, dict]:
-    """The data of a recipe file, and the line of each key path in it (``{("models", 1): 7}``)."""
-    try:
-        loader = RecipeLoader(text)
-        try:
-            node = loader.get_single_node()
-            data = loader.construct_document(node) if node is not None else None
-        finally:
-            loader.dispose()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise RecipeError(f"{where}: not valid YAML ({exc.problem or exc.context})") from None
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{source}: not valid YAML ({exc})") from None
-    lines: dict = {}
-    duplicates: list[str] = []
-    if node is not None:
-        _index_lines(node, (), lines, duplicates, source)
-    if duplicates:
-        raise RecipeError(duplicates)
-    return data, lines
-
-
-def _index_lines(node, path: KeyPath, lines: dict, duplicates: list, source: str) -> None:
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        seen: dict = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                duplicates.append(f"{source}:{line}: {key_path(path + (key,))}: duplicate key "
-                                  f"(first given on line {seen[key]})")
-            seen[key] = line
-            _index_lines(value_node, path + (key,), lines, duplicates, source)
-            lines[path + (key,)] = line  # point at the key, where the reader looks
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _index_lines(item, path + (i,), lines, duplicates, source)
-
-
-def apply_override(data: Any, lines: dict, assignment: str) -> dict:
-    """Apply one ``KEY.PATH=VALUE`` (the value read as YAML) to the recipe data; returns the data."""
-    key, sep, raw = assignment.partition("=")
-    if not sep or not key.strip():
-        raise RecipeError(f"--set {assignment}: expected KEY=VALUE (e.g. --set dtype=float16, --set models.1.weight=0.3)")
-    parts = parse_key_path(key)
-    try:
-        value = yaml.load(raw, Loader=RecipeLoader) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"--set {key}: the value {raw!r} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        data = {}
-    container: Any = data
-    for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
-        here = key_path(parts[:depth]) if depth else "the recipe"
-        if isinstance(part, int):
-            if not isinstance(container, list):
-                raise RecipeError(f"--set {key}: {here} is not a list, so [{part}] cannot be set")
-            if part > len(container):
-                raise RecipeError(f"--set {key}: {here} has {len(container)} entries; "
-                                  f"an index can be at most {len(container)} (to add one)")
-            if part == len(container):
-                container.append(None)
-        elif not isinstance(container, dict):
-            raise RecipeError(f"--set {key}: {here} is not a mapping, so .{part} cannot be set")
-        if last:
-            container[part] = value
-        else:
-            following = parts[depth + 1]
-            current = container.get(part) if isinstance(container, dict) else container[part]
-            if parts[:1] == ("models",) and depth == 1 and isinstance(current, str):
-                container[part] = {"path": current}  # "- ./a" is short for "- path: ./a"
-            elif current is None:
-                container[part] = [] if isinstance(following, int) else {}
-            container = container[part]
-    for known in [p for p in lines if p[:len(parts)] == parts]:
-        del lines[known]
-    lines[parts] = SET
-    return data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,10 +77,6 @@ def _describe(value: Any) -> str:
 def _did_you_mean(word: str, choices) -> str:
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f"did you mean {close[0]!r}? " if close else ""
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def is_int(value: Any) -> bool:
@@ -295,17 +173,15 @@ def _nonnegative_int(value: Any) -> bool:
 
 
 def _shard_size(value, path, problems):
-    from cocktail.io.writer import parse_size
-
     try:
         parse_size(value)
     except InputError as exc:
         problems.add(path, str(exc))
 
 
-#: The keys of ``weights_from`` (few-shot weights from examples) and their checks; the few-shot
-#: code checks them again, with the examples themselves, when it runs.
-WEIGHTS_FROM_KEYS: dict[str, Check] = {
+#: The check of each key of ``weights_from`` (few-shot weights from examples): one per field of
+#: ``FewShotOptions``, which checks them again, with the examples themselves, when it runs.
+WEIGHTS_FROM_CHECKS: dict[str, Check] = {
     "examples": _expect(lambda v: (isinstance(v, str) and v.strip() != "") or
                         (isinstance(v, list) and bool(v) and all(isinstance(e, dict) for e in v)),
                         "a path to a .jsonl file (or a list of examples)"),
@@ -322,28 +198,37 @@ WEIGHTS_FROM_KEYS: dict[str, Check] = {
     "holdout": _expect(lambda v: is_number(v) and v >= 0, "a fraction below 1 or a count of examples",
                        nullable=True),
 }
+if tuple(WEIGHTS_FROM_CHECKS) != WEIGHTS_FROM_KEYS:
+    raise ImportError("recipe schema: weights_from checks do not match FewShotOptions' fields")
+
+
+#: The keys of a model entry (``models[i]``): the fields of ``ModelEntry``.
+MODEL_KEYS = ("path", "weight")
 
 
 def _top_level_checks() -> dict[str, Check]:
-    from cocktail.recipe.recipe import DTYPES, MODEL_TYPES
-
+    """The check of each top-level key but ``models`` (checked by ``_check_models``)."""
     path_or_null = _expect(lambda v: isinstance(v, str) and v.strip() != "", "a path", nullable=True)
     return {
+        "output": path_or_null,
         "model_type": _choice(MODEL_TYPES),
         "merge_method": _expect(lambda v: isinstance(v, str), "the name of a merge method"),
         "base_model": path_or_null,
+        "weights_from": _expect(lambda v: isinstance(v, dict), "a mapping (examples, temperature, ...)",
+                                nullable=True),
+        "parameters": _expect(lambda v: isinstance(v, dict), "a mapping of parameter names to values",
+                              nullable=True),
         "dtype": _choice(DTYPES, nullable=True),
         "normalize": _expect(lambda v: isinstance(v, bool), "true or false"),
         "max_shard_size": _shard_size,
         "config_from": path_or_null,
         "seed": _expect(_nonnegative_int, "a non-negative integer"),
-        "output": path_or_null,
-        "parameters": _expect(lambda v: isinstance(v, dict), "a mapping of parameter names to values",
-                              nullable=True),
-        "weights_from": _expect(lambda v: isinstance(v, dict), "a mapping (examples, temperature, ...)",
-                                nullable=True),
         "provenance": _expect(lambda v: isinstance(v, dict), "a mapping", nullable=True),
     }
+
+
+#: Every top-level key of a recipe, in the order a recipe is written: the fields of ``Recipe``.
+TOP_LEVEL_KEYS = ("models", *_top_level_checks())
 
 
 def local_path(value: str, base_dir: Union[str, os.PathLike]) -> Path:
@@ -352,16 +237,10 @@ def local_path(value: str, base_dir: Union[str, os.PathLike]) -> Path:
     return Path(os.path.abspath(path if path.is_absolute() else Path(base_dir) / path))
 
 
-def _is_hub_id(value: str) -> bool:
-    from cocktail.io.checkpoints import looks_like_hub_id
-
-    return looks_like_hub_id(value)
-
-
 def resolve_model_path(value: str, base_dir: Union[str, os.PathLike]) -> str:
     """A model path made absolute against ``base_dir``; a hub id (not a local path) stays as it is."""
     local = local_path(value, base_dir)
-    if not local.exists() and _is_hub_id(value):
+    if not local.exists() and looks_like_hub_id(value):
         return value
     return str(local)
 
@@ -372,29 +251,25 @@ def _check_model_path(value: Any, path: KeyPath, base_dir, problems: Problems) -
                            f"got {_describe(value)}")
         return
     local = local_path(value, base_dir)
-    if not local.exists() and not _is_hub_id(value):
+    if not local.exists() and not looks_like_hub_id(value):
         problems.add(path, f"model not found: {value} (no such file or folder: {local})")
 
 
 def check(data: Any, lines: dict, base_dir: Union[str, os.PathLike], source: str) -> None:
     """Check recipe ``data`` (read from ``source`` in ``base_dir``); raise one RecipeError listing every problem."""
-    from cocktail.recipe.recipe import ModelEntry, Recipe
-
     problems = Problems(source, lines)
     if not isinstance(data, dict):
         problems.add((), "a recipe is a mapping of keys (models, merge_method, output, ...), got "
                          + _describe(data))
         problems.raise_any()
-    top_keys = [f.name for f in fields(Recipe)]
-    _mapping_keys(data, (), top_keys, problems)
     checks = _top_level_checks()
+    _mapping_keys(data, (), TOP_LEVEL_KEYS, problems)
     for key, value in data.items():
         if key in checks:
             checks[key](value, (key,), problems)
 
     method = _registered_method(data.get("merge_method", "linear"))
-    _check_models(data, base_dir, problems, [f.name for f in fields(ModelEntry)],
-                  uses_weights=method is None or method.uses_weights)
+    _check_models(data, base_dir, problems, list(MODEL_KEYS), uses_weights=method is None or method.uses_weights)
     for key in MODEL_PATH_KEYS:
         value = data.get(key[0])
         if isinstance(value, str) and value.strip():
@@ -409,8 +284,6 @@ def check(data: Any, lines: dict, base_dir: Union[str, os.PathLike], source: str
 
 def _registered_method(name: Any):
     """The registered method called ``name``, or ``None``."""
-    from cocktail.merging.methods import METHODS
-
     return METHODS.get(name) if isinstance(name, str) else None
 
 
@@ -451,10 +324,10 @@ def _check_models(data: dict, base_dir, problems: Problems, model_keys: list[str
 
 def _check_weights_from(weights_from: dict, data: dict, base_dir, problems: Problems) -> None:
     path = ("weights_from",)
-    _mapping_keys(weights_from, path, list(WEIGHTS_FROM_KEYS), problems)
+    _mapping_keys(weights_from, path, WEIGHTS_FROM_KEYS, problems)
     for key, value in weights_from.items():
-        if key in WEIGHTS_FROM_KEYS:
-            WEIGHTS_FROM_KEYS[key](value, path + (key,), problems)
+        if key in WEIGHTS_FROM_CHECKS:
+            WEIGHTS_FROM_CHECKS[key](value, path + (key,), problems)
     examples = weights_from.get("examples")
     if "examples" not in weights_from:
         problems.add(path + ("examples",), "missing: the .jsonl file of examples to weigh the models on")
@@ -465,8 +338,6 @@ def _check_weights_from(weights_from: dict, data: dict, base_dir, problems: Prob
 
 
 def _check_method(data: dict, problems: Problems) -> None:
-    from cocktail.merging.methods import METHODS
-
     name = data.get("merge_method", "linear")
     method = METHODS.get(name)
     if method is None:

@@ -10,14 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
-
 from conftest import REPO, make_bert, read_folder_tensors, run_cli, snapshot
+from safetensors.torch import load_file, save_file
 
 import cocktail
 from cocktail.recipe.recipe import Recipe
 from cocktail.runner import CocktailWarning, run
-
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, VOCAB, make_bert, read_folder_tensors, run_cli, snapshot
 
 RECIPES = REPO / "recipes"

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import make_bert, run_cli
+
 from cocktail.evaluation.datasets import DataError, RetrievalSet, STSSet, load_dataset
-from cocktail.evaluation.metrics import (average_ranks, mrr_at_k, ndcg_at_k, recall_at_k, retrieval_scores, spearman)
+from cocktail.evaluation.metrics import average_ranks, mrr_at_k, ndcg_at_k, recall_at_k, retrieval_scores, spearman
 
 LOG2_3 = math.log2(3)
 
@@ -295,10 +295,9 @@ def test_cli_eval_bad_data_is_one_line(tmp_path):
 def make_gpt2_embedder(folder: Path) -> Path:
     """A tiny GPT-2 with last-token pooling and a tokenizer that has no pad token and pads on the
     left (as decoder embedders' tokenizers often do)."""
+    from conftest import VOCAB, make_gpt2
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
-
-    from conftest import VOCAB, make_gpt2
 
     make_gpt2(folder)
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB + ["<eos>"])}, unk_token="[UNK]"))

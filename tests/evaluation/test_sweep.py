@@ -7,10 +7,10 @@ import struct
 from pathlib import Path
 
 import pytest
-
-import cocktail
 from conftest import make_bert, run_cli
 from test_evaluate import _write, make_beir
+
+import cocktail
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

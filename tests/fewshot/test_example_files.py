@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import REPO
 
 from cocktail.errors import InputError
 from cocktail.fewshot.examples import load_examples
-
-from conftest import REPO
 
 GOOD = {"query": "the cat", "pos": ["a red cat"], "neg": ["a dog", "the sea"]}
 

@@ -15,15 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import REPO, make_bert, make_gpt2, read_folder_tensors, run_cli, save_bert_tokenizer, snapshot
 
 import cocktail
 from cocktail.errors import InputError
+from cocktail.fewshot.search import search_weights
 from cocktail.fewshot.weighting import few_shot_losses
 from cocktail.recipe.recipe import Recipe
 from cocktail.runner import run
-from cocktail.fewshot.search import search_weights
-
-from conftest import REPO, make_bert, make_gpt2, read_folder_tensors, run_cli, save_bert_tokenizer, snapshot
 
 TOL = 1e-5
 WIDE = dict(initializer_range=0.5)  # random tiny models that disagree clearly
@@ -448,7 +447,7 @@ def test_recipe_weights_from_is_checked_before_any_model_is_opened(tmp_path, two
 def test_cli_options_become_weights_from():
     import click
 
-    from cocktail.cli.fewshot_options import weights_from_options
+    from cocktail.cli.options import weights_from_options
 
     assert weights_from_options({"examples": None, "task": (), "seed": None, "search": None}) is None
     options = weights_from_options({"examples": "few.jsonl", "task": ("FiQA", "ArguAna"), "seed": 0,

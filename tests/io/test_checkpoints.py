@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import make_bert, read_folder_tensors
 
-from cocktail.io.checkpoints import TRANSFORMER, Checkpoint
 from cocktail.errors import InputError
+from cocktail.io.checkpoints import TRANSFORMER, Checkpoint
 
 
 def test_single_safetensors_folder_reads_lazily_exact_tensors(tmp_path):

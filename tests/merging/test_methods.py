@@ -356,6 +356,6 @@ def test_merge_help_names_every_method():
     ("mode=fast", ("mode", "fast")),
 ])
 def test_param_values_are_parsed_as_numbers_lists_or_json(text, expected):
-    from cocktail.cli import parse_parameter
+    from cocktail.cli.options import parse_parameter
 
     assert parse_parameter(text) == expected

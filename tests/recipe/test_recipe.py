@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_bert, read_folder_tensors
 
 import cocktail
 from cocktail.errors import RecipeError
 from cocktail.recipe.recipe import ModelEntry, Recipe
-from conftest import make_bert, read_folder_tensors
 
 
 def write(path: Path, text: str) -> Path:
@@ -407,7 +407,7 @@ def test_the_written_recipe_is_a_recipe_with_provenance(folder):
 
 
 def test_verify_refuses_a_changed_input_and_names_the_file(folder):
-    from cocktail.io.verify import verify_inputs
+    from cocktail.io.provenance import verify_inputs
 
     cocktail.merge([folder / "a", folder / "b"], [0.5, 0.5], folder / "merged")
     recipe = Recipe.from_yaml(folder / "merged" / "cocktail_recipe.yaml", ["output=../again"])

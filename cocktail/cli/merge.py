@@ -1,0 +1,206 @@
+"""``cocktail merge``, ``run``, ``recipe`` and ``inspect``: the commands that plan and write merges.
+
+Each builds a Recipe and hands it to ``cocktail.runner.run``; torch loads only inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from cocktail.cli.group import VariadicCommand, cli, warn
+from cocktail.cli.options import (
+    dtype_option,
+    few_shot_options,
+    model_type_option,
+    parse_parameter,
+    weights_from_options,
+)
+from cocktail.cli.weights import format_few_shot
+
+METHOD_HELP = ("Merge method: linear (weighted average, default), task_arithmetic, ties, dare_linear, dare_ties "
+               "(these need --base), slerp (two models, --param t=...), model_stock (needs --base).")
+
+
+def _format_count(n: int) -> str:
+    for unit, size in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def _print_result(result, as_json: bool) -> None:
+    summary = result.summary()
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    from cocktail.io.provenance import format_weight
+
+    weights = ", ".join(format_weight(w) for w in result.weights)
+    lines = [format_few_shot(summary["weights_from"], show_notes=False)] if summary.get("weights_from") else []
+    if result.dry_run:
+        lines.append(f"dry run: nothing written (output would be {summary['output'] or 'not set'})")
+    for path, w in zip(summary["models"], result.weights):
+        lines.append(f"  {format_weight(w):>10}  {path}")
+    if summary["base_model"]:
+        lines.append(f"  {'base':>10}  {summary['base_model']}")
+    dtypes = ", ".join(f"{k} ({v})" for k, v in summary["output_dtypes"].items())
+    if summary["method_parameters"]:
+        lines.append("parameters: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in summary["method_parameters"].items())
+                     + f" (seed {summary['seed']})")
+    lines.append(f"method {summary['method']}, weights [{weights}]: {summary['merged_tensors']} tensors merged "
+                 f"({_format_count(summary['parameters'])} parameters), {summary['copied_tensors']} copied; "
+                 f"dtypes {dtypes}; {summary['output_bytes'] / 1e6:.1f} MB")
+    if not result.dry_run:
+        weight_files = [f for f in summary["files"] if f.endswith(".safetensors")]
+        lines.append(f"wrote {summary['output']} ({', '.join(weight_files)} and {len(summary['files']) - len(weight_files)} side files)")
+    click.echo("\n".join(lines))
+
+
+@cli.command("merge", cls=VariadicCommand)
+@click.option("--models", "-m", "models", multiple=True, required=True, metavar="PATH...",
+              help="Models to merge: folders, .safetensors files or cached hub ids.")
+@click.option("--weights", "-w", "weights", multiple=True, type=float, metavar="W...",
+              help="One weight per model, summing to 1 (default: equal weights).")
+@click.option("--output", "-o", type=click.Path(), help="Output folder (must not exist unless --force).")
+@click.option("--method", "method", default="linear", show_default=True, metavar="NAME", help=METHOD_HELP)
+@click.option("--base", "base", type=click.Path(), help="Base model, for methods that merge differences from it.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="A method parameter, e.g. density=0.5, lambda=1, t=0.3 (repeatable; t=0,0.5,1 is a gradient over layers).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random methods (dare_*) and of the few-shot negatives; recorded.")
+@model_type_option("What the models are; encoders get BGE sentence-transformers files.")
+@dtype_option
+@click.option("--normalize", is_flag=True, help="Divide the weights by their sum instead of requiring 1.")
+@click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard, e.g. 2GB, 500MB.")
+@click.option("--config-from", type=click.Path(), help="Copy config and tokenizer from this model, not the first.")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--dry-run", is_flag=True, help="Run every check and print the plan; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@few_shot_options(with_seed=False)
+def merge_command(models, weights, output, method, base, params, seed, model_type, dtype, normalize, max_shard_size,
+                  config_from, force, dry_run, as_json, quiet, **few_shot):
+    """Merge checkpoints into a new model folder: a weighted average by default (see --method), with
+    fixed weights or weights computed from a few examples (--examples)."""
+    from cocktail.recipe.recipe import Recipe
+    from cocktail.runner import run
+
+    if not output and not dry_run:
+        raise click.UsageError("missing option '--output' (or use --dry-run)")
+    parameters = dict(parse_parameter(p) for p in params)
+    weights_from = weights_from_options(few_shot)
+    if weights_from and weights:
+        raise click.UsageError("give either --weights or --examples, not both")
+    recipe = Recipe.from_models(models, list(weights) or None, output=output, model_type=model_type, dtype=dtype,
+                                normalize=normalize, max_shard_size=max_shard_size, config_from=config_from,
+                                merge_method=method, base_model=base, parameters=parameters, seed=seed,
+                                weights_from=weights_from)
+    if _print_recipe_instead(recipe):
+        return
+    result = run(recipe, force=force, dry_run=dry_run, progress=not quiet and not as_json, on_warning=warn)
+    _print_result(result, as_json)
+
+
+@cli.command("inspect")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def inspect_command(models, as_json):
+    """Describe models and say whether they can be merged (exit 1 if not)."""
+    from cocktail.merging.inspect import format_report, inspect_models
+
+    report = inspect_models(list(models))
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+    if report.get("mergeable") is False:
+        sys.exit(1)
+
+
+@cli.command("run")
+@click.argument("recipe_file", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.option("--output", "-o", type=click.Path(),
+              help="Write here instead of the recipe's output (relative to the current folder).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe value, read as YAML: dtype=float16, models.1.weight=0.3, "
+                   "parameters.density=0.5 (paths stay relative to the recipe file). Repeatable.")
+@click.option("--verify", is_flag=True,
+              help="First check the inputs' sha256 against the recipe's provenance; refuse if one changed.")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--dry-run", is_flag=True, help="Run every check and print the plan; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def run_command(recipe_file, output, overrides, verify, force, dry_run, as_json, quiet):
+    """Run a YAML recipe file (or a merged folder's cocktail_recipe.yaml).
+
+    \b
+    cocktail run my.yaml
+    cocktail run my.yaml --output ./elsewhere --dry-run
+    cocktail run my.yaml --set dtype=float16 --set models.1.weight=0.3
+    cocktail run merged/cocktail_recipe.yaml --output again --verify
+    """
+    from cocktail.recipe.recipe import Recipe
+    from cocktail.runner import run
+
+    recipe = Recipe.from_yaml(recipe_file, overrides)
+    if output:
+        recipe.output = os.path.abspath(os.path.expanduser(output))
+    if not recipe.output and not dry_run:
+        raise click.UsageError(f"{recipe_file} sets no output: add 'output:' to it or pass --output (or use --dry-run)")
+    if verify:
+        from cocktail.io.provenance import verify_inputs
+
+        count = verify_inputs(recipe)
+        if not as_json:
+            click.echo(f"verified: {count} input weight files match the recipe's sha256", err=True)
+    result = run(recipe, force=force, dry_run=dry_run, progress=not quiet and not as_json, on_warning=warn)
+    _print_result(result, as_json)
+
+
+RECIPE_HEADER = """\
+# A cocktail recipe: run it with `cocktail run <this file>`.
+# Relative paths are relative to this file's folder. Schema: "Recipes" in cocktail's README.
+"""
+
+
+def _print_recipe_instead(recipe) -> bool:
+    """Inside ``cocktail recipe``: check ``recipe`` and print it as YAML instead of merging."""
+    ctx = click.get_current_context()
+    if not ctx.meta.get("cocktail.print_recipe"):
+        return False
+    from cocktail.recipe.schema import resolve_paths
+
+    recipe.check(os.getcwd())
+    data = recipe.to_dict()
+    if ctx.meta.get("cocktail.absolute_paths"):
+        data = resolve_paths(data, os.getcwd())
+    from cocktail.io.provenance import dump_yaml
+
+    click.echo(RECIPE_HEADER + dump_yaml(data), nl=False)
+    return True
+
+
+# ``cocktail recipe`` takes every option of ``cocktail merge`` except those about running it.
+_NOT_RECIPE_OPTIONS = {"force", "dry_run", "as_json", "quiet"}
+
+
+@cli.command("recipe", cls=VariadicCommand)
+@click.option("--absolute-paths", is_flag=True,
+              help="Write absolute paths (the recipe then runs from any folder); default: as given.")
+@click.pass_context
+def recipe_command(ctx, absolute_paths, **merge_options):
+    """Print a merge command line as a YAML recipe (takes merge's options).
+
+    \b
+    cocktail recipe --models ./a ./b --weights 0.7 0.3 --output ./merged > my.yaml
+    cocktail run my.yaml
+
+    Paths are written as given: relative ones are read relative to the recipe file, so save it in
+    the current folder, or pass --absolute-paths.
+    """
+    ctx.meta["cocktail.print_recipe"] = True
+    ctx.meta["cocktail.absolute_paths"] = absolute_paths
+    ctx.invoke(merge_command, **merge_options, dry_run=True)
+
+
+recipe_command.params[:0] = [p for p in merge_command.params if p.name not in _NOT_RECIPE_OPTIONS]

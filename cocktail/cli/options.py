@@ -1,0 +1,124 @@
+"""Options shared by several commands, written once: the model type, method parameters, weights from a
+few examples (``cocktail merge`` and ``cocktail weights``), and how ``eval`` / ``sweep`` read data."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Optional
+
+import click
+
+from cocktail.cli.group import NUMBER
+from cocktail.recipe.choices import DTYPES, MODEL_TYPES
+from cocktail.recipe.weights_from import KEYS as FEW_SHOT_KEYS
+from cocktail.recipe.weights_from import FewShotOptions
+
+DEFAULTS = FewShotOptions()
+
+
+def model_type_option(help: str):
+    """``--model-type``, one of the recipe's model types."""
+    return click.option("--model-type", type=click.Choice(MODEL_TYPES), default="encoder", show_default=True,
+                        help=help)
+
+
+def dtype_option(fn):
+    return click.option("--dtype", type=click.Choice(DTYPES),
+                        help="Output dtype (default: each tensor's dtype in the first model).")(fn)
+
+
+def parse_parameter(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> ``(key, value)``: a number, a comma list of numbers (a gradient over layers),
+    JSON (``[...]`` or ``{...}``, e.g. filter entries), or else the text itself."""
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key:
+        raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="'--param'")
+    if NUMBER.match(raw):
+        return key, int(raw) if re.fullmatch(r"-?\d+", raw) else float(raw)
+    parts = [p.strip() for p in raw.split(",")]
+    if len(parts) > 1 and all(NUMBER.match(p) for p in parts):
+        return key, [float(p) for p in parts]
+    if raw[:1] in "[{":
+        try:
+            return key, json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"{key}: {raw!r} is not valid JSON ({exc.msg})", param_hint="'--param'") from None
+    return key, raw
+
+
+def few_shot_options(command=None, *, with_seed: bool = True):
+    """Add ``--examples`` and the options of the few-shot loss and search to a click command.
+
+    ``with_seed=False`` leaves ``--seed`` to the command (``cocktail merge`` has one seed, the
+    recipe's, which also seeds the negatives and holdout split).
+    """
+    if command is None:
+        return lambda cmd: few_shot_options(cmd, with_seed=with_seed)
+    options = [
+        click.option("--examples", type=click.Path(dir_okay=False), metavar="FILE",
+                     help="Compute the weights from these examples (JSONL, JSON list or task-keyed JSON): "
+                          "softmax(-loss / temperature) of each model's loss."),
+        click.option("--task", multiple=True, metavar="NAME",
+                     help="For a task-keyed examples file: the task(s) to use (default: all)."),
+        click.option("--temperature", type=float, help=f"Softmax temperature  [default: {DEFAULTS.temperature}]"),
+        click.option("--query-instruction", metavar="TEXT",
+                     help="Prepended to every query (BGE's retrieval instruction), unless an example has a 'prompt'."),
+        click.option("--neg-number", type=int, help=f"Most negatives per query  [default: {DEFAULTS.neg_number}]"),
+        click.option("--batch-size", type=int,
+                     help=f"Queries that share in-batch negatives (part of the loss)  [default: {DEFAULTS.batch_size}]"),
+        click.option("--max-length", type=int, help="Tokens per text  [default: 512; decoders 2048]"),
+        click.option("--device", help="Where to compute losses: cpu, cuda, cuda:1  [default: cuda if present]"),
+        click.option("--search", is_flag=True, default=None,
+                     help="Search for the weights whose merged model has the lowest example loss."),
+        click.option("--search-budget", type=int, help=f"Most merged models the search evaluates  [default: {DEFAULTS.search_budget}]"),
+        click.option("--holdout", type=float,
+                     help="Examples the search keeps aside: a fraction below 1 or a count  "
+                          "[default: a fifth when there are 10 or more]"),
+    ]
+    seed = click.option("--seed", type=int, help="Seed of the negative sampling and holdout split  [default: 0]")
+    if with_seed:
+        options.append(seed)
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def weights_from_options(values: dict) -> Optional[dict]:
+    """A recipe's ``weights_from`` from the parsed options (``None`` without ``--examples``)."""
+    given = {k: v for k, v in values.items() if k in FEW_SHOT_KEYS and not (v is None or v == () or v is False)}
+    if "examples" not in given:
+        if given:
+            flag = "--" + next(iter(given)).replace("_", "-")
+            raise click.UsageError(f"{flag} needs --examples")
+        return None
+    for key in ("search_budget", "holdout"):
+        if key in given and not given.get("search"):
+            raise click.UsageError(f"--{key.replace('_', '-')} needs --search")
+    if "task" in given:
+        given["task"] = list(given["task"]) if len(given["task"]) > 1 else given["task"][0]
+    return given
+
+
+def quiet_transformers() -> None:
+    """No "Loading weights" bars from transformers: cocktail shows its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def encode_options(fn):
+    """Options shared by ``eval`` and ``sweep``: how data is read and texts are encoded."""
+    fn = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")(fn)
+    fn = click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")(fn)
+    fn = click.option("--device", help="Where to run the models (default: cuda when present, else cpu).")(fn)
+    fn = click.option("--max-length", type=click.IntRange(min=1), default=512, show_default=True,
+                      help="Longest input in tokens (also capped by the model).")(fn)
+    fn = click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+                      help="Texts per forward pass.")(fn)
+    fn = click.option("--split", default="test", show_default=True, help="qrels split of BEIR folders.")(fn)
+    fn = click.option("--query-instruction", help="Text put before every query (not before passages).")(fn)
+    fn = click.option("--data", "-d", "data", multiple=True, required=True, metavar="PATH...",
+                      help="BEIR folders, query/pos/neg .jsonl files, STS .tsv/.csv files (may be .gz).")(fn)
+    return fn

@@ -1,0 +1,110 @@
+"""The streaming loop: every output tensor of a plan, merged one at a time, and written as it is made.
+
+Inputs are read in their own dtype and accumulated in float32; each tensor is written in the dtype
+the plan gives it (``--dtype``, else the first model's). Copied tensors (non-float buffers, head
+tensors only some models have) come from the first model unchanged but for that cast. Peak memory
+is about N + 1 tensors for N models.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import torch
+from tqdm import tqdm
+
+from cocktail.errors import InputError
+from cocktail.io.checkpoints import TRANSFORMER
+from cocktail.io.writer import ShardedSafetensorsWriter
+from cocktail.merging.methods import Method
+from cocktail.merging.plan import COPY, Plan, PlannedTensor
+from cocktail.merging.tensor_settings import TensorSettings, resolve_settings, tensor_generator
+from cocktail.recipe.choices import DTYPES
+
+
+def output_dtype(name: Optional[str]) -> Optional[torch.dtype]:
+    """The torch dtype of an output dtype name (``None``: keep each tensor's dtype)."""
+    if name is None:
+        return None
+    if name not in DTYPES:
+        raise InputError(f"unknown dtype {name!r} (choose from {', '.join(DTYPES)})")
+    return getattr(torch, name)
+
+
+def merged_tensors(plan: Plan, method: Method, weights: list, parameters: dict,
+                   on_tensor: Optional[Callable[[PlannedTensor], None]] = None, *,
+                   settings: Optional[list[Optional[TensorSettings]]] = None, seed: int = 0
+                   ) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
+    """Yield ``(planned, tensor)`` for every output tensor, in plan order, holding one name at a time.
+
+    Each tensor is merged with its own weights and parameters (``settings``, resolved from ``weights``
+    and ``parameters`` when not given); random methods get a generator seeded from ``seed`` and the
+    tensor's name.
+    """
+    if method.needs_base and plan.base is None:
+        raise InputError(f"merge method {method.name} needs a base model")
+    if settings is None:
+        settings, _ = resolve_settings(plan, method, weights, parameters)
+    for planned, setting in zip(plan.tensors, settings):
+        if planned.action == COPY:
+            tensor = plan.checkpoints[0].read(planned.component, planned.sources[0])
+            tensor = tensor.to(planned.out_dtype)
+        else:
+            inputs = [ckpt.read(planned.component, source).to(torch.float32)
+                      for ckpt, source in zip(plan.checkpoints, planned.sources)]
+            base = None
+            if plan.base is not None and planned.base_source is not None:
+                base = plan.base.read(planned.component, planned.base_source).to(torch.float32)
+            extra = {"generator": tensor_generator(seed, planned.component, planned.canonical)} if method.random else {}
+            tensor = method(inputs, list(setting.weights), base, **setting.parameters, **extra).to(planned.out_dtype)
+            del inputs, base
+        yield planned, tensor
+        if on_tensor is not None:
+            on_tensor(planned)
+
+
+def merge_to_state_dict(plan: Plan, method: Method, weights: list, parameters: Optional[dict] = None,
+                        component: str = TRANSFORMER, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Merge in memory: ``{output name: tensor}`` of one component (the transformer by default)."""
+    return {planned.name: tensor for planned, tensor in merged_tensors(plan, method, weights, parameters or {},
+                                                                       seed=seed)
+            if planned.component == component}
+
+
+def write_tensors(plan: Plan, tensors: Callable[[Callable[[PlannedTensor], None]], Iterator], dest: Path,
+                  max_shard: int, elementwise: bool, progress: bool) -> tuple[list[str], list[str]]:
+    """Stream ``tensors(on_tensor)`` into safetensors shards under ``dest``, each component in the
+    first model's folder for it: ``(files written, merged tensors holding NaN or inf)``."""
+    first = plan.checkpoints[0]
+    writers = {}
+    for component in plan.components:
+        rel_dir = first.components[component].rel_dir
+        (dest / rel_dir).mkdir(parents=True, exist_ok=True)
+        entries = [(t.name, t.out_dtype, t.shape) for t in plan.tensors_of(component)]
+        writers[component] = (rel_dir, ShardedSafetensorsWriter(dest / rel_dir, entries, max_shard))
+    bar = tqdm(total=plan.output_bytes, unit="B", unit_scale=True, desc="merging", file=sys.stderr,
+               disable=not progress, leave=False)
+    nonfinite: list[str] = []
+    threads = torch.get_num_threads()
+    if elementwise:
+        # Elementwise arithmetic is memory-bound: one thread does it as fast as several, and
+        # leaves the other cores to the input hashing running beside it.
+        torch.set_num_threads(1)
+    try:
+        for planned, tensor in tensors(lambda t: bar.update(t.nbytes)):
+            writers[planned.component][1].write(planned.name, tensor)
+            if planned.action != COPY and not bool(torch.isfinite(tensor).all()):
+                nonfinite.append(planned.name)
+            del tensor
+    finally:
+        torch.set_num_threads(threads)
+        bar.close()
+        for _, writer in writers.values():
+            writer.abort()
+    files = []
+    for rel_dir, writer in writers.values():
+        files += [os.path.join(rel_dir, name) for name in writer.close()]
+    return files, nonfinite
