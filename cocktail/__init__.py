@@ -6,7 +6,14 @@ is first used (``cocktail --help`` stays fast).
 
 from importlib import import_module
 
-from cocktail.errors import CocktailError, IncompatibleModelsError, InputChangedError, InputError, OutputError, RecipeError
+from cocktail.errors import (
+    CocktailError,
+    IncompatibleModelsError,
+    InputChangedError,
+    InputError,
+    OutputError,
+    RecipeError,
+)
 from cocktail.version import __version__
 
 _LAZY = {

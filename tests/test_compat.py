@@ -53,7 +53,7 @@ def test_merged_encoder_loads_in_automodel_and_sentence_transformers(merged_enco
 def test_cocktail_encoder_matches_the_recipe(merged_encoder):
     from cocktail.modeling.encoder import Encoder
 
-    encoder = Encoder(str(merged_encoder), device="cpu", batch_size=3)
+    encoder = Encoder.open(str(merged_encoder), device="cpu", batch_size=3)
     assert encoder.pooling.modes == ("cls",)
     torch.testing.assert_close(encoder.encode(SENTENCES), bge_recipe(merged_encoder, SENTENCES), atol=1e-5, rtol=0)
 
@@ -62,7 +62,7 @@ def test_cocktail_encoder_follows_sentence_transformers_pooling(minilm_path):
     """The real all-MiniLM-L6-v2 pools by mean: cocktail's encoder must agree with sentence-transformers."""
     from cocktail.modeling.encoder import Encoder
 
-    encoder = Encoder(str(minilm_path), device="cpu", batch_size=2)
+    encoder = Encoder.open(str(minilm_path), device="cpu", batch_size=2)
     assert encoder.pooling.modes == ("mean",) and encoder.max_length == 256
     texts = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby. " * 80]
     st = sentence_transformers.SentenceTransformer(str(minilm_path), device="cpu")
@@ -108,23 +108,26 @@ def test_a_model_saved_by_sentence_transformers_5_or_later_keeps_its_pooling(min
     assert read_pooling(minilm_path).modes == ("mean",)  # the old flags, as shipped
     texts = ["A man is eating food.", "The girl is carrying a baby."]
     expected = st.encode(texts, convert_to_tensor=True, normalize_embeddings=True).cpu()
-    torch.testing.assert_close(Encoder(str(tmp_path / "saved"), device="cpu").encode(texts), expected,
+    torch.testing.assert_close(Encoder.open(str(tmp_path / "saved"), device="cpu").encode(texts), expected,
                                atol=1e-5, rtol=0)
     assert pooling_config.get("pooling_mode", "mean") == "mean"
 
 
 def test_encoder_takes_weights_saved_with_the_base_model_prefix(tmp_path):
-    """An in-memory merge in the naming of a ``BertFor...`` checkpoint (``bert.`` prefix) loads into the
+    """Weights named as a ``BertFor...`` checkpoint names them (``bert.`` prefix, a head) fill the
     encoder's bare model, as the merge plan matches them."""
+    import shutil
+
     from conftest import make_bert, read_folder_tensors
+    from safetensors.torch import save_file
 
     from cocktail.modeling.encoder import Encoder
 
-    bare = make_bert(tmp_path / "bare", seed=1)
     other = make_bert(tmp_path / "other", seed=2)
-    encoder = Encoder(str(bare), device="cpu")
-    expected = Encoder(str(other), device="cpu").encode(SENTENCES)
-    prefixed = {f"bert.{name}": t for name, t in read_folder_tensors(other).items()}
-    prefixed["classifier.weight"] = torch.zeros(1, 32)  # a head the encoder has no place for
-    encoder.load_weights(prefixed)
-    torch.testing.assert_close(encoder.encode(SENTENCES), expected, atol=1e-6, rtol=0)
+    prefixed = tmp_path / "prefixed"
+    shutil.copytree(other, prefixed)
+    tensors = {f"bert.{name}": t for name, t in read_folder_tensors(other).items()}
+    tensors["classifier.weight"] = torch.zeros(1, 32)  # a head the encoder has no place for
+    save_file(tensors, str(prefixed / "model.safetensors"))
+    expected = Encoder.open(str(other), device="cpu").encode(SENTENCES)
+    torch.testing.assert_close(Encoder.open(str(prefixed), device="cpu").encode(SENTENCES), expected, atol=1e-6, rtol=0)

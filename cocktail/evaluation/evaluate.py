@@ -125,8 +125,8 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
     labels = list(labels) if labels is not None else [str(m) for m in models]
     rows = []
     for model, label in zip(models, labels):
-        encoder = Encoder(str(model), device=device, batch_size=batch_size, max_length=max_length,
-                          progress=progress, label=label)
+        encoder = Encoder.open(str(model), device=device, batch_size=batch_size, max_length=max_length,
+                               progress=progress, label=label)
         rows += score_encoder(encoder, tasks, label)
         del encoder
     return rows

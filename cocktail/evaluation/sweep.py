@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+import torch
 from tqdm import tqdm
 
 from cocktail.errors import InputError
 from cocktail.evaluation.evaluate import Task, make_tasks, score_encoder
 from cocktail.fewshot.weighting import weights_from_examples
-from cocktail.io.checkpoints import TRANSFORMER, Checkpoint
-from cocktail.merging.engine import merged_tensors
+from cocktail.io.checkpoints import Checkpoint
 from cocktail.merging.methods import get_method
 from cocktail.merging.plan import build_plan
 from cocktail.modeling.encoder import Encoder
@@ -78,9 +78,6 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
             is scored too and reported as ``few_shot_weights``.
         split, batch_size, max_length, device, progress: as for ``evaluate_models``.
     """
-    import torch
-
-
     models = [str(m) for m in models]
     if len(models) != 2:
         raise InputError(f"a sweep needs exactly 2 models, got {len(models)}")
@@ -93,16 +90,11 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
     checkpoints = [Checkpoint.open(m) for m in models]
     try:
         plan = build_plan(checkpoints, dtype=torch.float32)
-        encoder = Encoder(models[0], device=device, batch_size=batch_size, max_length=max_length,
-                          progress=progress, label="merge")
+        encoder = Encoder(plan, device=device, batch_size=batch_size, max_length=max_length, progress=progress,
+                          label="merge")
         rows: list[dict] = []
         for weight in _progress(points, progress):
-            state: dict[str, dict[str, torch.Tensor]] = {}
-            for planned, tensor in merged_tensors(plan, linear, [weight, 1.0 - weight], {}):
-                state.setdefault(planned.component, {})[planned.name] = tensor
-            transformer = state.pop(TRANSFORMER)
-            encoder.load_weights(transformer, {checkpoints[0].components[k].rel_dir: v for k, v in state.items()})
-            del transformer, state
+            encoder.fill_from_merge(linear, [weight, 1.0 - weight])
             for row in score_encoder(encoder, tasks, f"{weight:g}"):
                 rows.append({"weight": weight, "data": row["data"], "metric": row["metric"], "value": row["value"]})
     finally:

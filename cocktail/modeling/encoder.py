@@ -5,6 +5,9 @@ The pooling comes from the model's sentence-transformers files when it has them 
 folder is pooled like BGE: the ``[CLS]`` token. Embeddings are always L2-normalised, so a dot product
 is the cosine similarity. Texts are batched by length (fewer pad tokens), the model runs in float32
 on CUDA when there is one, and passage embeddings are cached by text until the weights change.
+
+The weights go in through the :class:`~cocktail.modeling.skeleton.Skeleton`, as for few-shot losses:
+from one model (:meth:`Encoder.open`) or from an in-memory merge of a plan's models (``sweep``).
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ import torch
 from tqdm import tqdm
 
 from cocktail.errors import InputError
-from cocktail.io.checkpoints import TRANSFORMER, Checkpoint, read_json
-from cocktail.merging.plan import canonical_names
-from cocktail.modeling.loading import float32_kwargs, load_tokenizer, resolve_device
+from cocktail.io.checkpoints import Checkpoint, read_json
+from cocktail.merging.methods import Method
+from cocktail.merging.plan import Plan, build_plan
+from cocktail.modeling.loading import load_tokenizer, resolve_device
 from cocktail.modeling.pooling import read_pooling
+from cocktail.modeling.skeleton import Skeleton, model_folder
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "torch.nn.modules.activation.Tanh": torch.tanh,
@@ -33,26 +38,25 @@ PROGRESS_MIN_TEXTS = 512  # shorter encodes get no progress bar
 
 
 class Encoder:
-    """A model ready to embed texts: ``encode(texts)`` gives a ``(n, dim)`` float32 CPU tensor, rows of norm 1."""
+    """A model ready to embed texts: ``encode(texts)`` gives a ``(n, dim)`` float32 CPU tensor, rows of norm 1.
 
-    def __init__(self, source: str, device: Optional[str] = None, batch_size: int = 32, max_length: int = 512,
+    ``Encoder(plan)`` builds the model of the plan's first checkpoint (its config, tokenizer, pooling and
+    Dense modules); fill it with :meth:`fill_from_checkpoint` or :meth:`fill_from_merge` before encoding.
+    """
+
+    def __init__(self, plan: Plan, device: Optional[str] = None, batch_size: int = 32, max_length: int = 512,
                  progress: bool = False, label: Optional[str] = None):
-        from transformers import AutoModel
-
-        self.source = str(source)
+        first = plan.checkpoints[0]
+        self.plan = plan
+        self.source = str(first.source)
         self.label = label or self.source
         self.device = str(resolve_device(device))
         self.batch_size = batch_size
         self.progress = progress
-        with Checkpoint.open(self.source) as ckpt:
-            self.root = ckpt.root
-            self.transformer_dir = ckpt.root / ckpt.components[TRANSFORMER].rel_dir
-            self.components = {key: c.rel_dir for key, c in ckpt.components.items() if key != TRANSFORMER}
-            config = ckpt.config
-            dense_weights = {key: {name: ckpt.read(key, name) for name in ckpt.infos(key)} for key in self.components}
-            saved_names = set(ckpt.infos(TRANSFORMER))
+        self.root = first.root
+        self.transformer_dir = model_folder(plan)
         self.pooling = read_pooling(self.root)
-        self.dense = self._read_dense(dense_weights)
+        self.dense = self._read_dense()
         st_config = self.root / "sentence_bert_config.json"
         st = read_json(st_config) if st_config.is_file() else {}
         self.lowercase = bool(st.get("do_lower_case", False))
@@ -60,25 +64,39 @@ class Encoder:
         if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
             self.tokenizer.pad_token = self.tokenizer.eos_token  # decoders: padding is masked out anyway
         self.tokenizer.padding_side = "right"  # pool() finds the last token of right-padded rows
-        try:
-            self.model = AutoModel.from_pretrained(str(self.transformer_dir), **float32_kwargs())
-        except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"{self.source}: cannot be loaded as an encoder ({first})") from None
-        self.model.to(self.device).eval()
-        params = dict(self.model.named_parameters())
-        self._saved = {n for n in self._own_names(saved_names).values() if n in params}
+        self.skeleton = Skeleton(plan, "encoder", torch.device(self.device), modules=True)
+        self.model = self.skeleton.model
         limits = [max_length, st.get("max_seq_length")]
-        positions = config.get("max_position_embeddings")
+        positions = first.config.get("max_position_embeddings")
         if positions:
-            limits.append(positions - POSITION_OFFSET.get(config.get("model_type"), 0))
+            limits.append(positions - POSITION_OFFSET.get(first.config.get("model_type"), 0))
         if getattr(self.tokenizer, "model_max_length", None) and self.tokenizer.model_max_length < 10**6:
             limits.append(self.tokenizer.model_max_length)
         self.max_length = min(int(x) for x in limits if x)
         self._cache: dict[str, torch.Tensor] = {}
 
+    @classmethod
+    def open(cls, source: str, **options) -> "Encoder":
+        """The encoder of one model (a folder or cached hub id), filled with its weights."""
+        with Checkpoint.open(str(source)) as checkpoint:
+            encoder = cls(build_plan([checkpoint], dtype=torch.float32), **options)
+            encoder.fill_from_checkpoint(0)
+        return encoder
+
+    # -- weights -----------------------------------------------------------------------------------
+    def fill_from_checkpoint(self, index: int) -> None:
+        """Use the weights of model ``index`` of the plan (and forget cached embeddings)."""
+        self.skeleton.fill_from_checkpoint(index)
+        self._cache.clear()
+
+    def fill_from_merge(self, method: Method, weights: list[float], parameters: Optional[dict] = None) -> None:
+        """Use the merge of the plan's models with ``weights`` (and forget cached embeddings)."""
+        self.skeleton.fill_from_merge(method, weights, parameters)
+        self._cache.clear()
+
     # -- sentence-transformers Dense modules -------------------------------------------------------
-    def _read_dense(self, weights: dict[str, dict[str, torch.Tensor]]) -> list[dict]:
+    def _read_dense(self) -> list[dict]:
+        """The Dense modules after pooling, in order: their folder and activation (weights: the skeleton's)."""
         dense = []
         modules_path = self.root / "modules.json"
         if not modules_path.is_file():
@@ -91,37 +109,14 @@ class Encoder:
                 activation = config.get("activation_function", "torch.nn.modules.linear.Identity")
                 if activation not in ACTIVATIONS:
                     raise InputError(f"{self.root / path}: activation {activation} is not supported")
-                tensors = weights.get(path, {})
-                if "linear.weight" not in tensors:
+                shapes = {t.name: t.shape for t in self.plan.tensors_of(path)}
+                if "linear.weight" not in shapes:
                     raise InputError(f"{self.root / path}: Dense module without linear.weight")
-                dense.append({"path": path, "activation": ACTIVATIONS[activation], "tensors": tensors})
+                dense.append({"path": path, "activation": ACTIVATIONS[activation],
+                              "out_features": int(shapes["linear.weight"][0])})
             elif not kind.endswith(("Transformer", "Pooling", "Normalize")):
                 raise InputError(f"{self.root}: sentence-transformers module {kind} is not supported")
         return dense
-
-    def _own_names(self, names) -> dict[str, str]:
-        """``{saved name: name in self.model}`` for the saved names the model has (a ``BertFor...``
-        checkpoint's ``bert.`` prefix is matched as the merge plan matches it)."""
-        own = self.model.state_dict()
-        mapping, _ = canonical_names(list(names), self.model.base_model_prefix or None)
-        return {actual: canonical for canonical, actual in mapping.items() if canonical in own}
-
-    def load_weights(self, transformer: dict[str, torch.Tensor],
-                     modules: Optional[dict[str, dict[str, torch.Tensor]]] = None) -> None:
-        """Replace the weights (e.g. with an in-memory merge) and forget cached embeddings.
-
-        ``transformer`` may use the names of a ``BertModel`` or of a ``BertFor...`` class (prefixed).
-        """
-        names = self._own_names(transformer)
-        renamed = {own: transformer[name] for name, own in names.items()}
-        missing = sorted(self._saved - set(renamed))
-        if missing:
-            raise InputError(f"weights for {self.label} lack {', '.join(missing[:4])}")
-        self.model.load_state_dict(renamed, strict=False)
-        for dense in self.dense:
-            if modules and dense["path"] in modules:
-                dense["tensors"] = modules[dense["path"]]
-        self._cache.clear()
 
     # -- encoding ----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -141,7 +136,7 @@ class Encoder:
     @property
     def dimension(self) -> int:
         if self.dense:
-            return int(self.dense[-1]["tensors"]["linear.weight"].shape[0])
+            return self.dense[-1]["out_features"]
         return int(self.model.config.hidden_size)
 
     def _encode_uncached(self, texts: list[str], desc: str) -> torch.Tensor:
@@ -160,10 +155,9 @@ class Encoder:
                 hidden = self.model(**batch).last_hidden_state
                 embedded = self.pooling(hidden, batch["attention_mask"])
                 for dense in self.dense:
-                    weight = dense["tensors"]["linear.weight"].to(self.device, torch.float32)
-                    bias = dense["tensors"].get("linear.bias")
-                    bias = bias.to(self.device, torch.float32) if bias is not None else None
-                    embedded = dense["activation"](torch.nn.functional.linear(embedded, weight, bias))
+                    tensors = self.skeleton.modules[dense["path"]]
+                    embedded = dense["activation"](torch.nn.functional.linear(embedded, tensors["linear.weight"],
+                                                                              tensors.get("linear.bias")))
                 embedded = torch.nn.functional.normalize(embedded.float(), dim=-1)
                 out[chunk] = embedded.cpu()
                 bar.update(len(chunk))

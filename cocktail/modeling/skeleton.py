@@ -1,10 +1,13 @@
 """One model in memory whose parameters are refilled from each checkpoint, or from a merge, in turn.
 
+This is the one way cocktail puts weights into a model (few-shot losses, ``eval``, ``sweep``).
 Scoring N checkpoints never holds N models: the skeleton is built once from the first model's config
 (``AutoModel`` for an encoder, ``AutoModelForSequenceClassification`` for a reranker,
 ``AutoModelForCausalLM`` for a decoder), then each checkpoint's tensors are streamed into it one at
 a time, matched through the plan's canonical names (so ``bert.encoder...`` and ``encoder...`` meet).
-Peak memory: the skeleton, plus one tensor (N tensors while filling it from a merge).
+With ``modules=True`` the weights of the other components (sentence-transformers ``Dense`` modules)
+are kept too, in ``.modules``. Peak memory: the skeleton, plus one tensor (N tensors while filling
+it from a merge).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from cocktail.merging.methods import Method
 from cocktail.merging.plan import Plan, canonical_names
 from cocktail.modeling.loading import auto_class
 
-UNUSED_BY_LOSS = {"encoder": ("pooler.",)}  # parameters the loss never reads may be absent
+UNUSED = {"encoder": ("pooler.",)}  # parameters no embedding reads may be absent (they are zeroed)
 
 
 def _skip_random_init():
@@ -45,13 +48,16 @@ def model_folder(plan: Plan):
 
 class Skeleton:
     """``Skeleton(plan, model_type, device)``; ``fill_from_checkpoint(i)`` or ``fill_from_merge(...)``,
-    then use ``.model``."""
+    then use ``.model`` (and ``.modules``: ``{component: {name: float32 tensor}}`` with ``modules=True``)."""
 
-    def __init__(self, plan: Plan, model_type: str, device: torch.device):
+    def __init__(self, plan: Plan, model_type: str, device: torch.device, modules: bool = False):
         from transformers import AutoConfig
 
         self.plan = plan
         self.model_type = model_type
+        self.device = device
+        self.with_modules = modules
+        self.modules: dict[str, dict[str, torch.Tensor]] = {}
         folder = model_folder(plan)
         try:
             config = AutoConfig.from_pretrained(str(folder))
@@ -79,12 +85,16 @@ class Skeleton:
         mapping, _ = canonical_names(list(state), getattr(self.model, "base_model_prefix", None) or None)
         self.targets: dict[str, torch.Tensor] = {canonical: state[actual] for canonical, actual in mapping.items()}
         self.names = {canonical: actual for canonical, actual in mapping.items()}
-        skip = UNUSED_BY_LOSS.get(model_type, ())
+        skip = UNUSED.get(model_type, ())
         groups: dict[int, list[str]] = {}
+        params: dict[int, torch.Tensor] = {}
         for name, param in self.model.named_parameters(remove_duplicate=False):
             groups.setdefault(id(param), []).append(name)
-        self.required = {key: names for key, names in groups.items()
-                         if not all(any(n.startswith(s) or f".{s}" in n for s in skip) for n in names)}
+            params[id(param)] = param
+        unused = {key for key, names in groups.items() if all(any(n.startswith(s) or f".{s}" in n for s in skip)
+                                                              for n in names)}
+        self.required = {key: names for key, names in groups.items() if key not in unused}
+        self._unused = {key: params[key] for key in unused}
 
     def _copy(self, canonical: str, tensor: torch.Tensor, source: str) -> Optional[int]:
         target = self.targets.get(canonical)
@@ -97,29 +107,45 @@ class Skeleton:
             target.data.copy_(tensor)
         return id(target)
 
-    def _check_filled(self, filled: set, source: str) -> None:
+    def _finish(self, filled: set, source: str) -> None:
+        """Refuse a fill that left a needed parameter empty; zero the unused ones it did not fill."""
         missing = [names[0] for key, names in self.required.items() if key not in filled]
         if missing:
             raise InputError(f"{source}: lacks tensors a {self.model_type} needs to compute its loss: "
                              f"{few_names(missing)} (is --model-type right?)")
+        with torch.no_grad():
+            for key, param in self._unused.items():
+                if key not in filled:
+                    param.data.zero_()  # never read, but never left as uninitialised memory
+
+    def _wanted(self, planned) -> bool:
+        return (planned.canonical in self.targets) if planned.component == TRANSFORMER else self.with_modules
+
+    def _keep_module(self, planned, tensor: torch.Tensor) -> None:
+        self.modules.setdefault(planned.component, {})[planned.name] = tensor.to(self.device, torch.float32)
 
     def fill_from_checkpoint(self, index: int) -> None:
         """Load model ``index`` of the plan, tensor by tensor."""
         ckpt = self.plan.checkpoints[index]
         filled = set()
-        for planned in self.plan.tensors_of(TRANSFORMER):
+        for planned in self.plan.tensors:
             actual = planned.sources[index]
-            if actual is None or planned.canonical not in self.targets:
+            if actual is None or not self._wanted(planned):
                 continue
-            key = self._copy(planned.canonical, ckpt.read(TRANSFORMER, actual), ckpt.source)
-            filled.add(key)
-        self._check_filled(filled, ckpt.source)
+            tensor = ckpt.read(planned.component, actual)
+            if planned.component == TRANSFORMER:
+                filled.add(self._copy(planned.canonical, tensor, ckpt.source))
+            else:
+                self._keep_module(planned, tensor)
+        self._finish(filled, ckpt.source)
 
     def fill_from_merge(self, method: Method, weights: list[float], parameters: Optional[dict] = None) -> None:
         """Load the merge of every model with ``weights``, without writing it anywhere."""
         filled = set()
-        wanted = [t for t in self.plan.tensors if t.component == TRANSFORMER and t.canonical in self.targets]
-        subset = Plan(self.plan.checkpoints, self.plan.base, wanted)
+        subset = Plan(self.plan.checkpoints, self.plan.base, [t for t in self.plan.tensors if self._wanted(t)])
         for planned, tensor in merged_tensors(subset, method, weights, parameters or {}):
-            filled.add(self._copy(planned.canonical, tensor, "the merged model"))
-        self._check_filled(filled, "the merged model")
+            if planned.component == TRANSFORMER:
+                filled.add(self._copy(planned.canonical, tensor, "the merged model"))
+            else:
+                self._keep_module(planned, tensor)
+        self._finish(filled, "the merged model")

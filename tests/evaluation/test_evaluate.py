@@ -317,7 +317,7 @@ def test_last_token_pooling_of_a_batch_equals_one_text_at_a_time(tmp_path):
     """A text's embedding must not depend on the texts batched (and padded) with it."""
     from cocktail.modeling.encoder import Encoder
 
-    encoder = Encoder(str(make_gpt2_embedder(tmp_path / "g")), device="cpu", batch_size=4)
+    encoder = Encoder.open(str(make_gpt2_embedder(tmp_path / "g")), device="cpu", batch_size=4)
     texts = ["the cat is red and the dog is blue", "sun", "one two three"]
     batched = encoder.encode(texts)
     alone = torch.cat([encoder.encode([t]) for t in texts])
