@@ -35,7 +35,7 @@ def merge(models: Sequence[ModelInput], weights: Union[Sequence[float], str, Non
           base: Optional[ModelInput] = None, parameters: Optional[dict] = None, dtype: Optional[str] = None,
           normalize: bool = False, max_shard_size: Union[str, int] = "5GB", config_from: Optional[PathLike] = None,
           force: bool = False, dry_run: bool = False, progress: bool = False, examples: Any = None,
-          tokenizer: Any = None, seed: int = 0) -> Any:
+          tokenizer: Any = None, seed: int = 0, trust_remote_code: bool = False) -> Any:
     """Merge models: folders on disk, hub ids, loaded models or state dicts, mixed freely.
 
     Args:
@@ -66,6 +66,8 @@ def merge(models: Sequence[ModelInput], weights: Union[Sequence[float], str, Non
         tokenizer: saved into ``output`` when the first model is a transformers model held in memory
             (otherwise its tokenizer files come from the first model given as a folder).
         seed: seed of random methods (``dare_*``); recorded in the output's recipe.
+        trust_remote_code: let a model folder's own code (``auto_map``) run when weights come from
+            examples; without it such a model is refused (merging itself never runs model code).
 
     Returns:
         What the first model is: for a loaded model, a new model of the same class holding the merged
@@ -85,7 +87,7 @@ def merge(models: Sequence[ModelInput], weights: Union[Sequence[float], str, Non
     recipe, objects = prepare(models, weights, output, model_type=model_type, method=method, base=base,
                               parameters=parameters, dtype=dtype, normalize=normalize,
                               max_shard_size=max_shard_size, config_from=config_from, examples=examples,
-                              tokenizer=tokenizer, seed=seed)
+                              tokenizer=tokenizer, seed=seed, trust_remote_code=trust_remote_code)
     first = models[0]
     if dry_run or memory.is_path(first):
         return run(recipe, force=force, dry_run=dry_run, progress=progress, objects=objects)
@@ -105,7 +107,7 @@ def prepare(models: Sequence[ModelInput], weights: Union[Sequence[float], str, N
             base: Optional[ModelInput] = None, parameters: Optional[dict] = None, dtype: Optional[str] = None,
             normalize: bool = False, max_shard_size: Union[str, int] = "5GB",
             config_from: Optional[PathLike] = None, examples: Any = None, tokenizer: Any = None,
-            seed: int = 0) -> tuple[Recipe, dict]:
+            seed: int = 0, trust_remote_code: bool = False) -> tuple[Recipe, dict]:
     """The :class:`Recipe` for a merge of any inputs, and the in-memory models it names.
 
     Models on disk appear in the recipe by their path; models in memory as
@@ -140,6 +142,7 @@ def prepare(models: Sequence[ModelInput], weights: Union[Sequence[float], str, N
         model_type=model_type, merge_method=method, base_model=base_label, parameters=dict(parameters or {}),
         dtype=dtype, normalize=normalize, max_shard_size=max_shard_size,
         config_from=str(config_from) if config_from is not None else None, seed=seed, weights_from=weights_from,
+        trust_remote_code=trust_remote_code,
     )
     return recipe, objects
 
@@ -249,26 +252,27 @@ def _into_state_dict(first: Mapping, objects: dict, tensors) -> dict:
     return {k: merged[k] for k in order}
 
 
-def load_model(path: PathLike, model_type: str):
-    """Load a merged folder with the transformers class LM-Cocktail uses for ``model_type``."""
-    return load_pretrained(path, model_type)
+def load_model(path: PathLike, model_type: str, trust_remote_code: bool = False):
+    """Load a merged folder with the transformers class LM-Cocktail uses for ``model_type`` (a model
+    with its own code, ``auto_map``, needs ``trust_remote_code=True``)."""
+    return load_pretrained(path, model_type, trust_remote_code)
 
 
-def _mix(model_names_or_paths, model_type, weights, output_path):
+def _mix(model_names_or_paths, model_type, weights, output_path, trust_remote_code: bool):
     if output_path is not None:
         merge(model_names_or_paths, weights, output_path, model_type=model_type, progress=True)
-        return load_model(output_path, model_type)
+        return load_model(output_path, model_type, trust_remote_code)
     scratch = Path(tempfile.mkdtemp(prefix="cocktail-mix-"))
     try:
         merge(model_names_or_paths, weights, scratch / "merged", model_type=model_type)
-        model = load_model(scratch / "merged", model_type)
+        model = load_model(scratch / "merged", model_type, trust_remote_code)
         return model
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def mix_models(model_names_or_paths: Sequence[str], model_type: str, weights: Sequence[float],
-               output_path: Optional[str] = None):
+               output_path: Optional[str] = None, *, trust_remote_code: bool = False):
     """LM-Cocktail's ``mix_models``: merge with the given weights and return the loaded model.
 
     Args:
@@ -276,19 +280,20 @@ def mix_models(model_names_or_paths: Sequence[str], model_type: str, weights: Se
         model_type: ``decoder``, ``encoder`` or ``reranker``.
         weights: one weight per model, summing to 1.
         output_path: where to save the merged model (encoders get sentence-transformers files).
+        trust_remote_code: load a merged model that has its own code (``auto_map``).
 
     Returns:
         The merged model, loaded with ``AutoModel`` (encoder), ``AutoModelForSequenceClassification``
         (reranker) or ``AutoModelForCausalLM`` (decoder).
     """
-    return _mix(model_names_or_paths, model_type, weights, output_path)
+    return _mix(model_names_or_paths, model_type, weights, output_path, trust_remote_code)
 
 
 def mix_models_by_layers(model_names_or_paths: Sequence[str], model_type: str, weights: Sequence[float],
-                         output_path: Optional[str] = None):
+                         output_path: Optional[str] = None, *, trust_remote_code: bool = False):
     """LM-Cocktail's ``mix_models_by_layers``: same as :func:`mix_models` (cocktail always streams
     tensor by tensor, so there is no separate low-memory path)."""
-    return _mix(model_names_or_paths, model_type, weights, output_path)
+    return _mix(model_names_or_paths, model_type, weights, output_path, trust_remote_code)
 
 
 def mix_models_with_data(model_names_or_paths: Sequence[str], model_type: str, example_data=None,
@@ -296,7 +301,7 @@ def mix_models_with_data(model_names_or_paths: Sequence[str], model_type: str, e
                          neg_number: int = 7, output_path: Optional[str] = None, *, example_ata=None,
                          query_instruction: Optional[str] = None, seed: int = 0, device: Optional[str] = None,
                          task=None, search: bool = False, search_budget: Optional[int] = None,
-                         holdout: Optional[float] = None):
+                         holdout: Optional[float] = None, trust_remote_code: bool = False):
     """LM-Cocktail's ``mix_models_with_data``: weights from a few examples, merge, return the model.
 
     The weights are ``softmax(-loss / temperature)`` of each model's loss on ``example_data`` (see
@@ -314,6 +319,7 @@ def mix_models_with_data(model_names_or_paths: Sequence[str], model_type: str, e
         neg_number: the most negatives per query.
         output_path: where to save the merged model (``None``: not saved).
         query_instruction, seed, device, task, search, search_budget, holdout: see ``cocktail weights``.
+        trust_remote_code: let the models' own code (``auto_map``) run to score the examples.
 
     Returns:
         The merged model, loaded as :func:`mix_models` does.
@@ -331,15 +337,16 @@ def mix_models_with_data(model_names_or_paths: Sequence[str], model_type: str, e
         weights_from["examples"] = str(weights_from["examples"])
     if search_budget is not None:
         weights_from["search_budget"] = search_budget
-    recipe = Recipe.from_models(model_names_or_paths, None, model_type=model_type, weights_from=weights_from)
+    recipe = Recipe.from_models(model_names_or_paths, None, model_type=model_type, weights_from=weights_from,
+                                trust_remote_code=trust_remote_code)
     if output_path is not None:
         recipe.output = str(output_path)
         run(recipe, progress=True)
-        return load_model(output_path, model_type)
+        return load_model(output_path, model_type, trust_remote_code)
     scratch = Path(tempfile.mkdtemp(prefix="cocktail-mix-"))
     try:
         recipe.output = str(scratch / "merged")
         run(recipe)
-        return load_model(scratch / "merged", model_type)
+        return load_model(scratch / "merged", model_type, trust_remote_code)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -48,6 +48,7 @@ class CocktailCallback(TrainerCallback):
         force: replace existing output folders (otherwise an existing one is an error, reported
             when training begins where it can be known then).
         max_shard_size: largest safetensors shard of each output.
+        trust_remote_code: let the models' own code (``auto_map``) run to score ``examples``.
 
     After training, ``callback.outputs`` lists the folders written, in order, and
     ``callback.results`` the matching :class:`~cocktail.runner.MergeResult` objects.
@@ -58,7 +59,7 @@ class CocktailCallback(TrainerCallback):
                  output_dir: Optional[Union[str, os.PathLike]] = None, on: Union[str, Sequence[str]] = "train_end",
                  *, examples: Any = None, model_type: str = "encoder", method: str = "linear",
                  parameters: Optional[dict] = None, dtype: Optional[str] = None, force: bool = False,
-                 max_shard_size: Union[str, int] = "5GB"):
+                 max_shard_size: Union[str, int] = "5GB", trust_remote_code: bool = False):
         events = (on,) if isinstance(on, str) else tuple(on)
         unknown = [e for e in events if e not in EVENTS]
         if not events or unknown:
@@ -87,6 +88,7 @@ class CocktailCallback(TrainerCallback):
         self.dtype = dtype
         self.force = force
         self.max_shard_size = max_shard_size
+        self.trust_remote_code = trust_remote_code
         self.outputs: list[Path] = []
         self.results: list = []
 
@@ -135,7 +137,8 @@ class CocktailCallback(TrainerCallback):
         method_base = self.base if get_method(self.method).needs_base else None
         recipe, objects = prepare([model, self.base], self.weights, output, model_type=self.model_type,
                                   method=self.method, base=method_base, parameters=self.parameters, dtype=self.dtype,
-                                  max_shard_size=self.max_shard_size, examples=self.examples, tokenizer=tokenizer)
+                                  max_shard_size=self.max_shard_size, examples=self.examples, tokenizer=tokenizer,
+                                  trust_remote_code=self.trust_remote_code)
         result = run(recipe, force=self.force, objects=objects)
         self.outputs.append(result.output)
         self.results.append(result)

@@ -135,13 +135,14 @@ class CliResult:
         return f"CliResult(rc={self.returncode}, stdout={self.stdout[-2000:]!r}, stderr={self.stderr[-2000:]!r})"
 
 
-def run_cli(*args, cwd=None, env=None) -> CliResult:
-    """Run ``cocktail ARGS`` in a fresh interpreter, as a user would (this checkout's code)."""
+def run_cli(*args, cwd=None, env=None, stdin=None) -> CliResult:
+    """Run ``cocktail ARGS`` in a fresh interpreter, as a user would (this checkout's code); ``stdin``
+    is what the user would type (default: nothing to read)."""
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env.update(env or {})
     proc = subprocess.run([sys.executable, "-m", "cocktail", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=full_env, timeout=600)
+                          cwd=cwd, env=full_env, timeout=600, input=stdin if stdin is not None else "")
     return CliResult(proc)
 
 

@@ -14,13 +14,15 @@ from cocktail.cli.options import encode_options, quiet_transformers
 @click.option("--models", "-m", "models", multiple=True, required=True, metavar="PATH...",
               help="Embedding models to score: folders or cached hub ids.")
 @encode_options
-def eval_command(models, data, query_instruction, split, batch_size, max_length, device, as_json, quiet):
+def eval_command(models, data, query_instruction, split, batch_size, max_length, device, as_json, quiet,
+                 trust_remote_code):
     """Score embedding models on retrieval (nDCG@10, MRR@10, Recall@10/100) and STS (Spearman) data."""
     from cocktail.evaluation.evaluate import evaluate_models, format_table
 
     quiet_transformers()
     rows = evaluate_models(list(models), list(data), query_instruction, split=split, batch_size=batch_size,
-                           max_length=max_length, device=device, progress=not quiet and not as_json)
+                           max_length=max_length, device=device, progress=not quiet and not as_json,
+                           trust_remote_code=trust_remote_code)
     click.echo(json.dumps(rows, indent=2) if as_json else format_table(rows))
 
 
@@ -33,7 +35,7 @@ def eval_command(models, data, query_instruction, split, batch_size, max_length,
               "LM-Cocktail's few-shot weighting picks.")
 @encode_options
 def sweep_command(models, steps, plot, examples, data, query_instruction, split, batch_size, max_length, device,
-                  as_json, quiet):
+                  as_json, quiet, trust_remote_code):
     """Merge two models in memory at weights 0..1 and score each merge: the trade-off curve."""
     from cocktail.evaluation.evaluate import format_table
     from cocktail.evaluation.sweep import plot_sweep, sweep_weights, table_rows
@@ -50,7 +52,7 @@ def sweep_command(models, steps, plot, examples, data, query_instruction, split,
     quiet_transformers()
     result = sweep_weights(list(models), list(data), steps, query_instruction, examples, split=split,
                            batch_size=batch_size, max_length=max_length, device=device,
-                           progress=not quiet and not as_json)
+                           progress=not quiet and not as_json, trust_remote_code=trust_remote_code)
     if plot:
         plot_sweep(result, plot)
     if as_json:
@@ -63,5 +65,3 @@ def sweep_command(models, steps, plot, examples, data, query_instruction, split,
     if plot:
         lines += ["", f"wrote {plot}"]
     click.echo("\n".join(lines))
-
-

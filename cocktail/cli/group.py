@@ -3,6 +3,7 @@ tracebacks, SIGTERM cleaned up like Ctrl-C, and ``--models a b c`` taking severa
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 
@@ -51,6 +52,8 @@ class CocktailGroup(click.Group):
     def main(self, args=None, prog_name=None, **extra):
         argv = list(sys.argv[1:] if args is None else args)
         debug = "--debug" in argv
+        # transformers' own warnings are noise next to cocktail's one-line messages (set it to see them)
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         _interrupt_on_sigterm()
         try:
             code = super().main(args=argv, prog_name=prog_name or "cocktail", standalone_mode=False, **extra)

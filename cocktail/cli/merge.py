@@ -17,6 +17,7 @@ from cocktail.cli.options import (
     few_shot_options,
     model_type_option,
     parse_parameter,
+    trust_remote_code_option,
     weights_from_options,
 )
 from cocktail.cli.weights import format_few_shot
@@ -81,8 +82,9 @@ def _print_result(result, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @few_shot_options(with_seed=False)
+@trust_remote_code_option
 def merge_command(models, weights, output, method, base, params, seed, model_type, dtype, normalize, max_shard_size,
-                  config_from, force, dry_run, as_json, quiet, **few_shot):
+                  config_from, force, dry_run, as_json, quiet, trust_remote_code, **few_shot):
     """Merge checkpoints into a new model folder: a weighted average by default (see --method), with
     fixed weights or weights computed from a few examples (--examples)."""
     from cocktail.recipe.recipe import Recipe
@@ -97,7 +99,7 @@ def merge_command(models, weights, output, method, base, params, seed, model_typ
     recipe = Recipe.from_models(models, list(weights) or None, output=output, model_type=model_type, dtype=dtype,
                                 normalize=normalize, max_shard_size=max_shard_size, config_from=config_from,
                                 merge_method=method, base_model=base, parameters=parameters, seed=seed,
-                                weights_from=weights_from)
+                                weights_from=weights_from, trust_remote_code=trust_remote_code)
     if _print_recipe_instead(recipe):
         return
     result = run(recipe, force=force, dry_run=dry_run, progress=not quiet and not as_json, on_warning=warn)
@@ -130,7 +132,8 @@ def inspect_command(models, as_json):
 @click.option("--dry-run", is_flag=True, help="Run every check and print the plan; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def run_command(recipe_file, output, overrides, verify, force, dry_run, as_json, quiet):
+@trust_remote_code_option
+def run_command(recipe_file, output, overrides, verify, force, dry_run, as_json, quiet, trust_remote_code):
     """Run a YAML recipe file (or a merged folder's cocktail_recipe.yaml).
 
     \b
@@ -145,6 +148,8 @@ def run_command(recipe_file, output, overrides, verify, force, dry_run, as_json,
     recipe = Recipe.from_yaml(recipe_file, overrides)
     if output:
         recipe.output = os.path.abspath(os.path.expanduser(output))
+    if trust_remote_code:
+        recipe.trust_remote_code = True
     if not recipe.output and not dry_run:
         raise click.UsageError(f"{recipe_file} sets no output: add 'output:' to it or pass --output (or use --dry-run)")
     if verify:

@@ -28,6 +28,13 @@ def dtype_option(fn):
                         help="Output dtype (default: each tensor's dtype in the first model).")(fn)
 
 
+def trust_remote_code_option(fn):
+    """``--trust-remote-code``: let a model folder's own code (``auto_map``) run; off by default."""
+    return click.option("--trust-remote-code", is_flag=True,
+                        help="Let a model folder's own Python code (auto_map) run; without it such a model is "
+                             "refused. Only for folders you trust.")(fn)
+
+
 def parse_parameter(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` -> ``(key, value)``: a number, a comma list of numbers (a gradient over layers),
     JSON (``[...]`` or ``{...}``, e.g. filter entries), or else the text itself."""
@@ -121,4 +128,5 @@ def encode_options(fn):
     fn = click.option("--query-instruction", help="Text put before every query (not before passages).")(fn)
     fn = click.option("--data", "-d", "data", multiple=True, required=True, metavar="PATH...",
                       help="BEIR folders, query/pos/neg .jsonl files, STS .tsv/.csv files (may be .gz).")(fn)
+    fn = trust_remote_code_option(fn)
     return fn

@@ -8,7 +8,8 @@ from typing import Optional
 import click
 
 from cocktail.cli.group import VariadicCommand, cli
-from cocktail.cli.options import DEFAULTS, FEW_SHOT_KEYS, few_shot_options, model_type_option, weights_from_options
+from cocktail.cli.options import (DEFAULTS, FEW_SHOT_KEYS, few_shot_options, model_type_option, trust_remote_code_option,
+                                  weights_from_options)
 
 
 @cli.command("weights", cls=VariadicCommand)
@@ -18,7 +19,8 @@ from cocktail.cli.options import DEFAULTS, FEW_SHOT_KEYS, few_shot_options, mode
 @click.option("--json", "as_json", is_flag=True, help="Print {\"models\", \"losses\", \"weights\", ...} as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
 @few_shot_options
-def weights_command(models, model_type, as_json, quiet, **few_shot):
+@trust_remote_code_option
+def weights_command(models, model_type, as_json, quiet, trust_remote_code, **few_shot):
     """Each model's loss on a few examples, and the merge weights softmax(-loss / temperature)."""
     from cocktail.fewshot.weighting import few_shot_losses
 
@@ -27,7 +29,7 @@ def weights_command(models, model_type, as_json, quiet, **few_shot):
         raise click.UsageError("missing option '--examples'")
     settings = {k: options.get(k, getattr(DEFAULTS, k)) for k in FEW_SHOT_KEYS if k not in ("examples", "seed")}
     result = few_shot_losses(list(models), options["examples"], model_type=model_type, seed=options.get("seed", 0),
-                             progress=not quiet and not as_json, **settings)
+                             progress=not quiet and not as_json, trust_remote_code=trust_remote_code, **settings)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_few_shot(result.to_dict()))
 
 

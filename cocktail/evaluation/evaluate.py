@@ -105,7 +105,7 @@ def score_encoder(encoder, tasks: Sequence[Task], model_label: str) -> list[dict
 def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Dataset]],
                     query_instruction: Optional[str] = None, *, split: str = "test", batch_size: int = 32,
                     max_length: int = 512, device: Optional[str] = None, progress: bool = False,
-                    labels: Optional[Sequence[str]] = None) -> list[dict]:
+                    labels: Optional[Sequence[str]] = None, trust_remote_code: bool = False) -> list[dict]:
     """Score every model on every data set.
 
     Args:
@@ -117,6 +117,7 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
         batch_size, max_length, device: how to encode (default device: CUDA when present).
         progress: progress bars on stderr for long encodes.
         labels: names to show for the models (default: the paths as given).
+        trust_remote_code: let a model folder's own code (``auto_map``) run; refused otherwise.
 
     Returns:
         Rows ``{"model": ..., "data": ..., "metric": ..., "value": ...}``.
@@ -126,7 +127,7 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
     rows = []
     for model, label in zip(models, labels):
         encoder = Encoder.open(str(model), device=device, batch_size=batch_size, max_length=max_length,
-                               progress=progress, label=label)
+                               progress=progress, label=label, trust_remote_code=trust_remote_code)
         rows += score_encoder(encoder, tasks, label)
         del encoder
     return rows

@@ -28,6 +28,7 @@ class FewShotRequest:
             raise InputError(f"merge method {method.name} does not use weights, so there is nothing to "
                              "compute from examples")
         self.model_type = recipe.model_type
+        self.trust_remote_code = bool(recipe.trust_remote_code)
         self.method = method
         self.parameters = dict(recipe.parameters or {})
         self.options = FewShotOptions.from_dict(dict(recipe.weights_from), default_seed=int(recipe.seed or 0))
@@ -37,7 +38,8 @@ class FewShotRequest:
     def run(self, plan, progress: bool = False) -> tuple[list[float], list[str]]:
         """``(weights, warnings)`` for the checkpoints of ``plan``."""
         self.result = weights_for_plan(plan, self.model_type, self.options, method=self.method,
-                                       parameters=self.parameters, progress=progress, example_set=self.examples)
+                                       parameters=self.parameters, progress=progress, example_set=self.examples,
+                                       trust_remote_code=self.trust_remote_code)
         return list(self.result.weights), list(self.result.notes)
 
     def provenance(self) -> Optional[dict]:

@@ -143,7 +143,8 @@ def _holdout_count(options: FewShotOptions, total: int) -> int:
 
 
 def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=None, parameters=None,
-                     progress: bool = False, example_set: Optional[ExampleSet] = None) -> FewShotResult:
+                     progress: bool = False, example_set: Optional[ExampleSet] = None,
+                     trust_remote_code: bool = False) -> FewShotResult:
     """Few-shot losses and weights for the checkpoints of ``plan`` (the runner's entry point).
 
     Args:
@@ -154,6 +155,7 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
         parameters: that method's parameters.
         progress: print one line per model on stderr.
         example_set: the examples, if already loaded (else read from ``options.examples``).
+        trust_remote_code: let a model folder's own code (``auto_map``) run.
     """
     options.check()
     seed = int(options.seed or 0)
@@ -187,14 +189,14 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
     if model_type == "encoder" and extra_modules:
         notes.append(f"sentence-transformers module(s) {', '.join(extra_modules)} are not applied in the loss "
                      "(the embedding is the pooled transformer output, as in LM-Cocktail)")
-    tokenizer = load_tokenizer(model_folder(fplan))
+    tokenizer = load_tokenizer(model_folder(fplan), trust_remote_code=trust_remote_code)
     pooling = read_pooling(first.root) if model_type == "encoder" else None
     common = dict(batch_size=options.batch_size, max_length=max_length,
                   query_instruction=options.query_instruction, pooling=pooling, device=device)
     fit_data = L.prepare(fit, model_type, tokenizer, **common)
     held_data = L.prepare(held, model_type, tokenizer, **common) if held else None
 
-    skeleton = Skeleton(fplan, model_type, device)
+    skeleton = Skeleton(fplan, model_type, device, trust_remote_code=trust_remote_code)
     names = [c.source for c in fplan.checkpoints]
     losses, held_losses = [], []
     for i, name in enumerate(names):
@@ -247,7 +249,8 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
                     batch_size: int = 2, max_length: Optional[int] = None, seed: int = 0,
                     device: Optional[str] = None, task: Union[str, Sequence[str], None] = None,
                     search: bool = False, search_budget: int = DEFAULT_SEARCH_BUDGET,
-                    holdout: Optional[float] = None, progress: bool = False) -> FewShotResult:
+                    holdout: Optional[float] = None, progress: bool = False,
+                    trust_remote_code: bool = False) -> FewShotResult:
     """Each model's loss on ``examples`` and the weights ``softmax(-loss / temperature)``.
 
     Args:
@@ -267,6 +270,7 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
         holdout: examples kept aside by the search: a fraction below 1 or a count (default: a fifth
             when there are at least 10 examples).
         progress: print progress lines on stderr.
+        trust_remote_code: let a model folder's own code (``auto_map``) run; refused otherwise.
 
     Returns:
         A :class:`FewShotResult`; ``.weights`` are the searched weights with ``search``, else the softmax ones.
@@ -286,7 +290,8 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
         for model in models:
             opened.append(Checkpoint.open(model))
         plan = build_plan(opened)
-        return weights_for_plan(plan, model_type, options, progress=progress, example_set=example_set)
+        return weights_for_plan(plan, model_type, options, progress=progress, example_set=example_set,
+                                trust_remote_code=trust_remote_code)
     finally:
         for ckpt in opened:
             ckpt.close()
@@ -299,7 +304,7 @@ def weights_from_examples(models: Sequence[Union[str, os.PathLike]], examples: E
                           **options) -> list[float]:
     """LM-Cocktail's few-shot weights, one per model: ``softmax(-loss / temperature)``.
 
-    Takes the arguments of :func:`few_shot_losses` (``task``, ``search``, ... as keywords).
+    Takes the arguments of :func:`few_shot_losses` (``task``, ``search``, ``trust_remote_code``, ... as keywords).
     """
     return few_shot_losses(models, examples, model_type=model_type, temperature=temperature,
                            query_instruction=query_instruction, neg_number=neg_number, batch_size=batch_size,

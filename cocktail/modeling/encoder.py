@@ -45,7 +45,7 @@ class Encoder:
     """
 
     def __init__(self, plan: Plan, device: Optional[str] = None, batch_size: int = 32, max_length: int = 512,
-                 progress: bool = False, label: Optional[str] = None):
+                 progress: bool = False, label: Optional[str] = None, trust_remote_code: bool = False):
         first = plan.checkpoints[0]
         self.plan = plan
         self.source = str(first.source)
@@ -60,11 +60,12 @@ class Encoder:
         st_config = self.root / "sentence_bert_config.json"
         st = read_json(st_config) if st_config.is_file() else {}
         self.lowercase = bool(st.get("do_lower_case", False))
-        self.tokenizer = load_tokenizer(self.transformer_dir, "to embed texts")
+        self.tokenizer = load_tokenizer(self.transformer_dir, "to embed texts", trust_remote_code)
         if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
             self.tokenizer.pad_token = self.tokenizer.eos_token  # decoders: padding is masked out anyway
         self.tokenizer.padding_side = "right"  # pool() finds the last token of right-padded rows
-        self.skeleton = Skeleton(plan, "encoder", torch.device(self.device), modules=True)
+        self.skeleton = Skeleton(plan, "encoder", torch.device(self.device), modules=True,
+                                 trust_remote_code=trust_remote_code)
         self.model = self.skeleton.model
         limits = [max_length, st.get("max_seq_length")]
         positions = first.config.get("max_position_embeddings")

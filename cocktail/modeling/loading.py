@@ -1,5 +1,10 @@
 """Loading models the way transformers does, with cocktail's checks: the device, the tokenizer,
-float32 weights, and the transformers class for each model type."""
+float32 weights, and the transformers class for each model type.
+
+No code from a model folder runs unless the user asks for it: every config, tokenizer and model is
+loaded with an explicit ``trust_remote_code`` (``False`` by default, so transformers never asks on
+stdin), and a folder that needs its own code is refused with a message naming the flag.
+"""
 
 from __future__ import annotations
 
@@ -49,7 +54,31 @@ def float32_kwargs() -> dict:
     return {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch.float32}
 
 
-def load_tokenizer(folder: Path, needed_for: str = "to score examples"):
+REMOTE_CODE_HINT = "pass --trust-remote-code (trust_remote_code=True from Python) to run it"
+
+
+def needs_remote_code(exc: BaseException) -> bool:
+    """Whether transformers refused ``exc`` because the folder's own code would have to run."""
+    return "trust_remote_code" in str(exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def load_config(folder: Path, trust_remote_code: bool = False):
+    """The transformers config saved in ``folder`` (its own code runs only with ``trust_remote_code``)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    except Exception as exc:  # transformers raises many kinds for unreadable configs
+        if needs_remote_code(exc):
+            raise InputError(f"{folder}: its config needs the code in the model folder; {REMOTE_CODE_HINT}") from None
+        raise InputError(f"{folder}: cannot read the model config ({_first_line(exc)})") from None
+
+
+def load_tokenizer(folder: Path, needed_for: str = "to score examples", trust_remote_code: bool = False):
     """The tokenizer saved in ``folder``; an :class:`InputError` when there is none (never a made-up one)."""
     from transformers import AutoTokenizer
 
@@ -58,12 +87,29 @@ def load_tokenizer(folder: Path, needed_for: str = "to score examples"):
         raise InputError(f"{folder}: cannot load its tokenizer, needed {needed_for} (no tokenizer files: "
                          f"expected one of {', '.join(TOKENIZER_FILES[:3])}, ...)")
     try:
-        return AutoTokenizer.from_pretrained(str(folder))
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises many kinds when no tokenizer is there
-        raise InputError(f"{folder}: cannot load its tokenizer, needed {needed_for} "
-                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        if needs_remote_code(exc):
+            raise InputError(f"{folder}: its tokenizer needs the code in the model folder; {REMOTE_CODE_HINT}") from None
+        raise InputError(f"{folder}: cannot load its tokenizer, needed {needed_for} ({_first_line(exc)})") from None
 
 
-def load_pretrained(path, model_type: str):
+def build_model(config, model_type: str, source: str, trust_remote_code: bool = False):
+    """An empty model of ``model_type`` for ``config`` (its weights are filled by the caller)."""
+    try:
+        return auto_class(model_type).from_config(config, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        if needs_remote_code(exc):
+            raise InputError(f"{source}: its model needs the code in the model folder; {REMOTE_CODE_HINT}") from None
+        raise InputError(f"{source}: cannot build a {model_type} model of type "
+                         f"{getattr(config, 'model_type', None)!r} ({_first_line(exc)})") from None
+
+
+def load_pretrained(path, model_type: str, trust_remote_code: bool = False):
     """A saved folder loaded with the transformers class LM-Cocktail uses for ``model_type``."""
-    return auto_class(model_type).from_pretrained(str(path))
+    try:
+        return auto_class(model_type).from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if needs_remote_code(exc):
+            raise InputError(f"{path}: this model needs the code in its folder; {REMOTE_CODE_HINT}") from None
+        raise

@@ -22,7 +22,7 @@ from cocktail.io.checkpoints import TRANSFORMER
 from cocktail.merging.engine import merged_tensors
 from cocktail.merging.methods import Method
 from cocktail.merging.plan import Plan, canonical_names
-from cocktail.modeling.loading import auto_class
+from cocktail.modeling.loading import build_model, load_config
 
 UNUSED = {"encoder": ("pooler.",)}  # parameters no embedding reads may be absent (they are zeroed)
 
@@ -50,19 +50,14 @@ class Skeleton:
     """``Skeleton(plan, model_type, device)``; ``fill_from_checkpoint(i)`` or ``fill_from_merge(...)``,
     then use ``.model`` (and ``.modules``: ``{component: {name: float32 tensor}}`` with ``modules=True``)."""
 
-    def __init__(self, plan: Plan, model_type: str, device: torch.device, modules: bool = False):
-        from transformers import AutoConfig
-
+    def __init__(self, plan: Plan, model_type: str, device: torch.device, modules: bool = False,
+                 trust_remote_code: bool = False):
         self.plan = plan
         self.model_type = model_type
         self.device = device
         self.with_modules = modules
         self.modules: dict[str, dict[str, torch.Tensor]] = {}
-        folder = model_folder(plan)
-        try:
-            config = AutoConfig.from_pretrained(str(folder))
-        except Exception as exc:  # transformers raises many kinds for unreadable configs
-            raise InputError(f"{folder}: cannot read the model config ({str(exc).splitlines()[0]})") from None
+        config = load_config(model_folder(plan), trust_remote_code)
         if model_type == "reranker":
             architectures = list(getattr(config, "architectures", None) or [])
             if not any("SequenceClassification" in a for a in architectures):
@@ -71,13 +66,8 @@ class Skeleton:
             if getattr(config, "num_labels", 1) != 1:
                 raise InputError(f"{plan.checkpoints[0].source}: a reranker must have one output logit, "
                                  f"its config has num_labels={config.num_labels}")
-        loader = auto_class(model_type)
-        try:
-            with _skip_random_init():  # every parameter is overwritten (and checked) before use
-                model = loader.from_config(config)
-        except Exception as exc:
-            raise InputError(f"{plan.checkpoints[0].source}: cannot build a {model_type} model of type "
-                             f"{config.model_type!r} ({str(exc).splitlines()[0]})") from None
+        with _skip_random_init():  # every parameter is overwritten (and checked) before use
+            model = build_model(config, model_type, plan.checkpoints[0].source, trust_remote_code)
         if hasattr(model, "tie_weights"):
             model.tie_weights()  # tied embeddings (GPT-2's lm_head) share one tensor, as from_pretrained makes them
         self.model = model.float().to(device).eval()

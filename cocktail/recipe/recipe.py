@@ -44,6 +44,7 @@ class Recipe:
     max_shard_size: str = "5GB"
     config_from: Optional[str] = None
     seed: int = 0
+    trust_remote_code: bool = False  # let a model folder's own code run (few-shot weights need the model)
     provenance: Optional[dict] = None  # what a merge was made from (input sha256, versions): kept for --verify
 
     @classmethod
@@ -81,6 +82,8 @@ class Recipe:
             "seed": self.seed,
             "output": self.output,
         }
+        if self.trust_remote_code:
+            data["trust_remote_code"] = True
         if self.provenance is not None:
             data["provenance"] = self.provenance
         return data
