@@ -8,7 +8,6 @@ from dataclasses import fields
 from pathlib import Path
 
 import click
-
 from conftest import REPO
 
 PACKAGE = REPO / "cocktail"

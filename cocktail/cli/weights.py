@@ -8,8 +8,14 @@ from typing import Optional
 import click
 
 from cocktail.cli.group import VariadicCommand, cli
-from cocktail.cli.options import (DEFAULTS, FEW_SHOT_KEYS, few_shot_options, model_type_option, trust_remote_code_option,
-                                  weights_from_options)
+from cocktail.cli.options import (
+    DEFAULTS,
+    FEW_SHOT_KEYS,
+    few_shot_options,
+    model_type_option,
+    trust_remote_code_option,
+    weights_from_options,
+)
 
 
 @cli.command("weights", cls=VariadicCommand)
