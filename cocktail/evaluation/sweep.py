@@ -22,7 +22,7 @@ from tqdm import tqdm
 from cocktail.errors import InputError
 from cocktail.evaluation.evaluate import Task, make_tasks, score_encoder
 from cocktail.fewshot.weighting import weights_from_examples
-from cocktail.io.checkpoints import Checkpoint
+from cocktail.io.adapters import open_path
 from cocktail.merging.methods import get_method
 from cocktail.merging.plan import build_plan
 from cocktail.modeling.encoder import Encoder
@@ -88,7 +88,7 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
     if shots is not None and all(abs(shots[0] - p) > 1e-9 for p in points):
         points = sorted(points + [shots[0]])
     linear = get_method("linear")
-    checkpoints = [Checkpoint.open(m) for m in models]
+    checkpoints = [open_path(m) for m in models]
     try:
         plan = build_plan(checkpoints, dtype=torch.float32)
         encoder = Encoder(plan, device=device, batch_size=batch_size, max_length=max_length, progress=progress,

@@ -28,7 +28,7 @@ from cocktail.errors import InputError
 from cocktail.fewshot import losses as L
 from cocktail.fewshot.examples import ExampleSet, ExampleSource, load_examples
 from cocktail.fewshot.search import search_weights
-from cocktail.io.checkpoints import Checkpoint
+from cocktail.io.adapters import open_path
 from cocktail.merging.methods import get_method
 from cocktail.merging.plan import build_plan
 from cocktail.modeling.loading import load_tokenizer, resolve_device
@@ -288,7 +288,7 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
     opened = []
     try:
         for model in models:
-            opened.append(Checkpoint.open(model))
+            opened.append(open_path(model))
         plan = build_plan(opened)
         return weights_for_plan(plan, model_type, options, progress=progress, example_set=example_set,
                                 trust_remote_code=trust_remote_code)

@@ -19,7 +19,8 @@ import torch
 from tqdm import tqdm
 
 from cocktail.errors import InputError
-from cocktail.io.checkpoints import Checkpoint, read_json
+from cocktail.io.adapters import open_path
+from cocktail.io.checkpoints import read_json
 from cocktail.merging.methods import Method
 from cocktail.merging.plan import Plan, build_plan
 from cocktail.modeling.loading import load_tokenizer, resolve_device
@@ -79,7 +80,7 @@ class Encoder:
     @classmethod
     def open(cls, source: str, **options) -> "Encoder":
         """The encoder of one model (a folder or cached hub id), filled with its weights."""
-        with Checkpoint.open(str(source)) as checkpoint:
+        with open_path(str(source)) as checkpoint:
             encoder = cls(build_plan([checkpoint], dtype=torch.float32), **options)
             encoder.fill_from_checkpoint(0)
         return encoder
