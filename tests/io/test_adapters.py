@@ -221,3 +221,38 @@ def test_the_output_may_not_go_inside_an_adapter_folder(llama_and_lora):
     with pytest.raises(cocktail.CocktailError):
         cocktail.merge([str(lora)], [1.0], lora / "merged", model_type="decoder")
     assert not (lora / "merged").exists()
+
+
+def test_weights_eval_and_sweep_take_an_adapter_as_its_merge(tmp_path):
+    from conftest import save_bert_tokenizer
+    from transformers import BertModel
+
+    base = make_bert(tmp_path / "base", seed=1)
+    expected = make_lora(base, tmp_path / "lora", LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]),
+                         "BertModel", seed=3)
+    merged = BertModel.from_pretrained(str(base))  # a folder holding PEFT's merge, saved by transformers
+    merged.load_state_dict(expected)
+    merged.save_pretrained(str(tmp_path / "peft-merged"))
+    save_bert_tokenizer(tmp_path / "peft-merged")
+    examples = [{"query": "the cat", "pos": ["cat dog"], "neg": ["sun moon", "red car"]},
+                {"query": "a red car", "pos": ["car red blue"], "neg": ["the sea"]}]
+    sts = tmp_path / "sts.tsv"
+    sts.write_text("the cat\ta cat\t4\nthe dog\tsun moon\t1\nred car\tblue car\t3\nthe sea\tthe sky\t2\n")
+
+    losses = cocktail.few_shot_losses([str(tmp_path / "lora"), str(tmp_path / "peft-merged")], examples).losses
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    result = run_cli("weights", "--models", tmp_path / "lora", base, "--examples",
+                     _write(tmp_path / "few.jsonl", examples), "--json", "--quiet")
+    assert result.returncode == 0 and json.loads(result.stdout)["losses"][0] == pytest.approx(losses[0], abs=1e-5)
+
+    peft_rows = cocktail.evaluate_models([str(tmp_path / "peft-merged")], [str(sts)])
+    ours = cocktail.evaluate_models([str(tmp_path / "lora")], [str(sts)])
+    assert ours[0]["value"] == pytest.approx(peft_rows[0]["value"])
+    sweep = cocktail.sweep_weights([str(tmp_path / "lora"), str(base)], [str(sts)], steps=2)
+    at_one = next(r for r in sweep.rows if r["weight"] == 1.0)
+    assert at_one["value"] == pytest.approx(peft_rows[0]["value"])
+
+
+def _write(path, examples):
+    path.write_text("\n".join(json.dumps(e) for e in examples) + "\n")
+    return path
