@@ -19,7 +19,7 @@ import torch
 
 from cocktail.errors import InputError
 from cocktail.io import memory
-from cocktail.io.adapters import adapter_folder
+from cocktail.io.adapters import bases_for
 from cocktail.io.checkpoints import TRANSFORMER, Checkpoint, find_weights, resolve
 from cocktail.merging.engine import output_dtype
 from cocktail.modeling.clone import empty_clone, fill_clone
@@ -144,14 +144,9 @@ def prepare(models: Sequence[ModelInput], weights: Union[Sequence[float], str, N
         weights_from, weights = examples_request(examples), None
     elif examples is not None:
         raise InputError("examples are used only with weights='examples'")
-    bases = None
-    if adapter_base is not None:
-        bases = [str(adapter_base) if memory.is_path(m) and adapter_folder(m) is not None else None for m in models]
-        if not any(bases):
-            raise InputError(f"adapter_base is given ({adapter_base}), but no model is a LoRA adapter folder "
-                             "(with adapter_config.json)")
     recipe = Recipe.from_models(
-        labels, None if weights is None else list(weights), bases, output=str(output) if output is not None else None,
+        labels, None if weights is None else list(weights), bases_for(models, adapter_base),
+        output=str(output) if output is not None else None,
         model_type=model_type, merge_method=method, base_model=base_label, parameters=dict(parameters or {}),
         dtype=dtype, normalize=normalize, max_shard_size=max_shard_size,
         config_from=str(config_from) if config_from is not None else None, seed=seed, weights_from=weights_from,

@@ -14,7 +14,6 @@ import click
 from cocktail.cli.group import VariadicCommand, cli, warn
 from cocktail.cli.options import (
     adapter_base_option,
-    adapter_bases,
     dtype_option,
     few_shot_options,
     model_type_option,
@@ -90,6 +89,7 @@ def merge_command(models, weights, output, method, base, adapter_base, params, s
                   max_shard_size, config_from, force, dry_run, as_json, quiet, trust_remote_code, **few_shot):
     """Merge checkpoints into a new model folder: a weighted average by default (see --method), with
     fixed weights or weights computed from a few examples (--examples)."""
+    from cocktail.io.adapters import bases_for
     from cocktail.recipe.recipe import Recipe
     from cocktail.runner import run
 
@@ -99,7 +99,7 @@ def merge_command(models, weights, output, method, base, adapter_base, params, s
     weights_from = weights_from_options(few_shot)
     if weights_from and weights:
         raise click.UsageError("give either --weights or --examples, not both")
-    recipe = Recipe.from_models(models, list(weights) or None, adapter_bases(models, adapter_base), output=output,
+    recipe = Recipe.from_models(models, list(weights) or None, bases_for(models, adapter_base), output=output,
                                 model_type=model_type, dtype=dtype, normalize=normalize,
                                 max_shard_size=max_shard_size, config_from=config_from,
                                 merge_method=method, base_model=base, parameters=parameters, seed=seed,
@@ -113,11 +113,12 @@ def merge_command(models, weights, output, method, base, adapter_base, params, s
 @cli.command("inspect")
 @click.argument("models", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def inspect_command(models, as_json):
+@adapter_base_option
+def inspect_command(models, as_json, adapter_base):
     """Describe models and say whether they can be merged (exit 1 if not)."""
     from cocktail.merging.inspect import format_report, inspect_models
 
-    report = inspect_models(list(models))
+    report = inspect_models(list(models), adapter_base)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
     if report.get("mergeable") is False:
         sys.exit(1)

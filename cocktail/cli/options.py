@@ -38,21 +38,8 @@ def trust_remote_code_option(fn):
 def adapter_base_option(fn):
     """``--adapter-base``: the model the LoRA adapter folders among ``--models`` apply to."""
     return click.option("--adapter-base", type=click.Path(), metavar="PATH",
-                        help="The base model of the LoRA adapter folders among --models (default: the "
+                        help="The base model of the LoRA adapter folders among the models (default: the "
                              "base_model_name_or_path of each adapter_config.json).")(fn)
-
-
-def adapter_bases(models, adapter_base) -> Optional[list]:
-    """One adapter base per model: ``adapter_base`` for the LoRA adapter folders, ``None`` for the rest."""
-    if adapter_base is None:
-        return None
-    from cocktail.io.adapters import adapter_folder
-
-    bases = [adapter_base if adapter_folder(m) is not None else None for m in models]
-    if not any(bases):
-        raise click.UsageError("--adapter-base is given, but no model in --models is a LoRA adapter folder "
-                               "(with adapter_config.json)")
-    return bases
 
 
 def parse_parameter(text: str) -> tuple[str, object]:
@@ -149,4 +136,5 @@ def encode_options(fn):
     fn = click.option("--data", "-d", "data", multiple=True, required=True, metavar="PATH...",
                       help="BEIR folders, query/pos/neg .jsonl files, STS .tsv/.csv files (may be .gz).")(fn)
     fn = trust_remote_code_option(fn)
+    fn = adapter_base_option(fn)
     return fn

@@ -19,6 +19,7 @@ from typing import Optional, Sequence, Union
 from cocktail.errors import InputError
 from cocktail.evaluation.datasets import Dataset, RetrievalSet, STSSet, load_dataset
 from cocktail.evaluation.metrics import RETRIEVAL_METRICS, retrieval_scores, spearman
+from cocktail.io.adapters import bases_for
 from cocktail.modeling.encoder import Encoder
 from cocktail.modeling.llm_embedder import LLMEmbedder
 from cocktail.modeling.llm_reranker import LLMReranker
@@ -134,7 +135,7 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
                     query_instruction: Optional[str] = None, *, split: str = "test", batch_size: int = 32,
                     max_length: int = 512, device: Optional[str] = None, progress: bool = False,
                     labels: Optional[Sequence[str]] = None, trust_remote_code: bool = False,
-                    model_type: str = "encoder") -> list[dict]:
+                    model_type: str = "encoder", adapter_base: Optional[str] = None) -> list[dict]:
     """Score every model on every data set.
 
     Args:
@@ -149,6 +150,7 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
         trust_remote_code: let a model folder's own code (``auto_map``) run; refused otherwise.
         model_type: ``encoder`` (BERT-style embedder), ``llm-embedder`` (decoder embedder) or
             ``llm-reranker`` (decoder reranker); for a reranker the instruction is its prompt.
+        adapter_base: the base of the LoRA adapter folders among ``models`` (default: each one's config's).
 
     Returns:
         Rows ``{"model": ..., "data": ..., "metric": ..., "value": ...}``.
@@ -158,9 +160,10 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
     tasks = make_tasks(data, query_instruction, split)
     labels = list(labels) if labels is not None else [str(m) for m in models]
     rows = []
-    for model, label in zip(models, labels):
-        encoder = SCORERS[model_type].open(str(model), device=device, batch_size=batch_size, max_length=max_length,
-                                           progress=progress, label=label, trust_remote_code=trust_remote_code)
+    for model, label, base in zip(models, labels, bases_for(models, adapter_base)):
+        encoder = SCORERS[model_type].open(str(model), base, device=device, batch_size=batch_size,
+                                           max_length=max_length, progress=progress, label=label,
+                                           trust_remote_code=trust_remote_code)
         rows += score_encoder(encoder, tasks, label)
         del encoder
     return rows

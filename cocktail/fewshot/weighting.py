@@ -28,7 +28,7 @@ from cocktail.errors import InputError
 from cocktail.fewshot import losses as L
 from cocktail.fewshot.examples import ExampleSet, ExampleSource, load_examples
 from cocktail.fewshot.search import search_weights
-from cocktail.io.adapters import open_path
+from cocktail.io.adapters import bases_for, open_path
 from cocktail.merging.methods import get_method
 from cocktail.merging.plan import build_plan
 from cocktail.modeling.loading import load_tokenizer, resolve_device
@@ -251,7 +251,7 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
                     device: Optional[str] = None, task: Union[str, Sequence[str], None] = None,
                     search: bool = False, search_budget: int = DEFAULT_SEARCH_BUDGET,
                     holdout: Optional[float] = None, progress: bool = False,
-                    trust_remote_code: bool = False) -> FewShotResult:
+                    trust_remote_code: bool = False, adapter_base: Optional[str] = None) -> FewShotResult:
     """Each model's loss on ``examples`` and the weights ``softmax(-loss / temperature)``.
 
     Args:
@@ -272,6 +272,7 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
             when there are at least 10 examples).
         progress: print progress lines on stderr.
         trust_remote_code: let a model folder's own code (``auto_map``) run; refused otherwise.
+        adapter_base: the base of the LoRA adapter folders among ``models`` (default: each one's config's).
 
     Returns:
         A :class:`FewShotResult`; ``.weights`` are the searched weights with ``search``, else the softmax ones.
@@ -288,8 +289,8 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
     example_set = load_examples(options.examples, model_type, options.task)  # a bad file fails before any model is read
     opened = []
     try:
-        for model in models:
-            opened.append(open_path(model))
+        for model, base in zip(models, bases_for(models, adapter_base)):
+            opened.append(open_path(model, base))
         plan = build_plan(opened)
         return weights_for_plan(plan, model_type, options, progress=progress, example_set=example_set,
                                 trust_remote_code=trust_remote_code)

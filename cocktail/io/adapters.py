@@ -69,6 +69,19 @@ def adapter_folder(source: str | os.PathLike) -> Optional[Path]:
     return path if path.is_dir() and (path / ADAPTER_CONFIG).is_file() else None
 
 
+def bases_for(models, adapter_base: Optional[str | os.PathLike]) -> list[Optional[str]]:
+    """One adapter base per model: ``adapter_base`` for the LoRA adapter folders among ``models`` (paths;
+    models in memory are not adapters), ``None`` for the rest; refused when none is an adapter."""
+    if adapter_base is None:
+        return [None] * len(models)
+    bases = [str(adapter_base) if isinstance(m, (str, os.PathLike)) and adapter_folder(m) is not None else None
+             for m in models]
+    if not any(bases):
+        raise InputError(f"an adapter base is given ({adapter_base}), but no model is a LoRA adapter folder "
+                         f"(with {ADAPTER_CONFIG})")
+    return bases
+
+
 def open_path(source: str | os.PathLike, adapter_base: Optional[str | os.PathLike] = None):
     """Open a model path: an adapter folder as an :class:`AdapterCheckpoint` (on ``adapter_base``, else
     the base its config names), anything else as :meth:`Checkpoint.open` does."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from cocktail.errors import CocktailError
-from cocktail.io.adapters import AdapterCheckpoint, open_path
+from cocktail.io.adapters import AdapterCheckpoint, bases_for, open_path
 from cocktail.io.checkpoints import CheckpointLike
 from cocktail.merging.plan import build_plan
 
@@ -59,12 +61,13 @@ def config_differences(checkpoints: list[CheckpointLike]) -> list[str]:
     return differences
 
 
-def inspect_models(sources: list[str]) -> dict:
-    """Describe each model; for two or more, say whether they can be merged and what differs."""
+def inspect_models(sources: list[str], adapter_base: Optional[str] = None) -> dict:
+    """Describe each model (a LoRA adapter folder on ``adapter_base`` or the base its config names); for
+    two or more, say whether they can be merged and what differs."""
     checkpoints = []
     try:
-        for source in sources:
-            checkpoints.append(open_path(source))
+        for source, base in zip(sources, bases_for(sources, adapter_base)):
+            checkpoints.append(open_path(source, base))
         report: dict = {"models": [describe(c) for c in checkpoints]}
         if len(checkpoints) > 1:
             report["config_differences"] = config_differences(checkpoints)

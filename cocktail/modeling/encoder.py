@@ -82,9 +82,10 @@ class Encoder:
         self._cache: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def open(cls, source: str, **options) -> "Encoder":
-        """The encoder of one model (a folder or cached hub id), filled with its weights."""
-        with open_path(str(source)) as checkpoint:
+    def open(cls, source: str, adapter_base: Optional[str] = None, **options) -> "Encoder":
+        """The encoder of one model (a folder, cached hub id, or LoRA adapter folder on ``adapter_base`` or
+        its config's base), filled with its weights."""
+        with open_path(str(source), adapter_base) as checkpoint:
             encoder = cls(build_plan([checkpoint], dtype=torch.float32), **options)
             encoder.fill_from_checkpoint(0)
         return encoder

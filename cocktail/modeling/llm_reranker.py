@@ -115,9 +115,10 @@ class LLMReranker:
         self.model = self.skeleton.model
 
     @classmethod
-    def open(cls, source: str, **options) -> "LLMReranker":
-        """The reranker of one model (a folder, adapter folder or cached hub id), filled with its weights."""
-        with open_path(str(source)) as checkpoint:
+    def open(cls, source: str, adapter_base: Optional[str] = None, **options) -> "LLMReranker":
+        """The reranker of one model (a folder, cached hub id, or LoRA adapter folder on ``adapter_base`` or
+        its config's base), filled with its weights."""
+        with open_path(str(source), adapter_base) as checkpoint:
             reranker = cls(build_plan([checkpoint], dtype=torch.float32), **options)
             reranker.fill_from_checkpoint(0)
         return reranker

@@ -168,7 +168,7 @@ def test_the_base_is_given_when_the_adapter_config_names_none_that_is_here(llama
 def test_an_adapter_base_for_no_adapter_is_refused(tmp_path):
     a, b = make_bert(tmp_path / "a", seed=1), make_bert(tmp_path / "b", seed=2)
     result = run_cli("merge", "--models", a, b, "--adapter-base", a, "--output", tmp_path / "out")
-    assert result.returncode == 2 and "no model in --models is a LoRA adapter" in result.stderr, result
+    assert result.returncode == 2 and "no model is a LoRA adapter folder" in result.stderr, result
     with pytest.raises(InputError, match="not a LoRA adapter folder"):
         cocktail.run(cocktail.Recipe.from_yaml_text(f"models:\n  - path: {a}\n    base: {b}\n"
                                                     f"  - {b}\noutput: {tmp_path / 'o'}\n"))
@@ -184,6 +184,8 @@ def test_inspect_shows_an_adapter_as_such(llama_and_lora):
     assert adapter["r"] == 4 and adapter["lora_alpha"] == 8
     assert adapter["target_modules"] == ["q_proj", "up_proj"] and adapter["lora_modules"] == 4  # 2 layers x 2
     assert report["models"][1]["adapter"] is None and report["mergeable"] is True
+    given = json.loads(run_cli("inspect", lora, "--adapter-base", base, "--json").stdout)["models"][0]["adapter"]
+    assert given["base_from"] == "given" and given["base"] == str(base)
     text = run_cli("inspect", lora).stdout
     assert "LoRA r=4, lora_alpha 8" in text and "q_proj, up_proj: 4 modules" in text and str(base) in text
 
@@ -246,7 +248,7 @@ def test_weights_eval_and_sweep_take_an_adapter_as_its_merge(tmp_path):
     assert result.returncode == 0 and json.loads(result.stdout)["losses"][0] == pytest.approx(losses[0], abs=1e-5)
 
     peft_rows = cocktail.evaluate_models([str(tmp_path / "peft-merged")], [str(sts)])
-    ours = cocktail.evaluate_models([str(tmp_path / "lora")], [str(sts)])
+    ours = cocktail.evaluate_models([str(tmp_path / "lora")], [str(sts)], adapter_base=str(base))
     assert ours[0]["value"] == pytest.approx(peft_rows[0]["value"])
     sweep = cocktail.sweep_weights([str(tmp_path / "lora"), str(base)], [str(sts)], steps=2)
     at_one = next(r for r in sweep.rows if r["weight"] == 1.0)
