@@ -127,8 +127,27 @@ def _check_config(source: str, config: dict) -> None:
                          f"(only W + s * B @ A is); merge it with PEFT's merge_and_unload first")
     for key in ("r", "lora_alpha"):
         value = config.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        if not _positive(value):
             raise InputError(f"{source}: {ADAPTER_CONFIG} has {key}={value!r}; expected a positive number")
+    for key in ("fan_in_fan_out", "use_rslora"):
+        if not isinstance(config.get(key, False), bool):
+            raise InputError(f"{source}: {ADAPTER_CONFIG} has {key}={config[key]!r}; expected true or false")
+    for key in ("rank_pattern", "alpha_pattern"):
+        patterns = config.get(key) or {}
+        if not isinstance(patterns, dict):
+            raise InputError(f"{source}: {ADAPTER_CONFIG} has a {key} that is not a mapping of module patterns")
+        for pattern, value in patterns.items():
+            if not _positive(value):
+                raise InputError(f"{source}: {ADAPTER_CONFIG} {key}[{pattern!r}] is {value!r}; expected a positive "
+                                 "number")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise InputError(f"{source}: {ADAPTER_CONFIG} {key} has an invalid pattern {pattern!r} ({exc})") from None
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 class AdapterCheckpoint:
@@ -305,7 +324,9 @@ def _plan_patches(source: str, config: dict, adapter_infos: dict[str, TensorInfo
     factors: dict[str, dict[str, str]] = {}  # module -> {"A": name, "B": name, "bias": name, "kind": ...}
     patches: dict[str, LoraPatch] = {}
     unmatched: list[str] = []
-    for key in adapter_infos:
+    for key, info in adapter_infos.items():
+        if not info.dtype.is_floating_point:
+            raise InputError(f"{source}: adapter tensor {key} is {info.dtype}, not a float tensor")
         short = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
         if "lora_magnitude_vector" in short:
             raise InputError(f"{source}: holds DoRA magnitudes ({key}); cocktail does not apply DoRA")

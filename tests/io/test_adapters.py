@@ -258,3 +258,16 @@ def test_weights_eval_and_sweep_take_an_adapter_as_its_merge(tmp_path):
 def _write(path, examples):
     path.write_text("\n".join(json.dumps(e) for e in examples) + "\n")
     return path
+
+
+@pytest.mark.parametrize("change", [{"rank_pattern": ["query"]}, {"alpha_pattern": {"(query": 4}},
+                                    {"r": "eight"}, {"use_rslora": "yes"}, {"base_model_name_or_path": None}])
+def test_a_broken_adapter_config_is_one_line_naming_it(tmp_path, change):
+    base = make_bert(tmp_path / "base", seed=1)
+    make_lora(base, tmp_path / "lora", LoraConfig(r=2, lora_alpha=4, target_modules=["query"]), "BertModel")
+    path = tmp_path / "lora" / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    result = run_cli("merge", "--models", tmp_path / "lora", "--output", tmp_path / "out")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result
+    assert result.stderr.startswith("error: ") and str(tmp_path / "lora") in result.stderr
+    assert not (tmp_path / "out").exists()
