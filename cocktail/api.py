@@ -19,6 +19,7 @@ import torch
 
 from cocktail.errors import InputError
 from cocktail.io import memory
+from cocktail.io.adapters import bases_for
 from cocktail.io.checkpoints import TRANSFORMER, Checkpoint, find_weights, resolve
 from cocktail.merging.engine import output_dtype
 from cocktail.modeling.clone import empty_clone, fill_clone
@@ -35,14 +36,16 @@ def merge(models: Sequence[ModelInput], weights: Union[Sequence[float], str, Non
           base: Optional[ModelInput] = None, parameters: Optional[dict] = None, dtype: Optional[str] = None,
           normalize: bool = False, max_shard_size: Union[str, int] = "5GB", config_from: Optional[PathLike] = None,
           force: bool = False, dry_run: bool = False, progress: bool = False, examples: Any = None,
-          tokenizer: Any = None, seed: int = 0, trust_remote_code: bool = False) -> Any:
+          tokenizer: Any = None, seed: int = 0, trust_remote_code: bool = False,
+          adapter_base: Optional[PathLike] = None) -> Any:
     """Merge models: folders on disk, hub ids, loaded models or state dicts, mixed freely.
 
     Args:
         models: the models to merge. Each is a model folder, a single ``.safetensors`` file, a Hugging
-            Face hub id (from the local cache), a loaded ``torch.nn.Module`` (a transformers
-            ``PreTrainedModel`` or a ``SentenceTransformer``) or a state dict ``{name: tensor}``.
-            Loaded models are read in place, one tensor at a time, and never modified.
+            Face hub id (from the local cache), a LoRA adapter folder (PEFT's ``adapter_config.json`` +
+            ``adapter_model.safetensors``: its base with the adapter applied), a loaded ``torch.nn.Module``
+            (a transformers ``PreTrainedModel`` or a ``SentenceTransformer``) or a state dict
+            ``{name: tensor}``. Loaded models are read in place, one tensor at a time, and never modified.
         weights: one weight per model, summing to 1 (``None``: equal weights), or ``"examples"`` to
             compute them from the models' loss on ``examples`` (LM-Cocktail's few-shot weights, computed
             by the engine as for ``cocktail merge --examples``, loaded models included). A weight may
@@ -68,6 +71,8 @@ def merge(models: Sequence[ModelInput], weights: Union[Sequence[float], str, Non
         seed: seed of random methods (``dare_*``); recorded in the output's recipe.
         trust_remote_code: let a model folder's own code (``auto_map``) run when weights come from
             examples; without it such a model is refused (merging itself never runs model code).
+        adapter_base: the model the LoRA adapter folders among ``models`` apply to (default: the
+            ``base_model_name_or_path`` of each adapter's config).
 
     Returns:
         What the first model is: for a loaded model, a new model of the same class holding the merged
@@ -87,7 +92,8 @@ def merge(models: Sequence[ModelInput], weights: Union[Sequence[float], str, Non
     recipe, objects = prepare(models, weights, output, model_type=model_type, method=method, base=base,
                               parameters=parameters, dtype=dtype, normalize=normalize,
                               max_shard_size=max_shard_size, config_from=config_from, examples=examples,
-                              tokenizer=tokenizer, seed=seed, trust_remote_code=trust_remote_code)
+                              tokenizer=tokenizer, seed=seed, trust_remote_code=trust_remote_code,
+                              adapter_base=adapter_base)
     first = models[0]
     if dry_run or memory.is_path(first):
         return run(recipe, force=force, dry_run=dry_run, progress=progress, objects=objects)
@@ -107,7 +113,8 @@ def prepare(models: Sequence[ModelInput], weights: Union[Sequence[float], str, N
             base: Optional[ModelInput] = None, parameters: Optional[dict] = None, dtype: Optional[str] = None,
             normalize: bool = False, max_shard_size: Union[str, int] = "5GB",
             config_from: Optional[PathLike] = None, examples: Any = None, tokenizer: Any = None,
-            seed: int = 0, trust_remote_code: bool = False) -> tuple[Recipe, dict]:
+            seed: int = 0, trust_remote_code: bool = False,
+            adapter_base: Optional[PathLike] = None) -> tuple[Recipe, dict]:
     """The :class:`Recipe` for a merge of any inputs, and the in-memory models it names.
 
     Models on disk appear in the recipe by their path; models in memory as
@@ -138,7 +145,8 @@ def prepare(models: Sequence[ModelInput], weights: Union[Sequence[float], str, N
     elif examples is not None:
         raise InputError("examples are used only with weights='examples'")
     recipe = Recipe.from_models(
-        labels, None if weights is None else list(weights), output=str(output) if output is not None else None,
+        labels, None if weights is None else list(weights), bases_for(models, adapter_base),
+        output=str(output) if output is not None else None,
         model_type=model_type, merge_method=method, base_model=base_label, parameters=dict(parameters or {}),
         dtype=dtype, normalize=normalize, max_shard_size=max_shard_size,
         config_from=str(config_from) if config_from is not None else None, seed=seed, weights_from=weights_from,

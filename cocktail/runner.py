@@ -18,6 +18,7 @@ import torch
 from cocktail.errors import CocktailError, InputError, few_names
 from cocktail.fewshot.request import FewShotRequest
 from cocktail.io import provenance, sidefiles
+from cocktail.io.adapters import AdapterCheckpoint
 from cocktail.io.checkpoints import TRANSFORMER, CheckpointLike, read_config, resolve, transformer_dir
 from cocktail.io.memory import open_any, share_model_type
 from cocktail.io.output import OutputFolder, check_output
@@ -86,7 +87,7 @@ def open_checkpoints(recipe: Recipe, objects: Optional[dict] = None
     opened: list[CheckpointLike] = []
     try:
         for entry in recipe.models:
-            opened.append(open_any(objects.get(entry.path, entry.path)))
+            opened.append(open_any(objects.get(entry.path, entry.path), adapter_base=entry.base))
         base = open_any(objects.get(recipe.base_model, recipe.base_model)) if recipe.base_model else None
     except BaseException:
         for ckpt in opened:
@@ -201,7 +202,8 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
         nonlocal target
         if recipe.output:
             every = plan.checkpoints + ([plan.base] if plan.base else [])
-            target = check_output(recipe.output, [c.root for c in every], force, plan.output_bytes)
+            folders = [c.root for c in every] + [c.folder for c in every if isinstance(c, AdapterCheckpoint)]
+            target = check_output(recipe.output, folders, force, plan.output_bytes)
 
     with prepare(recipe, objects=objects, on_warning=on_warning, progress=progress,
                  before_weights=check_target) as prepared:
@@ -287,10 +289,12 @@ def resolved_recipe(recipe: Recipe, plan: Plan, weights: list[float], hashes: li
     Weights computed from examples are written as fixed weights (``weights_from: null``), so the
     recipe reruns to the same model; how they were computed goes to ``provenance.weights_from``."""
     data = recipe.to_dict()
-    for entry, weight in zip(data["models"], weights):
+    for entry, weight, checkpoint in zip(data["models"], weights, plan.checkpoints):
         entry["path"] = _absolute(entry["path"])
         if weight is not None:  # methods without weights have none
             entry["weight"] = weight
+        if isinstance(checkpoint, AdapterCheckpoint):  # the base it was applied to, so a rerun uses the same
+            entry["base"] = checkpoint.base_source
     data["base_model"] = _absolute(recipe.base_model)
     data["config_from"] = _absolute(recipe.config_from)
     data["output"] = str(Path(recipe.output).expanduser().absolute()) if recipe.output else None

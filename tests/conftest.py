@@ -103,6 +103,91 @@ def make_gpt2(folder, seed: int = 0) -> Path:
     return Path(folder)
 
 
+DECODER_TEXT = [
+    "the cat sat on the mat", "a dog runs in the park", "Yes", "No", "A: B: Yes No",
+    "Given a query A and a passage B, determine whether the passage contains an answer to the query by "
+    "providing a prediction of either 'Yes' or 'No'.", "<instruct> <query> <response>",
+    "the sun and the moon", "red car blue car green car", "science paper claim study result protein cell gene",
+    "what is the capital of france paris is the capital", "merge models with a cocktail of weights",
+]
+
+
+def save_decoder_tokenizer(folder: Path) -> None:
+    """A real byte-level BPE tokenizer (trained here on a few sentences) with bos/eos/pad tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(DECODER_TEXT, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                             special_tokens=[("<s>", 1)])
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
+                                      pad_token="<pad>")
+    wrapped.save_pretrained(str(folder))
+
+
+DECODER_VOCAB = 300
+
+
+def decoder_config(model_type: str = "llama", **overrides):
+    """A tiny Llama-family config (``llama``, ``qwen2``, ``mistral``, ``gemma2``) for the decoder tokenizer."""
+    import transformers
+
+    cls = {"llama": "LlamaConfig", "qwen2": "Qwen2Config", "mistral": "MistralConfig",
+           "gemma2": "Gemma2Config"}[model_type]
+    values = dict(vocab_size=DECODER_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0,
+                  bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    if model_type == "gemma2":
+        values.update(head_dim=8)
+    values.update(overrides)
+    return getattr(transformers, cls)(**values)
+
+
+def make_decoder(folder, seed: int = 0, model_type: str = "llama", model_class: str = "ForCausalLM",
+                 tokenizer: bool = True, **config_overrides) -> Path:
+    """Save a tiny random decoder (``LlamaForCausalLM``, ``Qwen2Model``, ...) with a real BPE tokenizer."""
+    import transformers
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    config = decoder_config(model_type, **config_overrides)
+    prefix = {"llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral", "gemma2": "Gemma2"}[model_type]
+    getattr(transformers, prefix + model_class)(config).save_pretrained(str(folder))
+    if tokenizer:
+        save_decoder_tokenizer(folder)
+    return folder
+
+
+def make_lora(base, folder, lora_config, model_class: str, seed: int = 0, fmt: str = "safetensors",
+              base_name=None) -> dict[str, torch.Tensor]:
+    """Train nothing, but give a LoRA adapter random weights: wrap the model in ``base`` (loaded with
+    ``transformers.<model_class>``) with PEFT, fill every trainable tensor, save the adapter into
+    ``folder``, and return PEFT's own ``merge_and_unload()`` state dict (the expected merge)."""
+    import transformers
+    from peft import get_peft_model
+
+    model = getattr(transformers, model_class).from_pretrained(str(base))
+    peft_model = get_peft_model(model, lora_config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in peft_model.parameters():
+            if param.requires_grad:  # lora_B starts at zero: make every trained tensor count
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    peft_model.save_pretrained(str(folder), safe_serialization=fmt == "safetensors")
+    if base_name is not None:  # the base as the adapter's config names it
+        config_path = Path(folder) / "adapter_config.json"
+        config = json.loads(config_path.read_text())
+        config["base_model_name_or_path"] = base_name
+        config_path.write_text(json.dumps(config))
+    return {k: v.detach().clone() for k, v in peft_model.merge_and_unload().state_dict().items()}
+
+
 def read_folder_tensors(folder) -> dict[str, torch.Tensor]:
     """Every tensor of a written model folder (single or sharded safetensors), by name."""
     from safetensors.torch import load_file

@@ -9,20 +9,25 @@ import click
 from cocktail.cli.group import VariadicCommand, cli
 from cocktail.cli.options import encode_options, quiet_transformers
 
+EVAL_MODEL_TYPES = ("encoder", "llm-embedder", "llm-reranker")
+
 
 @cli.command("eval", cls=VariadicCommand)
 @click.option("--models", "-m", "models", multiple=True, required=True, metavar="PATH...",
               help="Embedding models to score: folders or cached hub ids.")
+@click.option("--model-type", type=click.Choice(EVAL_MODEL_TYPES), default="encoder", show_default=True,
+              help="encoder: BERT-style embedder; llm-embedder: decoder embedder (last token, <instruct> prompt); "
+                   "llm-reranker: decoder reranker (Yes logit; --query-instruction is its prompt).")
 @encode_options
-def eval_command(models, data, query_instruction, split, batch_size, max_length, device, as_json, quiet,
-                 trust_remote_code):
-    """Score embedding models on retrieval (nDCG@10, MRR@10, Recall@10/100) and STS (Spearman) data."""
+def eval_command(models, model_type, data, query_instruction, split, batch_size, max_length, device, as_json, quiet,
+                 trust_remote_code, adapter_base):
+    """Score embedding models (or rerankers) on retrieval (nDCG@10, MRR@10, Recall@10/100) and STS (Spearman) data."""
     from cocktail.evaluation.evaluate import evaluate_models, format_table
 
     quiet_transformers()
     rows = evaluate_models(list(models), list(data), query_instruction, split=split, batch_size=batch_size,
                            max_length=max_length, device=device, progress=not quiet and not as_json,
-                           trust_remote_code=trust_remote_code)
+                           trust_remote_code=trust_remote_code, model_type=model_type, adapter_base=adapter_base)
     click.echo(json.dumps(rows, indent=2) if as_json else format_table(rows))
 
 
@@ -35,7 +40,7 @@ def eval_command(models, data, query_instruction, split, batch_size, max_length,
               "LM-Cocktail's few-shot weighting picks.")
 @encode_options
 def sweep_command(models, steps, plot, examples, data, query_instruction, split, batch_size, max_length, device,
-                  as_json, quiet, trust_remote_code):
+                  as_json, quiet, trust_remote_code, adapter_base):
     """Merge two models in memory at weights 0..1 and score each merge: the trade-off curve."""
     from cocktail.evaluation.evaluate import format_table
     from cocktail.evaluation.sweep import plot_sweep, sweep_weights, table_rows
@@ -52,7 +57,8 @@ def sweep_command(models, steps, plot, examples, data, query_instruction, split,
     quiet_transformers()
     result = sweep_weights(list(models), list(data), steps, query_instruction, examples, split=split,
                            batch_size=batch_size, max_length=max_length, device=device,
-                           progress=not quiet and not as_json, trust_remote_code=trust_remote_code)
+                           progress=not quiet and not as_json, trust_remote_code=trust_remote_code,
+                           adapter_base=adapter_base)
     if plot:
         plot_sweep(result, plot)
     if as_json:

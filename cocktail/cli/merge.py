@@ -13,6 +13,7 @@ import click
 
 from cocktail.cli.group import VariadicCommand, cli, warn
 from cocktail.cli.options import (
+    adapter_base_option,
     dtype_option,
     few_shot_options,
     model_type_option,
@@ -69,6 +70,7 @@ def _print_result(result, as_json: bool) -> None:
 @click.option("--output", "-o", type=click.Path(), help="Output folder (must not exist unless --force).")
 @click.option("--method", "method", default="linear", show_default=True, metavar="NAME", help=METHOD_HELP)
 @click.option("--base", "base", type=click.Path(), help="Base model, for methods that merge differences from it.")
+@adapter_base_option
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help="A method parameter, e.g. density=0.5, lambda=1, t=0.3 (repeatable; t=0,0.5,1 is a gradient over layers).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random methods (dare_*) and of the few-shot negatives; recorded.")
@@ -83,10 +85,11 @@ def _print_result(result, as_json: bool) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @few_shot_options(with_seed=False)
 @trust_remote_code_option
-def merge_command(models, weights, output, method, base, params, seed, model_type, dtype, normalize, max_shard_size,
-                  config_from, force, dry_run, as_json, quiet, trust_remote_code, **few_shot):
+def merge_command(models, weights, output, method, base, adapter_base, params, seed, model_type, dtype, normalize,
+                  max_shard_size, config_from, force, dry_run, as_json, quiet, trust_remote_code, **few_shot):
     """Merge checkpoints into a new model folder: a weighted average by default (see --method), with
     fixed weights or weights computed from a few examples (--examples)."""
+    from cocktail.io.adapters import bases_for
     from cocktail.recipe.recipe import Recipe
     from cocktail.runner import run
 
@@ -96,8 +99,9 @@ def merge_command(models, weights, output, method, base, params, seed, model_typ
     weights_from = weights_from_options(few_shot)
     if weights_from and weights:
         raise click.UsageError("give either --weights or --examples, not both")
-    recipe = Recipe.from_models(models, list(weights) or None, output=output, model_type=model_type, dtype=dtype,
-                                normalize=normalize, max_shard_size=max_shard_size, config_from=config_from,
+    recipe = Recipe.from_models(models, list(weights) or None, bases_for(models, adapter_base), output=output,
+                                model_type=model_type, dtype=dtype, normalize=normalize,
+                                max_shard_size=max_shard_size, config_from=config_from,
                                 merge_method=method, base_model=base, parameters=parameters, seed=seed,
                                 weights_from=weights_from, trust_remote_code=trust_remote_code)
     if _print_recipe_instead(recipe):
@@ -109,11 +113,12 @@ def merge_command(models, weights, output, method, base, params, seed, model_typ
 @cli.command("inspect")
 @click.argument("models", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def inspect_command(models, as_json):
+@adapter_base_option
+def inspect_command(models, as_json, adapter_base):
     """Describe models and say whether they can be merged (exit 1 if not)."""
     from cocktail.merging.inspect import format_report, inspect_models
 
-    report = inspect_models(list(models))
+    report = inspect_models(list(models), adapter_base)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
     if report.get("mergeable") is False:
         sys.exit(1)

@@ -35,6 +35,13 @@ def trust_remote_code_option(fn):
                              "refused. Only for folders you trust.")(fn)
 
 
+def adapter_base_option(fn):
+    """``--adapter-base``: the model the LoRA adapter folders among ``--models`` apply to."""
+    return click.option("--adapter-base", type=click.Path(), metavar="PATH",
+                        help="The base model of the LoRA adapter folders among the models (default: the "
+                             "base_model_name_or_path of each adapter_config.json).")(fn)
+
+
 def parse_parameter(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` -> ``(key, value)``: a number, a comma list of numbers (a gradient over layers),
     JSON (``[...]`` or ``{...}``, e.g. filter entries), or else the text itself."""
@@ -129,4 +136,5 @@ def encode_options(fn):
     fn = click.option("--data", "-d", "data", multiple=True, required=True, metavar="PATH...",
                       help="BEIR folders, query/pos/neg .jsonl files, STS .tsv/.csv files (may be .gz).")(fn)
     fn = trust_remote_code_option(fn)
+    fn = adapter_base_option(fn)
     return fn

@@ -11,6 +11,7 @@ from cocktail.cli.group import VariadicCommand, cli
 from cocktail.cli.options import (
     DEFAULTS,
     FEW_SHOT_KEYS,
+    adapter_base_option,
     few_shot_options,
     model_type_option,
     trust_remote_code_option,
@@ -26,7 +27,8 @@ from cocktail.cli.options import (
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
 @few_shot_options
 @trust_remote_code_option
-def weights_command(models, model_type, as_json, quiet, trust_remote_code, **few_shot):
+@adapter_base_option
+def weights_command(models, model_type, as_json, quiet, trust_remote_code, adapter_base, **few_shot):
     """Each model's loss on a few examples, and the merge weights softmax(-loss / temperature)."""
     from cocktail.fewshot.weighting import few_shot_losses
 
@@ -35,7 +37,8 @@ def weights_command(models, model_type, as_json, quiet, trust_remote_code, **few
         raise click.UsageError("missing option '--examples'")
     settings = {k: options.get(k, getattr(DEFAULTS, k)) for k in FEW_SHOT_KEYS if k not in ("examples", "seed")}
     result = few_shot_losses(list(models), options["examples"], model_type=model_type, seed=options.get("seed", 0),
-                             progress=not quiet and not as_json, trust_remote_code=trust_remote_code, **settings)
+                             progress=not quiet and not as_json, trust_remote_code=trust_remote_code,
+                             adapter_base=adapter_base, **settings)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_few_shot(result.to_dict()))
 
 

@@ -1,9 +1,11 @@
-"""``cocktail eval``: score embedding models on retrieval and STS data sets.
+"""``cocktail eval``: score embedding models and rerankers on retrieval and STS data sets.
 
 Retrieval (BEIR folders, query/pos/neg JSONL): queries (with the query instruction, if any) are
 ranked by cosine similarity against the corpus, or against their own passages; the scores are
 nDCG@10, MRR@10, Recall@10 and Recall@100. STS pairs: Spearman correlation between the cosine
 similarity of the two sentences and the gold score. Every metric is computed by ``cocktail.metrics``.
+A reranker (``llm-reranker``) scores each (query, passage) pair instead: it ranks each query's own
+passages (query/pos/neg JSONL) and its score of an STS pair is correlated with the gold score.
 
 Results are rows ``{"model", "data", "metric", "value"}``; :func:`format_table` prints them.
 """
@@ -14,12 +16,17 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
+from cocktail.errors import InputError
 from cocktail.evaluation.datasets import Dataset, RetrievalSet, STSSet, load_dataset
 from cocktail.evaluation.metrics import RETRIEVAL_METRICS, retrieval_scores, spearman
+from cocktail.io.adapters import bases_for
 from cocktail.modeling.encoder import Encoder
+from cocktail.modeling.llm_embedder import LLMEmbedder
+from cocktail.modeling.llm_reranker import LLMReranker
 
 TOP_K = 100
 QUERY_CHUNK = 1024
+SCORERS = {"encoder": Encoder, "llm-embedder": LLMEmbedder, "llm-reranker": LLMReranker}  # by model type
 
 
 @dataclass
@@ -59,7 +66,7 @@ def rank_corpus(encoder, data: RetrievalSet, query_instruction: Optional[str], t
     doc_ids = list(data.corpus)
     docs = encoder.encode([data.corpus[d] for d in doc_ids], cache=True, desc="corpus")
     query_ids = list(data.qrels)
-    queries = encoder.encode([prefix + data.queries[q] for q in query_ids], desc="queries")
+    queries = encoder.encode([encoder.query_text(data.queries[q], prefix) for q in query_ids], desc="queries")
     rankings: dict[str, list[str]] = {}
     if data.candidates is None:
         k = min(top_k, len(doc_ids))
@@ -86,8 +93,30 @@ def sts_correlation(encoder, data: STSSet) -> float:
     return spearman(cosines, [score for _, _, score in data.pairs])
 
 
+def rank_by_pair_scores(reranker, data: RetrievalSet, instruction: Optional[str]) -> dict[str, list[str]]:
+    """Each query's own candidates, best first by the reranker's score of (query, candidate)."""
+    if data.candidates is None:
+        raise InputError(f"{data.name}: a reranker ranks each query's own passages: give a query/pos/neg .jsonl "
+                         "(ranking a whole corpus needs a first-stage retriever)")
+    query_ids = list(data.qrels)
+    pairs = [(data.queries[q], data.corpus[d]) for q in query_ids for d in data.candidates[q]]
+    scores = iter(reranker.score(pairs, instruction))
+    rankings = {}
+    for query_id in query_ids:
+        pool = data.candidates[query_id]
+        mine = [next(scores) for _ in pool]
+        order = sorted(range(len(pool)), key=lambda i: -mine[i])
+        rankings[query_id] = [pool[i] for i in order]
+    return rankings
+
+
 def score_task(encoder, task: Task) -> dict[str, float]:
-    """``{metric: value}`` of one encoder on one task."""
+    """``{metric: value}`` of one encoder (or a reranker: it has ``score(pairs)``) on one task."""
+    if hasattr(encoder, "score"):
+        if isinstance(task.data, STSSet):
+            scores = encoder.score([(a, b) for a, b, _ in task.data.pairs], task.query_instruction)
+            return {"spearman": spearman(scores, [score for _, _, score in task.data.pairs])}
+        return retrieval_scores(rank_by_pair_scores(encoder, task.data, task.query_instruction), task.data.qrels)
     if isinstance(task.data, STSSet):
         return {"spearman": sts_correlation(encoder, task.data)}
     return retrieval_scores(rank_corpus(encoder, task.data, task.query_instruction), task.data.qrels)
@@ -105,7 +134,8 @@ def score_encoder(encoder, tasks: Sequence[Task], model_label: str) -> list[dict
 def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Dataset]],
                     query_instruction: Optional[str] = None, *, split: str = "test", batch_size: int = 32,
                     max_length: int = 512, device: Optional[str] = None, progress: bool = False,
-                    labels: Optional[Sequence[str]] = None, trust_remote_code: bool = False) -> list[dict]:
+                    labels: Optional[Sequence[str]] = None, trust_remote_code: bool = False,
+                    model_type: str = "encoder", adapter_base: Optional[str] = None) -> list[dict]:
     """Score every model on every data set.
 
     Args:
@@ -118,16 +148,22 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
         progress: progress bars on stderr for long encodes.
         labels: names to show for the models (default: the paths as given).
         trust_remote_code: let a model folder's own code (``auto_map``) run; refused otherwise.
+        model_type: ``encoder`` (BERT-style embedder), ``llm-embedder`` (decoder embedder) or
+            ``llm-reranker`` (decoder reranker); for a reranker the instruction is its prompt.
+        adapter_base: the base of the LoRA adapter folders among ``models`` (default: each one's config's).
 
     Returns:
         Rows ``{"model": ..., "data": ..., "metric": ..., "value": ...}``.
     """
+    if model_type not in SCORERS:
+        raise InputError(f"cocktail eval scores {', '.join(SCORERS)} models, not {model_type!r}")
     tasks = make_tasks(data, query_instruction, split)
     labels = list(labels) if labels is not None else [str(m) for m in models]
     rows = []
-    for model, label in zip(models, labels):
-        encoder = Encoder.open(str(model), device=device, batch_size=batch_size, max_length=max_length,
-                               progress=progress, label=label, trust_remote_code=trust_remote_code)
+    for model, label, base in zip(models, labels, bases_for(models, adapter_base)):
+        encoder = SCORERS[model_type].open(str(model), base, device=device, batch_size=batch_size,
+                                           max_length=max_length, progress=progress, label=label,
+                                           trust_remote_code=trust_remote_code)
         rows += score_encoder(encoder, tasks, label)
         del encoder
     return rows

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from cocktail.errors import InputError
 from cocktail.evaluation.evaluate import Task, make_tasks, score_encoder
 from cocktail.fewshot.weighting import weights_from_examples
-from cocktail.io.checkpoints import Checkpoint
+from cocktail.io.adapters import bases_for, open_path
 from cocktail.merging.methods import get_method
 from cocktail.merging.plan import build_plan
 from cocktail.modeling.encoder import Encoder
@@ -56,17 +56,20 @@ def sweep_points(steps: int) -> list[float]:
 
 
 def few_shot_weights(models: Sequence[str], examples, query_instruction: Optional[str],
-                     device: Optional[str], max_length: int = 512, trust_remote_code: bool = False) -> list[float]:
+                     device: Optional[str], max_length: int = 512, trust_remote_code: bool = False,
+                     adapter_base: Optional[str] = None) -> list[float]:
     """The weights LM-Cocktail's few-shot weighting gives ``models`` (``cocktail.weights_from_examples``)."""
     return [float(w) for w in weights_from_examples(list(models), examples, model_type="encoder",
                                                     query_instruction=query_instruction, max_length=max_length,
-                                                    device=device, trust_remote_code=trust_remote_code)]
+                                                    device=device, trust_remote_code=trust_remote_code,
+                                                    adapter_base=adapter_base)]
 
 
 def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps: int = 11,
                   query_instruction: Optional[str] = None, examples=None, *, split: str = "test",
                   batch_size: int = 32, max_length: int = 512, device: Optional[str] = None,
-                  progress: bool = False, trust_remote_code: bool = False) -> SweepResult:
+                  progress: bool = False, trust_remote_code: bool = False,
+                  adapter_base: Optional[str] = None) -> SweepResult:
     """Merge two models in memory at weights 0, 1/(steps-1), ..., 1 and score each merge on ``data``.
 
     Args:
@@ -76,19 +79,21 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
         query_instruction: put before the queries of the data given as paths.
         examples: few-shot examples (a file or a list of ``{query, pos, neg}``); the weight they give
             is scored too and reported as ``few_shot_weights``.
-        split, batch_size, max_length, device, progress, trust_remote_code: as for ``evaluate_models``.
+        split, batch_size, max_length, device, progress, trust_remote_code, adapter_base: as for
+            ``evaluate_models``.
     """
     models = [str(m) for m in models]
     if len(models) != 2:
         raise InputError(f"a sweep needs exactly 2 models, got {len(models)}")
     points = sweep_points(steps)
     tasks = make_tasks(data, query_instruction, split)
-    shots = (few_shot_weights(models, examples, query_instruction, device, max_length, trust_remote_code)
-             if examples is not None else None)
+    bases = bases_for(models, adapter_base)
+    shots = (few_shot_weights(models, examples, query_instruction, device, max_length, trust_remote_code,
+                              adapter_base) if examples is not None else None)
     if shots is not None and all(abs(shots[0] - p) > 1e-9 for p in points):
         points = sorted(points + [shots[0]])
     linear = get_method("linear")
-    checkpoints = [Checkpoint.open(m) for m in models]
+    checkpoints = [open_path(m, base) for m, base in zip(models, bases)]
     try:
         plan = build_plan(checkpoints, dtype=torch.float32)
         encoder = Encoder(plan, device=device, batch_size=batch_size, max_length=max_length, progress=progress,

@@ -6,7 +6,7 @@ Three layouts are read, whatever the file's suffix:
 - a JSON list of example objects;
 - LM-Cocktail's task-keyed object ``{"ArguAna": [...], "FiQA": [...]}`` (pick tasks with ``task``).
 
-An example for an ``encoder`` or ``reranker`` is ``{"query": str, "pos": [str, ...], "neg": [str, ...]}``
+An example for an ``encoder``, ``reranker``, ``llm-embedder`` or ``llm-reranker`` is ``{"query": str, "pos": [str, ...], "neg": [str, ...]}``
 with an optional ``"prompt"`` (a per-example query instruction, as in FlagEmbedding's training data);
 for a ``decoder`` it is ``{"input": str, "output": str}``. Other keys (``pos_scores``, ``type``) are
 ignored. Every error names the file, the line (or task and item) and what is wrong.
@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from cocktail.errors import InputError
+from cocktail.recipe.choices import MODEL_TYPES
 
 ExampleSource = Union[str, os.PathLike, Sequence[dict], dict]
-RETRIEVAL_TYPES = ("encoder", "reranker")
 
 
 @dataclass(frozen=True)
@@ -66,14 +66,15 @@ def load_examples(source: ExampleSource, model_type: str = "encoder",
     Args:
         source: a path to a JSONL / JSON list / task-keyed JSON file, a list of example dicts, or a
             task-keyed dict.
-        model_type: ``encoder``, ``reranker`` or ``decoder`` (which fields an example needs).
+        model_type: one of ``MODEL_TYPES`` (``decoder`` examples are ``{input, output}``, the others
+            ``{query, pos, neg}``).
         task: for task-keyed data, the task name(s) to use (default: every task, in file order).
 
     Raises:
         cocktail.InputError: a clear message with the line (or item) and what is wrong.
     """
-    if model_type not in (*RETRIEVAL_TYPES, "decoder"):
-        raise InputError(f"unknown model type {model_type!r} (choose from encoder, reranker, decoder)")
+    if model_type not in MODEL_TYPES:
+        raise InputError(f"unknown model type {model_type!r} (choose from {', '.join(MODEL_TYPES)})")
     if isinstance(source, (str, os.PathLike)):
         items, label, tasks = _read_file(Path(source).expanduser(), task)
     elif isinstance(source, dict):
@@ -280,7 +281,7 @@ def _check(item: Any, where: str, model_type: str) -> Example:
     if not pos:
         raise InputError(f"{where}: 'pos' is empty (give at least one positive passage)")
     neg = _strings(item, "neg", where)
-    if model_type == "reranker" and not neg:
+    if model_type in ("reranker", "llm-reranker") and not neg:
         raise InputError(f"{where}: 'neg' is empty (a reranker's loss needs at least one negative per query)")
     prompt = _string(item, "prompt", where, required=False)
     return Example(where, query=query, pos=pos, neg=neg, prompt=prompt)

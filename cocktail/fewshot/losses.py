@@ -16,6 +16,12 @@ re-tokenising.
 - **decoder**: causal-LM cross-entropy on the output tokens only (``input + " " + output`` then EOS,
   the input's tokens masked), mean over a group's output tokens, then over groups. Each group is
   padded to its own longest sequence.
+- **llm-embedder**: as the encoder, with last-token pooling (unless the model's sentence-transformers
+  config names another) and queries written ``<instruct>{instruction}\n<query>{query}`` when there is an
+  instruction (the example's ``prompt``, else ``query_instruction``).
+- **llm-reranker**: as the reranker, the score being the ``Yes`` logit after FlagEmbedding's reranker
+  prompt (the example's ``prompt``, else ``query_instruction``, else FlagEmbedding's default); see
+  :mod:`cocktail.modeling.llm_reranker`.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ import torch
 
 from cocktail.errors import InputError
 from cocktail.fewshot.examples import Example
+from cocktail.modeling.llm_embedder import llm_query_text
+from cocktail.modeling.llm_reranker import pair_ids, yes_scores, yes_token
+from cocktail.modeling.loading import pad_token_id
 from cocktail.modeling.pooling import Pooling
 
 TEMPERATURE_SCALE = 0.05  # LM-Cocktail / BGE: scores are cosine similarities divided by 0.05
@@ -98,13 +107,6 @@ def _tokenize(tokenizer, first: list[str], second: Optional[list[str]], max_leng
     return [{k: list(encoded[k][i]) for k in keys} for i in range(len(first))]
 
 
-def _pad_id(tokenizer) -> int:
-    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if value is not None:
-            return int(value)
-    return 0
-
-
 class Prepared:
     """Examples tokenised for one model type; ``loss(model)`` scores a loaded model on them."""
 
@@ -158,20 +160,39 @@ class RerankerExamples(Prepared):
     def groups(self) -> int:
         return len(self.groups_)
 
+    def pair_scores(self, model) -> torch.Tensor:
+        """One score per (query, passage) pair: the cross-encoder's one logit."""
+        scores = None
+        for members, tensors in self.chunks:
+            logits = model(**tensors, return_dict=True).logits.float()
+            if scores is None:
+                scores = torch.empty(self.pair_count, device=logits.device)
+            scores[torch.tensor(members, device=logits.device)] = logits[:, 0]
+        return scores
+
     def loss(self, model) -> float:
         with torch.inference_mode():
-            scores = None
-            for members, tensors in self.chunks:
-                logits = model(**tensors, return_dict=True).logits.float()
-                if scores is None:
-                    scores = torch.empty(self.pair_count, device=logits.device)
-                scores[torch.tensor(members, device=logits.device)] = logits[:, 0]
-            scores = scores.double().cpu()
+            scores = self.pair_scores(model).double().cpu()
             total = 0.0
             for group in self.groups_:
                 per_query = [-torch.log_softmax(scores[pairs], dim=0)[0] for pairs in group]
                 total += float(torch.stack(per_query).mean())
         return total / len(self.groups_)
+
+
+@dataclass
+class LLMRerankerExamples(RerankerExamples):
+    yes_id: int = 0
+    model_type: str = "llm-reranker"
+
+    def pair_scores(self, model) -> torch.Tensor:
+        scores = None
+        for members, tensors in self.chunks:
+            values = yes_scores(model, tensors, self.yes_id)
+            if scores is None:
+                scores = torch.empty(self.pair_count, device=values.device)
+            scores[torch.tensor(members, device=values.device)] = values
+        return scores
 
 
 @dataclass
@@ -195,9 +216,14 @@ class DecoderExamples(Prepared):
         return total / len(self.batches)
 
 
-def _query_text(example: Example, query_instruction: Optional[str]) -> str:
-    prefix = example.prompt if example.prompt is not None else (query_instruction or "")
-    return prefix + example.query
+def _instruction(example: Example, query_instruction: Optional[str]) -> Optional[str]:
+    return example.prompt if example.prompt is not None else query_instruction
+
+
+def _query_text(example: Example, query_instruction: Optional[str], model_type: str = "encoder") -> str:
+    if model_type == "llm-embedder":
+        return llm_query_text(example.query, _instruction(example, query_instruction))
+    return (_instruction(example, query_instruction) or "") + example.query
 
 
 def prepare(examples: Sequence[Example], model_type: str, tokenizer, *, batch_size: int, max_length: int,
@@ -211,8 +237,8 @@ def prepare(examples: Sequence[Example], model_type: str, tokenizer, *, batch_si
     if not examples:
         raise InputError("no examples to compute a loss on")
     groups = [list(examples[i:i + batch_size]) for i in range(0, len(examples), batch_size)]
-    pad_id = _pad_id(tokenizer)
-    if model_type == "encoder":
+    pad_id = pad_token_id(tokenizer)
+    if model_type in ("encoder", "llm-embedder"):
         texts: dict[str, int] = {}
 
         def index(text: str) -> int:
@@ -222,13 +248,14 @@ def prepare(examples: Sequence[Example], model_type: str, tokenizer, *, batch_si
         for group in groups:
             queries, passages, targets = [], [], []
             for example in group:
-                queries.append(index(_query_text(example, query_instruction)))
+                queries.append(index(_query_text(example, query_instruction, model_type)))
                 targets.append(len(passages))
                 passages += [index(example.pos[0])] + [index(n) for n in example.neg]
             loss_groups.append((torch.tensor(queries, device=device), torch.tensor(passages, device=device),
                                 torch.tensor(targets, device=device)))
         rows = _tokenize(tokenizer, list(texts), None, max_length)
-        return EncoderExamples(_chunks_by_length(rows, pad_id, device), len(rows), loss_groups, pooling or Pooling())
+        return EncoderExamples(_chunks_by_length(rows, pad_id, device), len(rows), loss_groups, pooling or Pooling(),
+                               model_type=model_type)
     if model_type == "reranker":
         firsts, seconds, loss_groups = [], [], []
         for group in groups:
@@ -242,6 +269,20 @@ def prepare(examples: Sequence[Example], model_type: str, tokenizer, *, batch_si
             loss_groups.append(query_pairs)
         rows = _tokenize(tokenizer, firsts, seconds, max_length)
         return RerankerExamples(_chunks_by_length(rows, pad_id, device), len(rows), loss_groups)
+    if model_type == "llm-reranker":
+        rows, loss_groups = [], []
+        for group in groups:
+            query_pairs = []
+            for example in group:
+                prompt = _instruction(example, query_instruction)
+                passages = [example.pos[0], *example.neg]
+                query_pairs.append(list(range(len(rows), len(rows) + len(passages))))
+                for passage in passages:
+                    ids = pair_ids(tokenizer, example.query, passage, prompt, max_length)
+                    rows.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
+            loss_groups.append(query_pairs)
+        return LLMRerankerExamples(_chunks_by_length(rows, pad_id, device), len(rows), loss_groups,
+                                   yes_id=yes_token(tokenizer))
     if model_type == "decoder":
         batches = []
         for group in groups:

@@ -28,16 +28,16 @@ from cocktail.errors import InputError
 from cocktail.fewshot import losses as L
 from cocktail.fewshot.examples import ExampleSet, ExampleSource, load_examples
 from cocktail.fewshot.search import search_weights
-from cocktail.io.checkpoints import Checkpoint
+from cocktail.io.adapters import bases_for, open_path
 from cocktail.merging.methods import get_method
 from cocktail.merging.plan import build_plan
 from cocktail.modeling.loading import load_tokenizer, resolve_device
-from cocktail.modeling.pooling import read_pooling
+from cocktail.modeling.pooling import LAST_TOKEN, read_pooling
 from cocktail.modeling.skeleton import Skeleton, model_folder
 from cocktail.recipe.choices import MODEL_TYPES
 from cocktail.recipe.weights_from import DEFAULT_SEARCH_BUDGET, FewShotOptions
 
-DEFAULT_MAX_LENGTH = {"encoder": 512, "reranker": 512, "decoder": 2048}
+DEFAULT_MAX_LENGTH = {"encoder": 512, "reranker": 512, "decoder": 2048, "llm-embedder": 512, "llm-reranker": 512}
 assert tuple(DEFAULT_MAX_LENGTH) == MODEL_TYPES
 MIN_FOR_DEFAULT_HOLDOUT = 10  # with fewer examples, --search keeps none aside unless asked
 HOLDOUT_SEED_OFFSET = 1  # the holdout split uses random.Random(seed + 1), negatives random.Random(seed)
@@ -186,11 +186,12 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
     held = [e for i, e in enumerate(chosen) if i in holdout_idx]
 
     extra_modules = [c for c in fplan.components if c != "transformer"]
-    if model_type == "encoder" and extra_modules:
+    if model_type in ("encoder", "llm-embedder") and extra_modules:
         notes.append(f"sentence-transformers module(s) {', '.join(extra_modules)} are not applied in the loss "
                      "(the embedding is the pooled transformer output, as in LM-Cocktail)")
     tokenizer = load_tokenizer(model_folder(fplan), trust_remote_code=trust_remote_code)
-    pooling = read_pooling(first.root) if model_type == "encoder" else None
+    pooling = {"encoder": lambda: read_pooling(first.root),
+               "llm-embedder": lambda: read_pooling(first.root, LAST_TOKEN)}.get(model_type, lambda: None)()
     common = dict(batch_size=options.batch_size, max_length=max_length,
                   query_instruction=options.query_instruction, pooling=pooling, device=device)
     fit_data = L.prepare(fit, model_type, tokenizer, **common)
@@ -250,7 +251,7 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
                     device: Optional[str] = None, task: Union[str, Sequence[str], None] = None,
                     search: bool = False, search_budget: int = DEFAULT_SEARCH_BUDGET,
                     holdout: Optional[float] = None, progress: bool = False,
-                    trust_remote_code: bool = False) -> FewShotResult:
+                    trust_remote_code: bool = False, adapter_base: Optional[str] = None) -> FewShotResult:
     """Each model's loss on ``examples`` and the weights ``softmax(-loss / temperature)``.
 
     Args:
@@ -271,6 +272,7 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
             when there are at least 10 examples).
         progress: print progress lines on stderr.
         trust_remote_code: let a model folder's own code (``auto_map``) run; refused otherwise.
+        adapter_base: the base of the LoRA adapter folders among ``models`` (default: each one's config's).
 
     Returns:
         A :class:`FewShotResult`; ``.weights`` are the searched weights with ``search``, else the softmax ones.
@@ -287,8 +289,8 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
     example_set = load_examples(options.examples, model_type, options.task)  # a bad file fails before any model is read
     opened = []
     try:
-        for model in models:
-            opened.append(Checkpoint.open(model))
+        for model, base in zip(models, bases_for(models, adapter_base)):
+            opened.append(open_path(model, base))
         plan = build_plan(opened)
         return weights_for_plan(plan, model_type, options, progress=progress, example_set=example_set,
                                 trust_remote_code=trust_remote_code)

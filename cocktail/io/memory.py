@@ -28,6 +28,7 @@ import torch
 from cocktail.errors import InputError
 from cocktail.io import safetensors_format as st_format
 from cocktail.io import sidefiles
+from cocktail.io.adapters import AdapterCheckpoint, open_path
 from cocktail.io.checkpoints import TRANSFORMER, Checkpoint, TensorInfo
 
 LAYOUT = "in memory"
@@ -384,14 +385,18 @@ def from_state_dict(state: Mapping[str, Any], label: str, side_files_from: Optio
 ModelInput = Union[str, os.PathLike, torch.nn.Module, Mapping[str, torch.Tensor]]
 
 
-def open_any(value: Any, label: Optional[str] = None, tokenizer=None,
-             side_files_from: Optional[Path] = None) -> Union[Checkpoint, MemoryCheckpoint]:
-    """Open a merge input: a path or hub id, a ``torch.nn.Module`` or a state dict."""
-    if isinstance(value, (Checkpoint, MemoryCheckpoint)):
+def open_any(value: Any, label: Optional[str] = None, tokenizer=None, side_files_from: Optional[Path] = None,
+             adapter_base: Optional[str] = None) -> Union[Checkpoint, AdapterCheckpoint, MemoryCheckpoint]:
+    """Open a merge input: a path or hub id (a model, or a LoRA adapter on ``adapter_base`` or the base
+    its config names), a ``torch.nn.Module`` or a state dict."""
+    if isinstance(value, (Checkpoint, AdapterCheckpoint, MemoryCheckpoint)):
         return value
     label = label or describe(value)
     if is_path(value):
-        return Checkpoint.open(value)
+        return open_path(value, adapter_base)
+    if adapter_base is not None:
+        raise InputError(f"{label}: a base model is given for it ({adapter_base}), but only an adapter folder "
+                         "takes one")
     if is_module(value):
         return from_module(value, label, tokenizer=tokenizer, side_files_from=side_files_from)
     if is_state_dict(value):

@@ -8,12 +8,14 @@ recipe's inputs again and compares them with what its provenance recorded.
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Sequence
+from pathlib import Path
+from typing import Optional, Sequence
 
 import yaml
 
 from cocktail.errors import InputChangedError, InputError
-from cocktail.io.checkpoints import Checkpoint, CheckpointLike
+from cocktail.io.adapters import AdapterCheckpoint, open_path
+from cocktail.io.checkpoints import CheckpointLike
 from cocktail.io.hashing import relative, sha256_file
 
 RECIPE_FILE = "cocktail_recipe.yaml"
@@ -81,8 +83,16 @@ def model_card(recipe: dict, weights: list, summary: dict, library_name: str, ve
 
 # -- --verify ------------------------------------------------------------------------------------
 
-def _inputs_of(recipe) -> list[str]:
-    return [m.path for m in recipe.models] + ([recipe.base_model] if recipe.base_model else [])
+def _inputs_of(recipe) -> list[tuple[str, Optional[str]]]:
+    """``(path, adapter base)`` of every input: the models, then the base model."""
+    return [(m.path, m.base) for m in recipe.models] + ([(recipe.base_model, None)] if recipe.base_model else [])
+
+
+def _named_weight_files(checkpoint) -> dict[str, Path]:
+    """A checkpoint's weight files by the names its ``content_hash`` records them under."""
+    if isinstance(checkpoint, AdapterCheckpoint):
+        return checkpoint.named_weight_files()
+    return {relative(p, checkpoint.root): p for p in checkpoint.weight_files()}
 
 
 def verify_inputs(recipe) -> int:
@@ -101,18 +111,18 @@ def verify_inputs(recipe) -> int:
         raise InputChangedError(f"the recipe's provenance records {len(recorded)} inputs but it merges "
                                 f"{len(sources)} (models and base model): cannot verify")
     checked = 0
-    for source, record in zip(sources, recorded):
+    for (source, adapter_base), record in zip(sources, recorded):
         hashes = record.get("sha256") if isinstance(record, dict) else None
         if not isinstance(hashes, dict) or not hashes:
             raise InputError(f"the recipe's provenance has no sha256 for input {source}: cannot verify")
-        with Checkpoint.open(source) as checkpoint:
+        with open_path(source, adapter_base) as checkpoint:
             root = checkpoint.root
-            current = {relative(p, root) for p in checkpoint.weight_files()}
-        for name in sorted(current - set(hashes)):
-            raise InputChangedError(f"input changed since the recipe was written: {root / name} is a weight "
+            current = _named_weight_files(checkpoint)
+        for name in sorted(set(current) - set(hashes)):
+            raise InputChangedError(f"input changed since the recipe was written: {current[name]} is a weight "
                                     f"file the recipe does not record")
         for name, expected in hashes.items():
-            path = root / name
+            path = current.get(name, root / name)
             if not path.is_file():
                 raise InputChangedError(f"input changed since the recipe was written: {path} is missing")
             actual = sha256_file(path)

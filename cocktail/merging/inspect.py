@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from cocktail.errors import CocktailError
-from cocktail.io.checkpoints import Checkpoint
+from cocktail.io.adapters import AdapterCheckpoint, bases_for, open_path
+from cocktail.io.checkpoints import CheckpointLike
 from cocktail.merging.plan import build_plan
 
 CONFIG_KEYS_IGNORED = {"_name_or_path", "transformers_version", "torch_dtype", "dtype"}
@@ -14,7 +17,7 @@ def _first(config: dict, *keys: str):
     return next((config[k] for k in keys if config.get(k) is not None), None)
 
 
-def describe(ckpt: Checkpoint) -> dict:
+def describe(ckpt: CheckpointLike) -> dict:
     """Architecture, size, dtypes and file layout of one checkpoint (headers only, no tensor read)."""
     parameters = 0
     dtypes: dict[str, int] = {}
@@ -43,10 +46,11 @@ def describe(ckpt: Checkpoint) -> dict:
         "layout": ckpt.layout,
         "files": [str(p.relative_to(ckpt.root)) if p.is_relative_to(ckpt.root) else str(p) for p in ckpt.weight_files()],
         "modules": [k for k in ckpt.components if k != "transformer"],
+        "adapter": ckpt.describe() if isinstance(ckpt, AdapterCheckpoint) else None,
     }
 
 
-def config_differences(checkpoints: list[Checkpoint]) -> list[str]:
+def config_differences(checkpoints: list[CheckpointLike]) -> list[str]:
     """Config values that differ between models, as ``key: a vs b``."""
     keys = sorted({k for c in checkpoints for k in c.config} - CONFIG_KEYS_IGNORED)
     differences = []
@@ -57,10 +61,13 @@ def config_differences(checkpoints: list[Checkpoint]) -> list[str]:
     return differences
 
 
-def inspect_models(sources: list[str]) -> dict:
-    """Describe each model; for two or more, say whether they can be merged and what differs."""
-    checkpoints = [Checkpoint.open(s) for s in sources]
+def inspect_models(sources: list[str], adapter_base: Optional[str] = None) -> dict:
+    """Describe each model (a LoRA adapter folder on ``adapter_base`` or the base its config names); for
+    two or more, say whether they can be merged and what differs."""
+    checkpoints = []
     try:
+        for source, base in zip(sources, bases_for(sources, adapter_base)):
+            checkpoints.append(open_path(source, base))
         report: dict = {"models": [describe(c) for c in checkpoints]}
         if len(checkpoints) > 1:
             report["config_differences"] = config_differences(checkpoints)
@@ -89,6 +96,8 @@ def format_report(report: dict) -> str:
         ]
         if m["modules"]:
             lines.append(f"  modules       {', '.join(m['modules'])} (merged too)")
+        if m.get("adapter"):
+            lines += _adapter_lines(m["adapter"])
     if "mergeable" in report:
         lines.append("")
         if report["mergeable"]:
@@ -101,3 +110,18 @@ def format_report(report: dict) -> str:
             lines.append("config differences:")
             lines += [f"  {d}" for d in report["config_differences"]]
     return "\n".join(lines)
+
+
+def _adapter_lines(adapter: dict) -> list[str]:
+    scale = "alpha / sqrt(r)" if adapter["use_rslora"] else "alpha / r"
+    targets = adapter["target_modules"]
+    targets = ", ".join(targets) if isinstance(targets, list) else str(targets)
+    lines = [f"  adapter       LoRA r={adapter['r']}, lora_alpha {adapter['lora_alpha']} (scale {scale}), on base "
+             f"{adapter['base']} (from {adapter['base_from']})",
+             f"  targets       {targets}: {adapter['lora_modules']} modules"]
+    for key in ("rank_pattern", "alpha_pattern"):
+        if adapter[key]:
+            lines.append(f"  {key:<13} {adapter[key]}")
+    if adapter["replaced_tensors"]:
+        lines.append(f"  saved whole   {', '.join(adapter['replaced_tensors'])} (replace the base's)")
+    return lines

@@ -19,11 +19,12 @@ import torch
 from tqdm import tqdm
 
 from cocktail.errors import InputError
-from cocktail.io.checkpoints import Checkpoint, read_json
+from cocktail.io.adapters import open_path
+from cocktail.io.checkpoints import read_json
 from cocktail.merging.methods import Method
 from cocktail.merging.plan import Plan, build_plan
 from cocktail.modeling.loading import load_tokenizer, resolve_device
-from cocktail.modeling.pooling import read_pooling
+from cocktail.modeling.pooling import Pooling, read_pooling
 from cocktail.modeling.skeleton import Skeleton, model_folder
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -42,7 +43,11 @@ class Encoder:
 
     ``Encoder(plan)`` builds the model of the plan's first checkpoint (its config, tokenizer, pooling and
     Dense modules); fill it with :meth:`fill_from_checkpoint` or :meth:`fill_from_merge` before encoding.
+    Subclasses change the model type, the pooling a bare folder gets and how a query meets its instruction.
     """
+
+    model_type = "encoder"  # the skeleton's model type
+    default_pooling = Pooling()  # for a folder without sentence-transformers files: [CLS], as BGE
 
     def __init__(self, plan: Plan, device: Optional[str] = None, batch_size: int = 32, max_length: int = 512,
                  progress: bool = False, label: Optional[str] = None, trust_remote_code: bool = False):
@@ -55,7 +60,7 @@ class Encoder:
         self.progress = progress
         self.root = first.root
         self.transformer_dir = model_folder(plan)
-        self.pooling = read_pooling(self.root)
+        self.pooling = read_pooling(self.root, self.default_pooling)
         self.dense = self._read_dense()
         st_config = self.root / "sentence_bert_config.json"
         st = read_json(st_config) if st_config.is_file() else {}
@@ -64,7 +69,7 @@ class Encoder:
         if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
             self.tokenizer.pad_token = self.tokenizer.eos_token  # decoders: padding is masked out anyway
         self.tokenizer.padding_side = "right"  # pool() finds the last token of right-padded rows
-        self.skeleton = Skeleton(plan, "encoder", torch.device(self.device), modules=True,
+        self.skeleton = Skeleton(plan, self.model_type, torch.device(self.device), modules=True,
                                  trust_remote_code=trust_remote_code)
         self.model = self.skeleton.model
         limits = [max_length, st.get("max_seq_length")]
@@ -77,12 +82,17 @@ class Encoder:
         self._cache: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def open(cls, source: str, **options) -> "Encoder":
-        """The encoder of one model (a folder or cached hub id), filled with its weights."""
-        with Checkpoint.open(str(source)) as checkpoint:
+    def open(cls, source: str, adapter_base: Optional[str] = None, **options) -> "Encoder":
+        """The encoder of one model (a folder, cached hub id, or LoRA adapter folder on ``adapter_base`` or
+        its config's base), filled with its weights."""
+        with open_path(str(source), adapter_base) as checkpoint:
             encoder = cls(build_plan([checkpoint], dtype=torch.float32), **options)
             encoder.fill_from_checkpoint(0)
         return encoder
+
+    def query_text(self, query: str, instruction: Optional[str]) -> str:
+        """What is encoded for a query: the instruction, if any, put before it (BGE's retrieval instruction)."""
+        return (instruction or "") + query
 
     # -- weights -----------------------------------------------------------------------------------
     def fill_from_checkpoint(self, index: int) -> None:

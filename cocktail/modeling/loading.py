@@ -16,9 +16,9 @@ import torch
 from cocktail.errors import InputError
 from cocktail.recipe.choices import MODEL_TYPES
 
-#: The transformers class that loads each model type (LM-Cocktail's choice).
+#: The transformers class that loads each model type (LM-Cocktail's choice; FlagEmbedding's for the LLM ones).
 AUTO_CLASSES = {"encoder": "AutoModel", "reranker": "AutoModelForSequenceClassification",
-                "decoder": "AutoModelForCausalLM"}
+                "decoder": "AutoModelForCausalLM", "llm-embedder": "AutoModel", "llm-reranker": "AutoModelForCausalLM"}
 assert tuple(AUTO_CLASSES) == MODEL_TYPES
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
@@ -92,6 +92,14 @@ def load_tokenizer(folder: Path, needed_for: str = "to score examples", trust_re
         if needs_remote_code(exc):
             raise InputError(f"{folder}: its tokenizer needs the code in the model folder; {REMOTE_CODE_HINT}") from None
         raise InputError(f"{folder}: cannot load its tokenizer, needed {needed_for} ({_first_line(exc)})") from None
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id that pads a batch: the pad token, else EOS (decoders often have no pad token), else 0."""
+    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if value is not None:
+            return int(value)
+    return 0
 
 
 def build_model(config, model_type: str, source: str, trust_remote_code: bool = False):

@@ -47,16 +47,20 @@ class Pooling:
         return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
 
-def read_pooling(root: Path) -> Pooling:
-    """The pooling a model folder asks for: its sentence-transformers Pooling module, else ``[CLS]``."""
+LAST_TOKEN = Pooling(("lasttoken",), "default (LLM embedders: the last token)")
+
+
+def read_pooling(root: Path, default: Pooling = Pooling()) -> Pooling:
+    """The pooling a model folder asks for: its sentence-transformers Pooling module, else ``default``
+    (``[CLS]``, as BGE; :data:`LAST_TOKEN` for decoder embedders)."""
     modules_path = root / "modules.json"
     if not modules_path.is_file():
-        return Pooling()
+        return default
     modules = read_json(modules_path)
     pooling_dir = next((m.get("path", "") for m in modules if isinstance(m, dict)
                         and str(m.get("type", "")).endswith("Pooling")), None) if isinstance(modules, list) else None
     if pooling_dir is None:
-        return Pooling()
+        return default
     config_path = root / pooling_dir / "config.json"
     config = read_json(config_path, dict, "a JSON object")
     if "pooling_mode" in config:

@@ -72,8 +72,12 @@ class Skeleton:
             model.tie_weights()  # tied embeddings (GPT-2's lm_head) share one tensor, as from_pretrained makes them
         self.model = model.float().to(device).eval()
         state = self.model.state_dict(keep_vars=True)
-        mapping, _ = canonical_names(list(state), getattr(self.model, "base_model_prefix", None) or None)
-        self.targets: dict[str, torch.Tensor] = {canonical: state[actual] for canonical, actual in mapping.items()}
+        self.prefix = getattr(self.model, "base_model_prefix", None) or None
+        mapping, _ = canonical_names(list(state), self.prefix)
+        # by canonical name, and by the name as saved: the plan strips a prefix only for the model types it
+        # knows, so a model with its own code (``model.layers...``) is matched by its full names
+        self.targets: dict[str, torch.Tensor] = {**{actual: state[actual] for actual in state},
+                                                 **{canonical: state[actual] for canonical, actual in mapping.items()}}
         self.names = {canonical: actual for canonical, actual in mapping.items()}
         skip = UNUSED.get(model_type, ())
         groups: dict[int, list[str]] = {}
@@ -86,8 +90,14 @@ class Skeleton:
         self.required = {key: names for key, names in groups.items() if key not in unused}
         self._unused = {key: params[key] for key in unused}
 
-    def _copy(self, canonical: str, tensor: torch.Tensor, source: str) -> Optional[int]:
+    def _target(self, canonical: str) -> Optional[torch.Tensor]:
         target = self.targets.get(canonical)
+        if target is None and self.prefix and canonical.startswith(f"{self.prefix}."):
+            target = self.targets.get(canonical[len(self.prefix) + 1:])  # e.g. model.layers... into a bare model
+        return target
+
+    def _copy(self, canonical: str, tensor: torch.Tensor, source: str) -> Optional[int]:
+        target = self._target(canonical)
         if target is None:
             return None
         if tuple(target.shape) != tuple(tensor.shape):
@@ -109,7 +119,7 @@ class Skeleton:
                     param.data.zero_()  # never read, but never left as uninitialised memory
 
     def _wanted(self, planned) -> bool:
-        return (planned.canonical in self.targets) if planned.component == TRANSFORMER else self.with_modules
+        return (self._target(planned.canonical) is not None) if planned.component == TRANSFORMER else self.with_modules
 
     def _keep_module(self, planned, tensor: torch.Tensor) -> None:
         self.modules.setdefault(planned.component, {})[planned.name] = tensor.to(self.device, torch.float32)

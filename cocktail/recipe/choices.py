@@ -3,8 +3,10 @@
 A leaf (it imports nothing), so every room and the light CLI can name the same choices.
 """
 
-#: What the models are: an embedding model, a one-logit cross-encoder, a causal LM.
-MODEL_TYPES = ("encoder", "reranker", "decoder")
+#: What the models are: an embedding model, a one-logit cross-encoder, a causal LM (LM-Cocktail's three),
+#: and the LLM-based BGE shapes: a decoder embedder (last-token pooling, bge-en-icl's instruction prompt)
+#: and a decoder reranker (the logit of "Yes" after FlagEmbedding's reranker prompt).
+MODEL_TYPES = ("encoder", "reranker", "decoder", "llm-embedder", "llm-reranker")
 
 #: The dtypes an output can be written in (default: each tensor's dtype in the first model).
 DTYPES = ("float32", "float16", "bfloat16")

@@ -22,11 +22,14 @@ from cocktail.recipe.yaml_lines import apply_override, parse_yaml
 class ModelEntry:
     path: str
     weight: Optional[float | list] = None  # a number, or a per-tensor schedule (see merging/schedules.py)
+    base: Optional[str] = None  # for a LoRA adapter folder: the model it applies to (default: its config's)
 
     def to_dict(self) -> dict:
         entry: dict[str, Any] = {"path": self.path}
         if self.weight is not None:
             entry["weight"] = self.weight
+        if self.base is not None:
+            entry["base"] = self.base
         return entry
 
 
@@ -48,13 +51,15 @@ class Recipe:
     provenance: Optional[dict] = None  # what a merge was made from (input sha256, versions): kept for --verify
 
     @classmethod
-    def from_models(cls, paths, weights=None, **options) -> "Recipe":
-        """A recipe for ``paths`` with one weight each (``weights=None``: equal weights)."""
+    def from_models(cls, paths, weights=None, adapter_bases=None, **options) -> "Recipe":
+        """A recipe for ``paths`` with one weight each (``weights=None``: equal weights) and, for LoRA
+        adapter folders, the base each applies to (``adapter_bases``: one per model, ``None`` for the rest)."""
         paths = [str(p) for p in paths]
         if weights is not None and len(weights) != len(paths):
             raise InputError(f"got {len(weights)} weights for {len(paths)} models: give one weight per model")
         weights = list(weights) if weights is not None else [None] * len(paths)
-        return cls(models=[ModelEntry(p, w) for p, w in zip(paths, weights)], **options)
+        bases = [None if b is None else str(b) for b in adapter_bases] if adapter_bases else [None] * len(paths)
+        return cls(models=[ModelEntry(p, w, b) for p, w, b in zip(paths, weights, bases)], **options)
 
     @property
     def weights(self) -> Optional[list]:

@@ -203,7 +203,7 @@ if tuple(WEIGHTS_FROM_CHECKS) != WEIGHTS_FROM_KEYS:
 
 
 #: The keys of a model entry (``models[i]``): the fields of ``ModelEntry``.
-MODEL_KEYS = ("path", "weight")
+MODEL_KEYS = ("path", "weight", "base")
 
 
 def _top_level_checks() -> dict[str, Check]:
@@ -312,6 +312,8 @@ def _check_models(data: dict, base_dir, problems: Problems, model_keys: list[str
         if entry.get("weight") is not None:
             check_tensor_value(entry["weight"], path + ("weight",), problems)
             given.append(i)
+        if entry.get("base") is not None:  # the model a LoRA adapter applies to
+            _check_model_path(entry["base"], path + ("base",), base_dir, problems)
     if given and data.get("weights_from"):
         for i in given:
             problems.add(("models", i, "weight"), "weights are given both here and by weights_from; "
@@ -373,6 +375,8 @@ def resolve_paths(data: dict, base_dir: Union[str, os.PathLike]) -> dict:
     for entry in data.get("models") or []:
         entry = {"path": entry} if isinstance(entry, str) else dict(entry)
         entry["path"] = resolve_model_path(entry["path"], base_dir)
+        if entry.get("base"):
+            entry["base"] = resolve_model_path(entry["base"], base_dir)
         models.append(entry)
     data["models"] = models
     for (key,) in MODEL_PATH_KEYS:

@@ -166,7 +166,8 @@ BAD_RECIPES = {
     "wrong model type": ("""
         model_type: embedder
         models: [./a, ./b]
-        """, "r.yaml:1: model_type: expected one of encoder, reranker, decoder, got 'embedder'"),
+        """, "r.yaml:1: model_type: did you mean 'llm-embedder'? expected one of encoder, reranker, decoder, "
+             "llm-embedder, llm-reranker, got 'embedder'"),
     "weights both fixed and from examples": ("""
         models:
           - path: ./a
