@@ -3,10 +3,19 @@
 Every failure a user can cause (a missing folder, incompatible models, an output that already
 exists) is a :class:`CocktailError` whose message is one line that says what is wrong and where.
 The CLI prints it as ``error: <message>`` and exits with status 2; the Python API raises it.
-:func:`few_names` gives every list in a message the same shape.
+:func:`few_names` gives every list in a message the same shape, :func:`did_you_mean` every
+near-miss the same hint; :func:`warn` issues the warnings a
+merge that went ahead gives, pointing at the user's own line.
 """
 
+import contextlib
+import difflib
+import os
+import sys
+import warnings
+
 SHOW = 4  # names shown in a message before "and N more"
+PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def few_names(items, show: int = SHOW) -> str:
@@ -14,6 +23,12 @@ def few_names(items, show: int = SHOW) -> str:
     items = list(items)
     shown = ", ".join(items[:show])
     return shown + (f" (and {len(items) - show} more)" if len(items) > show else "")
+
+
+def did_you_mean(word, choices) -> str:
+    """``"did you mean 'density'? "`` when ``word`` is close to one of ``choices``, else ``""``."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
 
 
 class CocktailError(Exception):
@@ -48,3 +63,20 @@ class RecipeError(InputError):
 
 class InputChangedError(InputError):
     """An input of a recipe is no longer the file its provenance recorded (``--verify``)."""
+
+
+class CocktailWarning(UserWarning):
+    """A merge went ahead, but something deserves the user's attention."""
+
+
+def _inside(filename: str) -> bool:
+    """A frame of cocktail's own (or of ``contextlib``, which runs cocktail's ``with`` blocks)."""
+    return os.path.abspath(filename).startswith(PACKAGE) or filename == contextlib.__file__
+
+
+def warn(message: str) -> None:
+    """Issue a :class:`CocktailWarning` that points at the caller's line (the first frame outside cocktail)."""
+    frame, level = sys._getframe(1), 2  # stacklevel 2: the caller of warn()
+    while frame is not None and _inside(frame.f_code.co_filename):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, CocktailWarning, stacklevel=level)

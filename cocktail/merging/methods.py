@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from cocktail.errors import InputError
+from cocktail.errors import InputError, did_you_mean
 
 # |cos| above which two tensors count as (anti)parallel and slerp falls back to linear interpolation.
 SLERP_PARALLEL = 0.9995
@@ -91,7 +91,8 @@ def get_method(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        raise InputError(f"unknown merge method {name!r} (choose from {', '.join(sorted(METHODS))})") from None
+        raise InputError(f"unknown merge method {name!r}; {did_you_mean(name, METHODS)}"
+                         f"(choose from {', '.join(sorted(METHODS))})") from None
 
 
 def parameter_problem(name: str, value: float) -> Optional[str]:

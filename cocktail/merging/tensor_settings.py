@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from cocktail.errors import InputError, few_names
+from cocktail.errors import InputError, did_you_mean, few_names
 from cocktail.io.checkpoints import TRANSFORMER
 from cocktail.merging.methods import Method, parameter_problem
 from cocktail.merging.plan import MERGE, Plan, PlannedTensor
@@ -70,7 +70,8 @@ def parameter_schedules(method: Method, parameters: Optional[dict]) -> dict[str,
     for name in parameters:
         if name not in method.defaults:
             takes = f"its parameters: {', '.join(method.parameters)}" if method.parameters else "it takes none"
-            raise InputError(f"merge method {method.name} has no parameter {name!r} ({takes})")
+            raise InputError(f"merge method {method.name} has no parameter {name!r}; "
+                             f"{did_you_mean(name, method.parameters)}({takes})")
     return {name: Schedule.parse(value, parameter_key(name)) for name, value in parameters.items()}
 
 
