@@ -9,6 +9,7 @@ merge that went ahead gives, pointing at the user's own line.
 """
 
 import contextlib
+import contextvars
 import difflib
 import os
 import sys
@@ -23,6 +24,31 @@ def few_names(items, show: int = SHOW) -> str:
     items = list(items)
     shown = ", ".join(items[:show])
     return shown + (f" (and {len(items) - show} more)" if len(items) > show else "")
+
+
+#: Which door the user came in by: "python" (the API), "cli" (cocktail merge / weights / eval ...) or
+#: "recipe" (cocktail run). Messages name options the way that door spells them.
+DOOR: contextvars.ContextVar[str] = contextvars.ContextVar("cocktail_door", default="python")
+
+#: option -> (command line, recipe file run by `cocktail run`, Python API)
+SPELLINGS = {
+    "force": ("--force", "--force", "force=True"),
+    "normalize": ("--normalize", "normalize: true", "normalize=True"),
+    "base": ("--base", "base_model:", "base="),
+    "weights": ("--weights", "models[i].weight", "weights="),
+    "dtype": ("--dtype", "dtype:", "dtype="),
+    "model_type": ("--model-type", "model_type:", "model_type="),
+    "max_length": ("--max-length", "weights_from.max_length", "max_length="),
+    "task": ("--task", "weights_from.task", "task="),
+    "verify": ("--verify", "--verify", "verify=True"),
+    "plot": ("--plot", "--plot", "plot_sweep()"),
+}
+
+
+def option(name: str) -> str:
+    """How the user spells option ``name`` where they are: ``--force``, ``force=True``, ``normalize: true``."""
+    cli, recipe, python = SPELLINGS[name]
+    return {"cli": cli, "recipe": recipe}.get(DOOR.get(), python)
 
 
 def did_you_mean(word, choices) -> str:

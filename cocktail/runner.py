@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from cocktail.errors import InputError, few_names
+from cocktail.errors import InputError, few_names, option
 from cocktail.errors import warn as warn_user
 from cocktail.fewshot.request import FewShotRequest
 from cocktail.io import provenance, sidefiles
@@ -210,19 +210,23 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
         result = MergeResult(recipe, prepared.weights, prepared.plan, target, warnings=prepared.messages,
                              dry_run=dry_run, few_shot=prepared.few_shot, shards=prepared.shards)
         if not dry_run:
-            result.files, nonfinite = _write(prepared, target, force, progress)
+            result.files, nonfinite, hashes = _write(prepared, target, force, progress)
+            for message in provenance.changed_inputs(recipe.provenance, hashes):
+                (on_warning or warn_user)(message)
+                result.warnings.append(message)
             if nonfinite:
                 one = len(nonfinite) == 1
                 message = (f"{len(nonfinite)} merged tensor{'' if one else 's'} hold{'s' if one else ''} NaN or "
-                           f"infinite values: {few_names(nonfinite)} (an input holds them, or --dtype overflowed)")
+                           f"infinite values: {few_names(nonfinite)} (an input holds them, or {option('dtype')} overflowed)")
                 (on_warning or warn_user)(message)
                 result.warnings.append(message)
         return result
 
 
 
-def _write(prepared: Prepared, target: Path, force: bool, progress: bool) -> tuple[list[str], list[str]]:
-    """Write the merge into ``target``: ``(files written, merged tensors with NaN or inf values)``."""
+def _write(prepared: Prepared, target: Path, force: bool, progress: bool) -> tuple[list[str], list[str], list[dict]]:
+    """Write the merge into ``target``: ``(files written, merged tensors with NaN or inf values, the
+    inputs' sha256)``."""
     recipe, plan = prepared.recipe, prepared.plan
     every = plan.checkpoints + ([plan.base] if plan.base else [])
     hasher = provenance.InputHasher(every)
@@ -231,12 +235,13 @@ def _write(prepared: Prepared, target: Path, force: bool, progress: bool) -> tup
             files, nonfinite = write_tensors(plan, prepared.tensors, folder.tmp, parse_size(recipe.max_shard_size),
                                              prepared.method.elementwise, progress)
             files += _write_side_files(recipe, plan, folder.tmp)
-            files += _write_provenance(recipe, plan, prepared.weights, hasher.result(), folder.tmp, prepared.few_shot)
+            hashes = hasher.result()
+            files += _write_provenance(recipe, plan, prepared.weights, hashes, folder.tmp, prepared.few_shot)
             folder.commit()
     except BaseException:
         hasher.cancel()
         raise
-    return sorted(files), nonfinite
+    return sorted(files), nonfinite, hashes
 
 
 def side_file_source(recipe: Recipe, plan: Plan) -> Path:

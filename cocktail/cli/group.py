@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from cocktail.errors import CocktailError
+from cocktail.errors import DOOR, CocktailError
 from cocktail.version import __version__
 
 NUMBER = re.compile(r"^-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
@@ -57,6 +57,7 @@ class CocktailGroup(click.Group):
         # transformers' own warnings are noise next to cocktail's one-line messages (set it to see them)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         _interrupt_on_sigterm()
+        DOOR.set("cli")  # messages name options as flags (--force), not as Python arguments
         try:
             code = super().main(args=argv, prog_name=prog_name or "cocktail", standalone_mode=False, **extra)
         except click.UsageError as exc:

@@ -151,9 +151,11 @@ def run_command(recipe_file, output, overrides, verify, force, dry_run, as_json,
     cocktail run my.yaml --set dtype=float16 --set models.1.weight=0.3
     cocktail run merged/cocktail_recipe.yaml --output again --verify
     """
+    from cocktail.errors import DOOR
     from cocktail.recipe.recipe import Recipe
     from cocktail.runner import run
 
+    DOOR.set("recipe")  # options the recipe sets are named by their keys (normalize: true)
     recipe = Recipe.from_yaml(recipe_file, overrides)
     if output:
         recipe.output = os.path.abspath(os.path.expanduser(output))

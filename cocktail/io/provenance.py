@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import yaml
 
-from cocktail.errors import InputChangedError, InputError
+from cocktail.errors import InputChangedError, InputError, option
 from cocktail.io.checkpoints import Checkpoint, CheckpointLike, looks_like_hub_id
 from cocktail.io.hashing import relative, sha256_file
 
@@ -150,6 +150,25 @@ def model_card(recipe: dict, weights: list, summary: dict, library_name: str, ve
 
 # -- --verify ------------------------------------------------------------------------------------
 
+def changed_inputs(recorded: Optional[dict], hashes: list[dict]) -> list[str]:
+    """Warnings for a rerun whose inputs are not the files its recipe's provenance recorded (found
+    from the hashes the merge computed anyway; ``--verify`` refuses such a run before it starts)."""
+    inputs = (recorded or {}).get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != len(hashes):
+        return []
+    messages = []
+    for record, current in zip(inputs, hashes):
+        before = record.get("sha256") if isinstance(record, dict) else None
+        if not isinstance(before, dict):
+            continue
+        changed = sorted(name for name in set(before) | set(current) if before.get(name) != current.get(name))
+        if changed:
+            messages.append(f"input {record.get('path')} changed since its recipe was written ({', '.join(changed)}): "
+                            f"this output is not the merge the recipe recorded (with {option('verify')} such a run "
+                            f"is refused)")
+    return messages
+
+
 def _inputs_of(recipe) -> list[str]:
     return [m.path for m in recipe.models] + ([recipe.base_model] if recipe.base_model else [])
 
@@ -163,7 +182,7 @@ def verify_inputs(recipe) -> int:
     provenance = recipe.provenance or {}
     recorded = provenance.get("inputs")
     if not isinstance(recorded, list) or not recorded:
-        raise InputError("--verify needs a recipe with provenance (the cocktail_recipe.yaml written into a "
+        raise InputError(f"{option('verify')} needs a recipe with provenance (the cocktail_recipe.yaml written into a "
                          "merged folder); this recipe records no input hashes")
     sources = _inputs_of(recipe)
     if len(recorded) != len(sources):

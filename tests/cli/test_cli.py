@@ -180,3 +180,23 @@ def test_recipe_help_offers_no_force_of_its_own(cli):
     assert res.returncode == 0
     assert "--force " not in res.stdout.replace("\n", " ").split("cocktail run")[0]
     assert "--force" not in [opt for line in res.stdout.splitlines() for opt in line.split()[:2]]
+
+
+def test_each_door_names_options_its_own_way(two_berts, tmp_path, cli):
+    """The same mistake, told as a flag on the command line, as a key in a recipe, as an argument in Python."""
+    import cocktail
+
+    a, b = two_berts
+    res = cli("merge", "--models", a, b, "--weights", "0.3", "0.3", "-o", tmp_path / "out")
+    assert res.returncode == 2 and "pass --normalize" in res.stderr, res
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"models: [{{path: {a}, weight: 0.3}}, {{path: {b}, weight: 0.3}}]\noutput: {tmp_path / 'o'}\n")
+    res = cli("run", recipe)
+    assert res.returncode == 2 and "pass normalize: true" in res.stderr, res
+    with pytest.raises(cocktail.InputError, match=r"pass normalize=True"):
+        cocktail.merge([a, b], [0.3, 0.3], tmp_path / "py")
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(cocktail.OutputError, match=r"use force=True to replace it"):
+        cocktail.merge([a, b], [0.5, 0.5], tmp_path / "taken")
+    res = cli("merge", "--models", a, b, "-o", tmp_path / "taken")
+    assert res.returncode == 2 and "use --force to replace it" in res.stderr, res

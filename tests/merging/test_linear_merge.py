@@ -383,7 +383,7 @@ def test_existing_output_is_refused_unless_force(two_berts, tmp_path):
     a, b = two_berts
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    with pytest.raises(OutputError, match="already exists.*--force"):
+    with pytest.raises(OutputError, match=r"already exists \(use force=True to replace it\)"):
         cocktail.merge([a, b], [0.5, 0.5], tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
     cocktail.merge([a, b], [0.5, 0.5], tmp_path / "out", force=True)
