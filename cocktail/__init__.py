@@ -8,6 +8,7 @@ from importlib import import_module
 
 from cocktail.errors import (
     CocktailError,
+    CocktailWarning,
     IncompatibleModelsError,
     InputChangedError,
     InputError,
@@ -30,7 +31,6 @@ _LAZY = {
     "load_examples": "cocktail.fewshot.examples",
     "run": "cocktail.runner",
     "MergeResult": "cocktail.runner",
-    "CocktailWarning": "cocktail.runner",
     "Recipe": "cocktail.recipe.recipe",
     "ModelEntry": "cocktail.recipe.recipe",
     "Checkpoint": "cocktail.io.checkpoints",
@@ -40,7 +40,7 @@ _LAZY = {
 }
 
 __all__ = ["CocktailError", "IncompatibleModelsError", "InputError", "OutputError", "RecipeError", "InputChangedError",
-           "__version__", *_LAZY]
+           "CocktailWarning", "__version__", *_LAZY]
 
 
 def __getattr__(name):

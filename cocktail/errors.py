@@ -3,10 +3,20 @@
 Every failure a user can cause (a missing folder, incompatible models, an output that already
 exists) is a :class:`CocktailError` whose message is one line that says what is wrong and where.
 The CLI prints it as ``error: <message>`` and exits with status 2; the Python API raises it.
-:func:`few_names` gives every list in a message the same shape.
+:func:`few_names` gives every list in a message the same shape, :func:`did_you_mean` every
+near-miss the same hint; :func:`warn` issues the warnings a
+merge that went ahead gives, pointing at the user's own line.
 """
 
+import contextlib
+import contextvars
+import difflib
+import os
+import sys
+import warnings
+
 SHOW = 4  # names shown in a message before "and N more"
+PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def few_names(items, show: int = SHOW) -> str:
@@ -14,6 +24,37 @@ def few_names(items, show: int = SHOW) -> str:
     items = list(items)
     shown = ", ".join(items[:show])
     return shown + (f" (and {len(items) - show} more)" if len(items) > show else "")
+
+
+#: Which door the user came in by: "python" (the API), "cli" (cocktail merge / weights / eval ...) or
+#: "recipe" (cocktail run). Messages name options the way that door spells them.
+DOOR: contextvars.ContextVar[str] = contextvars.ContextVar("cocktail_door", default="python")
+
+#: option -> (command line, recipe file run by `cocktail run`, Python API)
+SPELLINGS = {
+    "force": ("--force", "--force", "force=True"),
+    "normalize": ("--normalize", "normalize: true", "normalize=True"),
+    "base": ("--base", "base_model:", "base="),
+    "weights": ("--weights", "models[i].weight", "weights="),
+    "dtype": ("--dtype", "dtype:", "dtype="),
+    "model_type": ("--model-type", "model_type:", "model_type="),
+    "max_length": ("--max-length", "weights_from.max_length", "max_length="),
+    "task": ("--task", "weights_from.task", "task="),
+    "verify": ("--verify", "--verify", "verify=True"),
+    "plot": ("--plot", "--plot", "plot_sweep()"),
+}
+
+
+def option(name: str) -> str:
+    """How the user spells option ``name`` where they are: ``--force``, ``force=True``, ``normalize: true``."""
+    cli, recipe, python = SPELLINGS[name]
+    return {"cli": cli, "recipe": recipe}.get(DOOR.get(), python)
+
+
+def did_you_mean(word, choices) -> str:
+    """``"did you mean 'density'? "`` when ``word`` is close to one of ``choices``, else ``""``."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
 
 
 class CocktailError(Exception):
@@ -48,3 +89,20 @@ class RecipeError(InputError):
 
 class InputChangedError(InputError):
     """An input of a recipe is no longer the file its provenance recorded (``--verify``)."""
+
+
+class CocktailWarning(UserWarning):
+    """A merge went ahead, but something deserves the user's attention."""
+
+
+def _inside(filename: str) -> bool:
+    """A frame of cocktail's own (or of ``contextlib``, which runs cocktail's ``with`` blocks)."""
+    return os.path.abspath(filename).startswith(PACKAGE) or filename == contextlib.__file__
+
+
+def warn(message: str) -> None:
+    """Issue a :class:`CocktailWarning` that points at the caller's line (the first frame outside cocktail)."""
+    frame, level = sys._getframe(1), 2  # stacklevel 2: the caller of warn()
+    while frame is not None and _inside(frame.f_code.co_filename):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, CocktailWarning, stacklevel=level)

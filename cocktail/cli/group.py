@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from cocktail.errors import CocktailError
+from cocktail.errors import DOOR, CocktailError
 from cocktail.version import __version__
 
 NUMBER = re.compile(r"^-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
@@ -52,9 +52,12 @@ class CocktailGroup(click.Group):
     def main(self, args=None, prog_name=None, **extra):
         argv = list(sys.argv[1:] if args is None else args)
         debug = "--debug" in argv
+        if debug:  # --debug may come before or after the command; click knows it only before
+            argv = ["--debug"] + [a for a in argv if a != "--debug"]
         # transformers' own warnings are noise next to cocktail's one-line messages (set it to see them)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         _interrupt_on_sigterm()
+        DOOR.set("cli")  # messages name options as flags (--force), not as Python arguments
         try:
             code = super().main(args=argv, prog_name=prog_name or "cocktail", standalone_mode=False, **extra)
         except click.UsageError as exc:

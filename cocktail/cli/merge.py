@@ -27,6 +27,9 @@ METHOD_HELP = ("Merge method: linear (weighted average, default), task_arithmeti
                "(these need --base), slerp (two models, --param t=...), model_stock (needs --base).")
 
 
+SHOW_FILES = 3  # weight files named in the "wrote" line; more are summarised
+
+
 def _format_count(n: int) -> str:
     for unit, size in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
         if n >= size:
@@ -40,25 +43,31 @@ def _print_result(result, as_json: bool) -> None:
         click.echo(json.dumps(summary, indent=2))
         return
     from cocktail.io.provenance import format_weight
+    from cocktail.merging.methods import get_method
 
     weights = ", ".join(format_weight(w) for w in result.weights)
     lines = [format_few_shot(summary["weights_from"], show_notes=False)] if summary.get("weights_from") else []
     if result.dry_run:
-        lines.append(f"dry run: nothing written (output would be {summary['output'] or 'not set'})")
+        count = sum(summary["shards"].values())
+        lines.append(f"dry run: nothing written (output would be {summary['output'] or 'not set'}, "
+                     f"{count} safetensors file{'s' if count != 1 else ''})")
     for path, w in zip(summary["models"], result.weights):
         lines.append(f"  {format_weight(w):>10}  {path}")
     if summary["base_model"]:
         lines.append(f"  {'base':>10}  {summary['base_model']}")
     dtypes = ", ".join(f"{k} ({v})" for k, v in summary["output_dtypes"].items())
     if summary["method_parameters"]:
+        seeded = get_method(summary["method"]).random
         lines.append("parameters: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in summary["method_parameters"].items())
-                     + f" (seed {summary['seed']})")
+                     + (f" (seed {summary['seed']})" if seeded else ""))
     lines.append(f"method {summary['method']}, weights [{weights}]: {summary['merged_tensors']} tensors merged "
                  f"({_format_count(summary['parameters'])} parameters), {summary['copied_tensors']} copied; "
                  f"dtypes {dtypes}; {summary['output_bytes'] / 1e6:.1f} MB")
     if not result.dry_run:
         weight_files = [f for f in summary["files"] if f.endswith(".safetensors")]
-        lines.append(f"wrote {summary['output']} ({', '.join(weight_files)} and {len(summary['files']) - len(weight_files)} side files)")
+        shown = (", ".join(weight_files) if len(weight_files) <= SHOW_FILES else
+                 f"{len(weight_files)} safetensors files: {weight_files[0]} ... {weight_files[-1]}")
+        lines.append(f"wrote {summary['output']} ({shown} and {len(summary['files']) - len(weight_files)} side files)")
     click.echo("\n".join(lines))
 
 
@@ -147,9 +156,11 @@ def run_command(recipe_file, output, overrides, verify, force, dry_run, as_json,
     cocktail run my.yaml --set dtype=float16 --set models.1.weight=0.3
     cocktail run merged/cocktail_recipe.yaml --output again --verify
     """
+    from cocktail.errors import DOOR
     from cocktail.recipe.recipe import Recipe
     from cocktail.runner import run
 
+    DOOR.set("recipe")  # options the recipe sets are named by their keys (normalize: true)
     recipe = Recipe.from_yaml(recipe_file, overrides)
     if output:
         recipe.output = os.path.abspath(os.path.expanduser(output))
@@ -213,4 +224,12 @@ def recipe_command(ctx, absolute_paths, **merge_options):
     ctx.invoke(merge_command, **merge_options, dry_run=True)
 
 
-recipe_command.params[:0] = [p for p in merge_command.params if p.name not in _NOT_RECIPE_OPTIONS]
+def _recipe_param(param: click.Parameter) -> click.Parameter:
+    """A merge option as ``cocktail recipe`` takes it: ``--output`` is the recipe's output (it has no --force)."""
+    if param.name != "output":
+        return param
+    return click.Option(param.opts, type=click.Path(), help="The recipe's output folder (cocktail run refuses it if "
+                                                            "it exists, unless run with --force).")
+
+
+recipe_command.params[:0] = [_recipe_param(p) for p in merge_command.params if p.name not in _NOT_RECIPE_OPTIONS]

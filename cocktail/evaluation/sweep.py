@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Union
 import torch
 from tqdm import tqdm
 
-from cocktail.errors import InputError
+from cocktail.errors import InputError, option
 from cocktail.evaluation.evaluate import Task, make_tasks, score_encoder
 from cocktail.fewshot.weighting import weights_from_examples
 from cocktail.io.adapters import bases_for, open_path
@@ -133,7 +133,7 @@ def plot_sweep(result: SweepResult, path: Union[str, os.PathLike], labels: Optio
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise InputError("--plot needs matplotlib: pip install 'cocktail[plot]'") from None
+        raise InputError(f"{option('plot')} needs matplotlib: pip install 'cocktail[plot]'") from None
     target = Path(path).expanduser()
     if not target.parent.is_dir():
         raise InputError(f"cannot write the plot: folder {target.parent} does not exist")

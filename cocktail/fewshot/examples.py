@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from cocktail.errors import InputError
+from cocktail.errors import InputError, option
 from cocktail.recipe.choices import MODEL_TYPES
 
 ExampleSource = Union[str, os.PathLike, Sequence[dict], dict]
@@ -122,7 +122,7 @@ def _read_file(path: Path, task) -> tuple[list[tuple[Any, str]], str, list[str]]
         lines = _array_item_lines(text, offset)
         items = [(item, f"{path.name} line {line}") for item, line in zip(data, lines)]
         if task is not None:
-            raise InputError(f"{path}: --task was given, but the file is a plain list of examples, not keyed by task")
+            raise InputError(f"{path}: {option('task')} was given, but the file is a plain list of examples, not keyed by task")
         return items, label, []
     if stripped.startswith("{"):
         try:
@@ -135,7 +135,7 @@ def _read_file(path: Path, task) -> tuple[list[tuple[Any, str]], str, list[str]]
             items, tasks = _select_tasks(whole, task, str(path), lines, path.name)
             return items, label, tasks
     if task is not None:
-        raise InputError(f"{path}: --task was given, but the file holds plain examples, not tasks")
+        raise InputError(f"{path}: {option('task')} was given, but the file holds plain examples, not tasks")
     return _read_jsonl(text, path), label, []
 
 

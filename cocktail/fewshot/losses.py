@@ -32,7 +32,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from cocktail.errors import InputError
+from cocktail.errors import InputError, option
 from cocktail.fewshot.examples import Example
 from cocktail.modeling.llm_embedder import llm_query_text
 from cocktail.modeling.llm_reranker import pair_ids, yes_scores, yes_token
@@ -302,7 +302,7 @@ def _decoder_row(tokenizer, example: Example, max_length: int) -> dict:
     ids, labels = ids[:max_length], labels[:max_length]
     if all(label == -100 for label in labels[1:]):
         raise InputError(f"{example.where}: no output token is left to score after truncating to "
-                         f"{max_length} tokens (raise --max-length or shorten the input)")
+                         f"{max_length} tokens (raise {option('max_length')} or shorten the input)")
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from cocktail.errors import OutputError
+from cocktail.errors import OutputError, option
 
 
 def check_output(target: str | os.PathLike, inputs: list[Path], force: bool, size: int = 0) -> Path:
@@ -33,7 +33,7 @@ def check_output(target: str | os.PathLike, inputs: list[Path], force: bool, siz
         if not target.is_dir():
             raise OutputError(f"output {target} exists and is not a folder")
         if not force:
-            raise OutputError(f"output {target} already exists (use --force to replace it)")
+            raise OutputError(f"output {target} already exists (use {option('force')} to replace it)")
     existing = target.parent
     while not existing.exists():
         existing = existing.parent
@@ -75,7 +75,7 @@ class OutputFolder:
         old = None
         if self.target.exists() or self.target.is_symlink():
             if not self.force:
-                raise OutputError(f"output {self.target} already exists (use --force to replace it)")
+                raise OutputError(f"output {self.target} already exists (use {option('force')} to replace it)")
             old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
             os.rename(self.target, old / "previous")
         os.rename(self.tmp, self.target)

@@ -7,6 +7,7 @@ output loads correctly in sentence-transformers.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import shutil
 from pathlib import Path
@@ -62,14 +63,25 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
+def config_dtype_key() -> str:
+    """The key a ``config.json`` names its dtype by: ``dtype`` since transformers 5 (``torch_dtype`` is
+    deprecated there), ``torch_dtype`` for the transformers 4 installed here."""
+    try:
+        major = int(importlib.metadata.version("transformers").split(".")[0])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        major = 5
+    return "dtype" if major >= 5 else "torch_dtype"
+
+
 def set_config_dtype(config_path: Path, dtype: torch.dtype) -> None:
-    """Record the output dtype in a copied ``config.json`` (``torch_dtype``, and ``dtype`` where used)."""
+    """Record the output dtype in a copied ``config.json``, under the key the installed transformers
+    uses (the other one is dropped, so the two can never disagree)."""
     if not config_path.is_file():
         return
     config = json.loads(config_path.read_text())
-    keys = [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]
-    for key in keys:
-        config[key] = dtype_name(dtype)
+    key = config_dtype_key()
+    config.pop("torch_dtype" if key == "dtype" else "dtype", None)
+    config[key] = dtype_name(dtype)
     config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 

@@ -17,16 +17,21 @@ import torch
 from cocktail.errors import InputError
 from cocktail.io import safetensors_format as st_format
 
-UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
 def parse_size(size) -> int:
-    """Bytes in ``5GB`` (10^9, as transformers counts), ``500MiB``, or a plain integer."""
+    """Bytes in ``5GB`` (10^9, as transformers counts) or ``500MiB``; an integer is a count of bytes.
+
+    A number written without a unit (``"500"``) is refused: 500 bytes is never what was meant."""
     if isinstance(size, int) and not isinstance(size, bool):
         value = size
     else:
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(size))
+        if match and not match.group(2):
+            raise InputError(f"shard size {size!r} has no unit: write e.g. {match.group(1)}MB or {match.group(1)}GB "
+                             f"(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
         if not match or match.group(2).upper() not in UNITS:
             raise InputError(f"invalid shard size {size!r} (examples: 5GB, 500MB, 2GiB)")
         value = int(float(match.group(1)) * UNITS[match.group(2).upper()])

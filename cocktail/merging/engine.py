@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from cocktail.errors import InputError
 from cocktail.io.checkpoints import TRANSFORMER
-from cocktail.io.writer import ShardedSafetensorsWriter
+from cocktail.io.writer import ShardedSafetensorsWriter, plan_shards
 from cocktail.merging.methods import Method
 from cocktail.merging.plan import COPY, Plan, PlannedTensor
 from cocktail.merging.tensor_settings import TensorSettings, resolve_settings, tensor_generator
@@ -72,6 +72,20 @@ def merge_to_state_dict(plan: Plan, method: Method, weights: list, parameters: O
     return {planned.name: tensor for planned, tensor in merged_tensors(plan, method, weights, parameters or {},
                                                                        seed=seed)
             if planned.component == component}
+
+
+def shard_counts(plan: Plan, max_shard: int) -> tuple[dict[str, int], list[str]]:
+    """How many safetensors files each component's weights take (by its folder, ``.`` for the top one),
+    and the tensors larger than ``max_shard`` (each then has a file of its own)."""
+    first = plan.checkpoints[0]
+    counts: dict[str, int] = {}
+    oversized: list[str] = []
+    for component in plan.components:
+        tensors = plan.tensors_of(component)
+        counts[first.components[component].rel_dir or "."] = len(
+            plan_shards([(t.name, t.out_dtype, t.shape) for t in tensors], max_shard))
+        oversized += [t.name for t in tensors if t.nbytes > max_shard]
+    return counts, oversized
 
 
 def write_tensors(plan: Plan, tensors: Callable[[Callable[[PlannedTensor], None]], Iterator], dest: Path,

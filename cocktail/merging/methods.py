@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from cocktail.errors import InputError
+from cocktail.errors import InputError, did_you_mean, option
 
 # |cos| above which two tensors count as (anti)parallel and slerp falls back to linear interpolation.
 SLERP_PARALLEL = 0.9995
@@ -52,7 +52,7 @@ class Method:
     def check_inputs(self, model_count: int, has_base: bool) -> None:
         """Refuse a model count or base model this method cannot work with."""
         if self.needs_base and not has_base:
-            raise InputError(f"merge method {self.name} needs a base model (--base, or base_model in a recipe): "
+            raise InputError(f"merge method {self.name} needs a base model ({option('base')}): "
                              f"it merges the models' differences from the base")
         if has_base and not self.takes_base:
             users = ", ".join(sorted(m.name for m in METHODS.values() if m.needs_base))
@@ -91,7 +91,8 @@ def get_method(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        raise InputError(f"unknown merge method {name!r} (choose from {', '.join(sorted(METHODS))})") from None
+        raise InputError(f"unknown merge method {name!r}; {did_you_mean(name, METHODS)}"
+                         f"(choose from {', '.join(sorted(METHODS))})") from None
 
 
 def parameter_problem(name: str, value: float) -> Optional[str]:

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from cocktail.errors import InputError, few_names
+from cocktail.errors import InputError, did_you_mean, few_names, option
 from cocktail.io.checkpoints import TRANSFORMER
 from cocktail.merging.methods import Method, parameter_problem
 from cocktail.merging.plan import MERGE, Plan, PlannedTensor
@@ -54,7 +54,7 @@ def check_method_use(method: Method, weights: Sequence[Any], base_model: Optiona
     if given and not method.uses_weights:
         how = {"slerp": "its parameter t sets the mix", "model_stock": "it computes its own mix from the models"}
         raise InputError(f"merge method {method.name} takes no weights, but {weight_key(given[0])} is given "
-                         f"(--weights): "
+                         f"({option('weights')}): "
                          f"{how.get(method.name, 'remove them')}")
     for i, weight in enumerate(weights):
         if weight is not None and not is_number(weight):
@@ -70,7 +70,8 @@ def parameter_schedules(method: Method, parameters: Optional[dict]) -> dict[str,
     for name in parameters:
         if name not in method.defaults:
             takes = f"its parameters: {', '.join(method.parameters)}" if method.parameters else "it takes none"
-            raise InputError(f"merge method {method.name} has no parameter {name!r} ({takes})")
+            raise InputError(f"merge method {method.name} has no parameter {name!r}; "
+                             f"{did_you_mean(name, method.parameters)}({takes})")
     return {name: Schedule.parse(value, parameter_key(name)) for name, value in parameters.items()}
 
 
@@ -159,7 +160,7 @@ def resolve_settings(plan: Plan, method: Method, weights: Optional[Sequence[Any]
         name, values = sum_errors[0]
         more = f" (and {len(sum_errors) - 1} more tensors)" if len(sum_errors) > 1 else ""
         raise InputError(f"weights for tensor {name} sum to {math.fsum(values):g}, not 1: {values}{more}; "
-                         f"adjust models[*].weight or pass --normalize to divide them by their sum")
+                         f"adjust the weights or pass {option('normalize')} to divide them by their sum")
     warnings = []
     if negative:
         warnings.append(f"negative weights for {len(negative)} tensors ({few_names(negative, SHOW)}): "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
-from cocktail.errors import InputError
+from cocktail.errors import InputError, option
 
 SUM_TOLERANCE = 1e-6
 
@@ -38,7 +38,7 @@ def fixed_weights(weights: Optional[Sequence[float]], count: int, normalize: boo
         values = normalized(values)
     elif not sums_to_one(values):
         raise InputError(f"weights sum to {math.fsum(values):g}, not 1: {values} "
-                         f"(pass --normalize to divide them by their sum)")
+                         f"(pass {option('normalize')} to divide them by their sum)")
     warnings = []
     if any(w < 0 for w in values):
         warnings.append(f"negative weight in {values}: this extrapolates beyond the models")

@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from cocktail.errors import InputError, few_names
+from cocktail.errors import InputError, few_names, option
 from cocktail.io.checkpoints import TRANSFORMER
 from cocktail.merging.engine import merged_tensors
 from cocktail.merging.methods import Method
@@ -62,7 +62,7 @@ class Skeleton:
             architectures = list(getattr(config, "architectures", None) or [])
             if not any("SequenceClassification" in a for a in architectures):
                 raise InputError(f"{plan.checkpoints[0].source}: not a reranker (architecture "
-                                 f"{', '.join(architectures) or 'unknown'}, no classification head); check --model-type")
+                                 f"{', '.join(architectures) or 'unknown'}, no classification head); check {option('model_type')}")
             if getattr(config, "num_labels", 1) != 1:
                 raise InputError(f"{plan.checkpoints[0].source}: a reranker must have one output logit, "
                                  f"its config has num_labels={config.num_labels}")
@@ -112,7 +112,7 @@ class Skeleton:
         missing = [names[0] for key, names in self.required.items() if key not in filled]
         if missing:
             raise InputError(f"{source}: lacks tensors a {self.model_type} needs to compute its loss: "
-                             f"{few_names(missing)} (is --model-type right?)")
+                             f"{few_names(missing)} (is {option('model_type')} right?)")
         with torch.no_grad():
             for key, param in self._unused.items():
                 if key not in filled:

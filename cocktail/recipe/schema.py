@@ -13,13 +13,12 @@ there are accepted here without a change.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from cocktail.errors import InputError, RecipeError
+from cocktail.errors import InputError, RecipeError, did_you_mean
 from cocktail.io.checkpoints import looks_like_hub_id
 from cocktail.io.writer import parse_size
 from cocktail.merging.methods import METHODS
@@ -74,11 +73,6 @@ def _describe(value: Any) -> str:
     return f"{shown} ({kind})" if not isinstance(value, (list, dict)) and value is not None else kind
 
 
-def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}? " if close else ""
-
-
 def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -100,7 +94,7 @@ def _choice(choices, nullable: bool = False) -> Check:
         if value is None and nullable:
             return
         if value not in choices:
-            hint = _did_you_mean(value, choices) if isinstance(value, str) else ""
+            hint = did_you_mean(value, choices) if isinstance(value, str) else ""
             problems.add(path, f"{hint}expected one of {', '.join(choices)}" + (" or null" if nullable else "")
                          + f", got {_describe(value)}")
     return check
@@ -111,7 +105,7 @@ def _mapping_keys(value: dict, path: KeyPath, allowed, problems: Problems) -> No
         if not isinstance(key, str):
             problems.add(path + (key,), f"keys must be strings, got {_describe(key)}")
         elif key not in allowed:
-            problems.add(path + (key,), f"unknown key; {_did_you_mean(key, allowed)}"
+            problems.add(path + (key,), f"unknown key; {did_you_mean(key, allowed)}"
                                         f"expected one of {', '.join(allowed)}")
 
 
@@ -344,7 +338,7 @@ def _check_method(data: dict, problems: Problems) -> None:
     name = data.get("merge_method", "linear")
     method = METHODS.get(name)
     if method is None:
-        problems.add(("merge_method",), f"unknown merge method {name!r}; {_did_you_mean(name, METHODS)}"
+        problems.add(("merge_method",), f"unknown merge method {name!r}; {did_you_mean(name, METHODS)}"
                                         f"choose from {', '.join(sorted(METHODS))}")
         return
     if method.needs_base and not data.get("base_model"):
@@ -362,7 +356,7 @@ def _check_method(data: dict, problems: Problems) -> None:
         where = ("parameters", key)
         if key not in accepted:
             choices = f"it takes {', '.join(sorted(accepted))}" if accepted else "it takes no parameters"
-            problems.add(where, f"unknown parameter of {name}; {_did_you_mean(key, accepted)}{choices}")
+            problems.add(where, f"unknown parameter of {name}; {did_you_mean(key, accepted)}{choices}")
         else:
             check_tensor_value(value, where, problems, scalar=_parameter_value,
                                scalar_name="a number, true/false or a string")

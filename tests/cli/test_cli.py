@@ -90,9 +90,11 @@ def test_every_error_is_one_line_exit_2_and_nothing_written(tmp_path, cli, case)
     assert snapshot(a) == inputs
 
 
-def test_debug_shows_the_traceback(tmp_path, cli):
-    res = cli("--debug", "merge", "--models", tmp_path / "nope", tmp_path / "nope2", "-o", tmp_path / "out")
-    assert res.returncode != 0 and "Traceback" in res.stderr
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback_before_or_after_the_command(tmp_path, cli, where):
+    args = ["merge", "--models", tmp_path / "nope", tmp_path / "nope2", "-o", tmp_path / "out"]
+    res = cli(*(["--debug", *args] if where == "before" else [*args, "--debug"]))
+    assert res.returncode != 0 and "Traceback" in res.stderr and "InputError" in res.stderr, res
 
 
 def test_inspect_reports_mergeable_models(two_berts, cli):
@@ -147,3 +149,54 @@ def test_inspect_reads_gpt2_style_config_names(tmp_path, cli):
     report = json.loads(cli("inspect", make_gpt2(tmp_path / "g", seed=1), "--json").stdout)
     model = report["models"][0]
     assert (model["hidden_size"], model["num_layers"], model["vocab_size"]) == (32, 2, 120)
+
+
+def test_a_shard_size_without_a_unit_is_refused(two_berts, tmp_path, cli):
+    a, b = two_berts
+    res = cli("merge", "--models", a, b, "-o", tmp_path / "out", "--max-shard-size", "500")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res
+    assert "shard size '500' has no unit: write e.g. 500MB or 500GB" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_counts_the_shards_and_a_long_write_is_summarised(two_berts, tmp_path, cli):
+    a, b = two_berts
+    dry = cli("merge", "--models", a, b, "-o", tmp_path / "out", "--max-shard-size", "10KB", "--dry-run")
+    assert dry.returncode == 0, dry
+    written = cli("merge", "--models", a, b, "-o", tmp_path / "out", "--max-shard-size", "10KB", "--json")
+    shards = sorted(f for f in json.loads(written.stdout)["files"] if f.endswith(".safetensors"))
+    assert len(shards) > 3
+    assert f"output would be {tmp_path / 'out'}, {len(shards)} safetensors files)" in dry.stdout
+    # tensors bigger than a shard each get a file of their own, and the user is told
+    big = [name for name, t in read_folder_tensors(a).items() if t.numel() * t.element_size() > 10_000]
+    assert big and f"{len(big)} tensor" in dry.stderr and "larger than max_shard_size 10KB" in dry.stderr
+    again = cli("merge", "--models", a, b, "-o", tmp_path / "again", "--max-shard-size", "10KB")
+    line = next(l for l in again.stdout.splitlines() if l.startswith("wrote "))
+    assert f"{len(shards)} safetensors files: {shards[0]} ... {shards[-1]}" in line, line
+
+
+def test_recipe_help_offers_no_force_of_its_own(cli):
+    res = cli("recipe", "--help")
+    assert res.returncode == 0
+    assert "--force " not in res.stdout.replace("\n", " ").split("cocktail run")[0]
+    assert "--force" not in [opt for line in res.stdout.splitlines() for opt in line.split()[:2]]
+
+
+def test_each_door_names_options_its_own_way(two_berts, tmp_path, cli):
+    """The same mistake, told as a flag on the command line, as a key in a recipe, as an argument in Python."""
+    import cocktail
+
+    a, b = two_berts
+    res = cli("merge", "--models", a, b, "--weights", "0.3", "0.3", "-o", tmp_path / "out")
+    assert res.returncode == 2 and "pass --normalize" in res.stderr, res
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"models: [{{path: {a}, weight: 0.3}}, {{path: {b}, weight: 0.3}}]\noutput: {tmp_path / 'o'}\n")
+    res = cli("run", recipe)
+    assert res.returncode == 2 and "pass normalize: true" in res.stderr, res
+    with pytest.raises(cocktail.InputError, match=r"pass normalize=True"):
+        cocktail.merge([a, b], [0.3, 0.3], tmp_path / "py")
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(cocktail.OutputError, match=r"use force=True to replace it"):
+        cocktail.merge([a, b], [0.5, 0.5], tmp_path / "taken")
+    res = cli("merge", "--models", a, b, "-o", tmp_path / "taken")
+    assert res.returncode == 2 and "use --force to replace it" in res.stderr, res

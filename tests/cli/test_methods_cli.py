@@ -14,8 +14,9 @@ from conftest import REPO, make_bert, read_folder_tensors, run_cli, snapshot
 from safetensors.torch import load_file, save_file
 
 import cocktail
+from cocktail.errors import CocktailWarning
 from cocktail.recipe.recipe import Recipe
-from cocktail.runner import CocktailWarning, run
+from cocktail.runner import run
 
 
 @pytest.fixture(scope="module")

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import struct
-from pathlib import Path
 
 import pytest
-from conftest import make_bert, run_cli
+from conftest import assert_png, make_bert, run_cli
 from test_evaluate import _write, make_beir
 
 import cocktail
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
@@ -27,15 +23,6 @@ def sweep_inputs(tmp_path):
 
 def scores(rows, **match) -> dict:
     return {(r["data"], r["metric"]): r["value"] for r in rows if all(r[k] == v for k, v in match.items())}
-
-
-def assert_png(path: Path) -> None:
-    data = path.read_bytes()
-    assert data[:8] == PNG_SIGNATURE
-    assert data[12:16] == b"IHDR"
-    width, height = struct.unpack(">II", data[16:24])
-    assert width > 100 and height > 100
-    assert data[-8:-4] == b"IEND"
 
 
 def test_sweep_ends_reproduce_the_two_models(sweep_inputs, tmp_path):

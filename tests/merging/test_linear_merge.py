@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,7 +72,11 @@ def test_output_dtype_is_chosen_with_dtype(two_berts, tmp_path, dtype, torch_dty
         assert out[name].dtype == torch_dtype
         assert torch.equal(out[name], (ta[name] * 0.5 + tb[name] * 0.5).to(torch_dtype))
     config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert config.get("dtype", config.get("torch_dtype")) == dtype
+    import transformers
+
+    key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    assert config[key] == dtype and ({"dtype", "torch_dtype"} - {key}).isdisjoint(config)
+    assert transformers.AutoConfig.from_pretrained(str(tmp_path / "out")).dtype == torch_dtype
 
 
 def test_sharded_output_has_an_index_and_loads(two_berts, tmp_path):
@@ -249,9 +254,42 @@ def test_provenance_recipe_and_model_card(two_berts, tmp_path):
     card = (tmp_path / "out" / "README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
     assert front["tags"] == ["merge", "cocktail"]
-    assert front["base_model"] == [str(a), str(b)]
+    assert "base_model" not in front  # local folders with no card of their own: no hub id to name
     assert front["library_name"] == "sentence-transformers"
-    assert "| 0.25 |" in card and "| 0.75 |" in card
+    assert "| `a` | 0.25 |" in card and "| `b` | 0.75 |" in card
+    assert str(tmp_path) not in card  # never a local absolute path on a card meant for the hub
+    assert "seed" not in card  # linear draws no random numbers
+
+
+def write_card(folder: Path, **front) -> None:
+    (folder / "README.md").write_text("---\n" + yaml.safe_dump(front) + "---\n\n# A fine-tune\n")
+
+
+def test_model_card_names_hub_models_and_keeps_the_licence(tmp_path):
+    """Base models come from the inputs' own cards and from Hugging Face cache folders, as hub ids."""
+    cached = make_bert(tmp_path / "hub" / "models--BAAI--bge-small-en-v1.5" / "snapshots" / "0123abcd", seed=1)
+    tuned = make_bert(tmp_path / "my-finetune", seed=2)
+    write_card(cached, license="mit")
+    write_card(tuned, base_model="BAAI/bge-small-en-v1.5", license="mit", tags=["sentence-transformers"])
+    cocktail.merge([tuned, cached], [0.5, 0.5], tmp_path / "out")
+    card = (tmp_path / "out" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["base_model"] == ["BAAI/bge-small-en-v1.5"] and front["license"] == "mit"
+    assert "| `my-finetune` | 0.5 |" in card and "| `BAAI/bge-small-en-v1.5` | 0.5 |" in card
+    assert str(tmp_path) not in card
+
+
+def test_model_card_says_when_licences_differ_and_ignores_a_hostile_card(tmp_path):
+    a, b = make_bert(tmp_path / "a", seed=1), make_bert(tmp_path / "b", seed=2)
+    write_card(a, license="apache-2.0")
+    (b / "README.md").write_text("---\nx: &x [1, 2]\ny: [*x, *x, *x]\nlicense: mit\n---\n")  # aliases: not read
+    cocktail.merge([a, b], [0.5, 0.5], tmp_path / "out", method="ties", base=make_bert(tmp_path / "base", seed=3),
+                   parameters={"density": 0.5})
+    card = (tmp_path / "out" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert "license" not in front
+    assert "licences differ (`a`: apache-2.0, `b`: not stated, `base`: not stated)" in card
+    assert "(seed 0)" not in card  # ties draws no random numbers either
 
 
 def test_same_inputs_same_bytes(two_berts, tmp_path):
@@ -319,6 +357,19 @@ def test_normalize_divides_by_the_sum(two_berts, tmp_path):
     assert result.weights == [0.25, 0.75]
 
 
+def test_a_warning_points_at_the_callers_line(two_berts, tmp_path):
+    import inspect
+    import warnings
+
+    a, b = two_berts
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = inspect.currentframe().f_lineno + 1
+        cocktail.merge([a, b], [-0.5, 1.5], tmp_path / "out")
+    ours = [w for w in caught if issubclass(w.category, cocktail.CocktailWarning)]
+    assert ours and all((w.filename, w.lineno) == (__file__, line) for w in ours), [(w.filename, w.lineno) for w in ours]
+
+
 def test_negative_weights_extrapolate_with_a_warning(two_berts, tmp_path):
     a, b = two_berts
     with pytest.warns(cocktail.CocktailWarning, match="negative weight"):
@@ -332,7 +383,7 @@ def test_existing_output_is_refused_unless_force(two_berts, tmp_path):
     a, b = two_berts
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    with pytest.raises(OutputError, match="already exists.*--force"):
+    with pytest.raises(OutputError, match=r"already exists \(use force=True to replace it\)"):
         cocktail.merge([a, b], [0.5, 0.5], tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
     cocktail.merge([a, b], [0.5, 0.5], tmp_path / "out", force=True)

@@ -266,9 +266,9 @@ def test_methods_without_weights_refuse_weights(name):
 
 
 def test_unknown_parameter_is_refused_with_the_accepted_ones():
-    with pytest.raises(InputError, match=r"ties has no parameter 'densty' \(its parameters: density, lambda\)"):
+    with pytest.raises(InputError, match=r"ties has no parameter 'densty'; did you mean 'density'\? \(its parameters: density, lambda\)"):
         check_method_use(get_method("ties"), [None, None], "base", {"densty": 0.5})
-    with pytest.raises(InputError, match="linear has no parameter 't' .it takes none"):
+    with pytest.raises(InputError, match="linear has no parameter 't'; .it takes none"):
         check_method_use(get_method("linear"), [None, None], None, {"t": 0.5})
 
 

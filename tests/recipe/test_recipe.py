@@ -421,7 +421,7 @@ def test_verify_refuses_a_changed_input_and_names_the_file(folder):
 
 def test_verify_needs_provenance(folder):
     recipe = Recipe.from_yaml(write(folder / "r.yaml", "models: [./a, ./b]\noutput: ./out\n"))
-    with pytest.raises(cocktail.InputError, match="--verify needs a recipe with provenance"):
+    with pytest.raises(cocktail.InputError, match="verify=True needs a recipe with provenance"):
         cocktail.run(recipe, verify=True)
 
 
@@ -431,3 +431,17 @@ def test_a_recipe_from_models_passes_the_file_checks(folder, monkeypatch):
     recipe.check(folder)
     assert Recipe.from_yaml(write(folder / "r.yaml", recipe.to_yaml())) == \
         Recipe.from_models([str(folder / "a"), str(folder / "b")], [0.5, 0.5], output=str(folder / "out"))
+
+
+def test_rerunning_a_recipe_whose_inputs_changed_warns_without_verify(tmp_path):
+    from conftest import make_bert, run_cli
+
+    a, b = make_bert(tmp_path / "a", seed=1), make_bert(tmp_path / "b", seed=2)
+    assert run_cli("merge", "--models", a, b, "-o", tmp_path / "first", "--quiet").returncode == 0
+    again = run_cli("run", tmp_path / "first" / "cocktail_recipe.yaml", "-o", tmp_path / "same", "--quiet")
+    assert again.returncode == 0 and "changed" not in again.stderr, again
+    make_bert(tmp_path / "b", seed=3)  # someone retrained b in place
+    changed = run_cli("run", tmp_path / "first" / "cocktail_recipe.yaml", "-o", tmp_path / "other", "--quiet")
+    assert changed.returncode == 0, changed
+    assert f"warning: input {b} changed since its recipe was written (model.safetensors)" in changed.stderr
+    assert "--verify" in changed.stderr
