@@ -57,7 +57,7 @@ class CocktailGroup(click.Group):
         # transformers' own warnings are noise next to cocktail's one-line messages (set it to see them)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         _interrupt_on_sigterm()
-        DOOR.set("cli")  # messages name options as flags (--force), not as Python arguments
+        door = DOOR.set("cli")  # messages name options as flags (--force), not as Python arguments
         try:
             code = super().main(args=argv, prog_name=prog_name or "cocktail", standalone_mode=False, **extra)
         except click.UsageError as exc:
@@ -75,6 +75,8 @@ class CocktailGroup(click.Group):
             if debug:
                 raise
             fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
+        finally:  # a caller that runs the CLI in-process (a test, a notebook) keeps its own door
+            DOOR.reset(door)
         sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -200,3 +200,18 @@ def test_each_door_names_options_its_own_way(two_berts, tmp_path, cli):
         cocktail.merge([a, b], [0.5, 0.5], tmp_path / "taken")
     res = cli("merge", "--models", a, b, "-o", tmp_path / "taken")
     assert res.returncode == 2 and "use --force to replace it" in res.stderr, res
+
+
+def test_the_cli_run_in_process_leaves_the_python_spelling_to_python(two_berts, tmp_path):
+    """A notebook or a test that calls the click group in-process still gets Python's spellings afterwards."""
+    from click.testing import CliRunner
+
+    import cocktail
+    from cocktail.cli import cli
+
+    a, b = two_berts
+    res = CliRunner().invoke(cli, ["merge", "--models", str(a), str(b), "--weights", "0.3", "0.3",
+                                   "-o", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "pass --normalize" in res.output, res.output
+    with pytest.raises(cocktail.InputError, match=r"pass normalize=True"):
+        cocktail.merge([a, b], [0.3, 0.3], tmp_path / "py")
