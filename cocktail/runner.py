@@ -144,7 +144,7 @@ def prepare(recipe: Recipe, *, objects: Optional[dict] = None, on_warning: Optio
         weights, weight_warnings = resolve_weights(recipe, method)
     checkpoints, base = open_checkpoints(recipe, objects)
     try:
-        recipe = replace(recipe, model_type=settle_model_type(recipe.model_type, checkpoints + [base]))
+        recipe = replace(recipe, model_type=settle_model_type(recipe.model_type, checkpoints[0]))
         few_shot = None
         if recipe.weights_from:  # options and examples are checked now, before any tensor is read
             few_shot = FewShotRequest(recipe, method)

@@ -293,7 +293,7 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
     try:
         for model, base in zip(models, bases_for(models, adapter_base)):
             opened.append(open_path(model, base))  # configs and tensor headers only
-        model_type = settle_model_type(model_type, opened)
+        model_type = settle_model_type(model_type, opened[0])
         example_set = load_examples(options.examples, model_type, options.task)  # before any weight is read
         plan = build_plan(opened)
         return weights_for_plan(plan, model_type, options, progress=progress, example_set=example_set,

@@ -6,12 +6,12 @@ cross-encoder (``reranker``), ``…ForCausalLM`` a causal LM (``decoder``; ``llm
 ``llm-embedder`` build on one too), a bare decoder such as ``MistralModel`` an ``llm-embedder``, and
 any other (``BertModel``, ``XLMRobertaModel``, ``…ForMaskedLM``) an ``encoder``. A bge-m3 folder is an
 ``encoder`` whose extra head files go with it. A config that names no architecture says nothing, and
-any type is taken for it.
+any type is taken for it, as for a model of custom code whose class name says neither.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Optional
 
 from cocktail.errors import InputError, option
 from cocktail.recipe.choices import MODEL_TYPES
@@ -37,47 +37,37 @@ def detect(config: dict) -> Optional[str]:
     arch = architecture(config)
     if arch is None:
         return None
+    from transformers.models.auto import modeling_auto as auto
+
     if arch.endswith("ForSequenceClassification"):
         return "reranker"
-    if arch.endswith("ForCausalLM"):
+    causal_lms = set(auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    if arch.endswith("ForCausalLM") or arch in causal_lms:  # GPT2LMHeadModel is one too
         return "decoder"
-    if arch.endswith("Model") and _decoder_only(config.get("model_type")):
+    family = config.get("model_type")
+    if not isinstance(family, str) or family not in auto.MODEL_MAPPING_NAMES:
+        return None  # a family transformers does not know (custom code): its names say nothing more
+    decoder_only = family in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and family not in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    if decoder_only and arch == auto.MODEL_MAPPING_NAMES.get(family, arch):  # the bare model: an embedder's
         return "llm-embedder"
     return "encoder"
 
 
-def _decoder_only(config_model_type) -> bool:
-    """A family transformers builds causal LMs of and no masked LMs (llama, mistral, gemma2, qwen2, …)."""
-    if not isinstance(config_model_type, str):
-        return False
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
-
-    return config_model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and config_model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-
-def settle(given: Optional[str], models: Iterable) -> str:
-    """The model type to use for ``models`` (each with ``.source`` and ``.config``): ``given`` when it
-    fits every model's config, the detected one when ``given`` is ``None`` (``encoder`` when no config
-    says), and an :class:`~cocktail.errors.InputError` when they disagree."""
+def settle(given: Optional[str], first) -> str:
+    """The model type of a merge whose output is shaped like ``first`` (a model with ``.source`` and
+    ``.config``: its config.json and side files go to the output): ``given`` when that config does not
+    contradict it, else an :class:`~cocktail.errors.InputError`; the type the config says when ``given``
+    is ``None`` (``encoder`` when it says none). The other models need only fit the first one's tensors
+    (an encoder merges with the encoder inside a classifier)."""
     if given is not None and given not in MODEL_TYPES:
         raise InputError(f"unknown model type {given!r} (choose from {', '.join(MODEL_TYPES)})")
-    found = [(m.source, architecture(m.config), detect(m.config)) for m in models if m is not None]
-    found = [f for f in found if f[2] is not None]
+    kind = detect(first.config) if first is not None else None
     if given is None:
-        kinds = {kind for _, _, kind in found}
-        if len(kinds) > 1:
-            described = "; ".join(f"{source} is {_a(kind)} ({arch})" for source, arch, kind in found)
-            raise InputError(f"the models are not of one type: {described}; merge models of one type "
-                             f"(or give {option('model_type')} to say which)")
-        return kinds.pop() if kinds else "encoder"
-    for source, arch, kind in found:
-        if given not in COMPATIBLE[kind]:
-            raise InputError(f"{option('model_type')} {given} contradicts {source}: its config.json says "
-                             f"{arch}, {_a(kind)} model (leave {option('model_type')} out to use the type the "
-                             f"config says, or give one of: {', '.join(COMPATIBLE[kind])})")
+        return kind or "encoder"
+    if kind is not None and given not in COMPATIBLE[kind]:
+        raise InputError(f"{option('model_type')} {given} contradicts {first.source}: its config.json says "
+                         f"{architecture(first.config)}, {_a(kind)} model (leave {option('model_type')} out to "
+                         f"use the type the config says, or give one of: {', '.join(COMPATIBLE[kind])})")
     return given
 
 

@@ -66,10 +66,10 @@ def test_a_recipe_type_the_config_contradicts_is_refused(two_berts, tmp_path):
     assert "its config.json says BertModel, an encoder model" in res.stderr, res
 
 
-def test_models_of_different_types_are_refused(two_berts, rerankers, tmp_path):
-    res = run_cli("merge", "--models", two_berts[0], rerankers[0], "-o", tmp_path / "m")
-    assert res.returncode == 2 and "the models are not of one type" in res.stderr, res
-    assert "is a reranker (BertForSequenceClassification)" in res.stderr
+def test_the_first_model_decides_the_type_as_it_gives_the_output_its_config(two_berts, rerankers, tmp_path):
+    """An encoder merges with the encoder inside a classifier (its ``bert.`` names are matched)."""
+    result = cocktail.merge([two_berts[0], rerankers[0]], [0.5, 0.5], tmp_path / "m")
+    assert result.recipe.model_type == "encoder" and (tmp_path / "m" / "modules.json").exists()
 
 
 def test_causal_lms_are_detected_and_take_the_llm_types_that_build_on_them(tmp_path):
@@ -88,8 +88,10 @@ def test_detect_reads_the_architecture():
     assert detect({"architectures": ["MistralModel"], "model_type": "mistral"}) == "llm-embedder"  # bge-en-icl
     assert detect({"architectures": ["Gemma2Model"], "model_type": "gemma2"}) == "llm-embedder"
     assert detect({"architectures": ["GemmaForCausalLM"], "model_type": "gemma"}) == "decoder"
+    assert detect({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}) == "decoder"
     assert detect({"architectures": ["XLMRobertaForSequenceClassification"]}) == "reranker"
     assert detect({"model_type": "bert"}) is None  # says nothing: any type is taken
+    assert detect({"architectures": ["MyNet"], "model_type": "my-net", "auto_map": {}}) is None  # custom code
 
 
 def test_weights_from_examples_detect_the_type_too(rerankers, tmp_path):
