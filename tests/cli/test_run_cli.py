@@ -233,3 +233,14 @@ def test_shipped_recipe_runs_on_tiny_models(name, tmp_path):
             assert weights == pytest.approx(loaded.weights)
     written = Recipe.from_yaml(output / "cocktail_recipe.yaml")  # a valid recipe with the weights used
     assert [m.weight for m in written.models] == weights
+
+
+def test_set_adds_a_model_with_its_weight_as_the_readme_says(project):
+    c = make_bert(project / "models" / "c", seed=3)
+    recipe = project / "recipes" / "merge.yaml"
+    result = run_cli("run", recipe, "--set", f"models.2.path={c}", "--set", "models.2.weight=0.2",
+                     "--set", "normalize=true", "--output", project / "three", "--json")
+    assert result.returncode == 0, result
+    assert json.loads(result.stdout)["weights"] == pytest.approx([0.5 / 1.2, 0.5 / 1.2, 0.2 / 1.2])
+    result = run_cli("run", recipe, "--set", f"models.2.path={c}", "--output", project / "none")
+    assert result.returncode == 2 and "models[2].weight: missing: give a weight to every model" in result.stderr, result

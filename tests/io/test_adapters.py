@@ -52,7 +52,7 @@ def test_an_adapter_merges_to_exactly_what_peft_merge_and_unload_gives(tmp_path,
     base = make_base(tmp_path / "base")
     expected = make_lora(base, tmp_path / "lora", LoraConfig(**options), model_class, seed=7)
     before = snapshot(tmp_path / "lora")
-    cocktail.merge([str(tmp_path / "lora")], [1.0], tmp_path / "out", model_type="decoder")
+    cocktail.merge([str(tmp_path / "lora")], [1.0], tmp_path / "out")  # the type its base's config says
     out = read_folder_tensors(tmp_path / "out")
     assert set(out) == set(read_folder_tensors(base))  # the base's tensors, under its names
     assert_same_tensors(out, expected)
