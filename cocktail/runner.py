@@ -23,7 +23,7 @@ from cocktail.io.checkpoints import TRANSFORMER, CheckpointLike, read_config, re
 from cocktail.io.memory import open_any, share_model_type
 from cocktail.io.output import OutputFolder, check_output
 from cocktail.io.writer import parse_size
-from cocktail.merging.engine import merged_tensors, output_dtype, shard_counts, write_tensors
+from cocktail.merging.engine import merged_tensors, nonfinite_message, output_dtype, shard_counts, write_tensors
 from cocktail.merging.methods import Method, get_method
 from cocktail.merging.plan import Plan, PlannedTensor, build_plan
 from cocktail.merging.tensor_settings import check_method_use, has_weight_schedules, resolve_settings
@@ -216,10 +216,8 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
             for message in provenance.changed_inputs(recipe.provenance, hashes):
                 (on_warning or warn_user)(message)
                 result.warnings.append(message)
-            if nonfinite:
-                one = len(nonfinite) == 1
-                message = (f"{len(nonfinite)} merged tensor{'' if one else 's'} hold{'s' if one else ''} NaN or "
-                           f"infinite values: {few_names(nonfinite)} (an input holds them, or {option('dtype')} overflowed)")
+            if nonfinite:  # written only with allow_nonfinite; refused otherwise
+                message = f"{nonfinite_message(nonfinite)}; written as {option('allow_nonfinite')} asks"
                 (on_warning or warn_user)(message)
                 result.warnings.append(message)
         return result
@@ -235,7 +233,7 @@ def _write(prepared: Prepared, target: Path, force: bool, progress: bool) -> tup
     try:
         with OutputFolder(target, force) as folder:
             files, nonfinite = write_tensors(plan, prepared.tensors, folder.tmp, parse_size(recipe.max_shard_size),
-                                             prepared.method.elementwise, progress)
+                                             prepared.method.elementwise, progress, recipe.allow_nonfinite)
             files += _write_side_files(recipe, plan, folder.tmp)
             hashes = hasher.result()
             files += _write_provenance(recipe, plan, prepared.weights, hashes, folder.tmp, prepared.few_shot)
