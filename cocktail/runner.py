@@ -122,10 +122,12 @@ class Prepared:
     few_shot: Optional[dict] = None  # how weights from examples were computed (for provenance)
     shards: dict = field(default_factory=dict)  # safetensors files per component folder
 
-    def tensors(self, on_tensor: Optional[Callable[[PlannedTensor], None]] = None
+    def tensors(self, on_tensor: Optional[Callable[[PlannedTensor], None]] = None, reuse: bool = False
                 ) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
+        """The merged tensors, one at a time; ``reuse``: the caller is done with each before the next
+        (a tensor may then be overwritten by a later one, see :func:`merged_tensors`)."""
         return merged_tensors(self.plan, self.method, self.weights, self.recipe.parameters, on_tensor,
-                              settings=self.settings, seed=self.recipe.seed)
+                              settings=self.settings, seed=self.recipe.seed, reuse=reuse)
 
 
 @contextmanager
@@ -234,7 +236,8 @@ def _write(prepared: Prepared, target: Path, force: bool, progress: bool
     hasher = provenance.InputHasher(every)
     try:
         with OutputFolder(target, force) as folder:
-            files, nonfinite = write_tensors(plan, prepared.tensors, folder.tmp, parse_size(recipe.max_shard_size),
+            files, nonfinite = write_tensors(plan, lambda on: prepared.tensors(on, reuse=True), folder.tmp,
+                                             parse_size(recipe.max_shard_size),
                                              prepared.method.elementwise, progress, recipe.allow_nonfinite)
             side_files, side_hashes = _write_side_files(recipe, plan, folder.tmp)
             files += side_files

@@ -39,18 +39,21 @@ def output_dtype(name: Optional[str]) -> Optional[torch.dtype]:
 
 def merged_tensors(plan: Plan, method: Method, weights: list, parameters: dict,
                    on_tensor: Optional[Callable[[PlannedTensor], None]] = None, *,
-                   settings: Optional[list[Optional[TensorSettings]]] = None, seed: int = 0
-                   ) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
+                   settings: Optional[list[Optional[TensorSettings]]] = None, seed: int = 0,
+                   reuse: bool = False) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
     """Yield ``(planned, tensor)`` for every output tensor, in plan order, holding one name at a time.
 
     Each tensor is merged with its own weights and parameters (``settings``, resolved from ``weights``
     and ``parameters`` when not given); random methods get a generator seeded from ``seed`` and the
-    tensor's name.
+    tensor's name. With ``reuse`` (for a consumer done with each tensor before it asks for the next,
+    as the writer is), methods that can write into a given tensor get one scratch tensor per shape
+    that occurs more than once, reused from tensor to tensor instead of fresh memory each time.
     """
     if method.needs_base and plan.base is None:
         raise InputError(f"merge method {method.name} needs a base model")
     if settings is None:
         settings, _ = resolve_settings(plan, method, weights, parameters)
+    scratch = ScratchTensors(plan) if reuse and method.takes_out else None
     for planned, setting in zip(plan.tensors, settings):
         if planned.action == COPY:
             tensor = plan.checkpoints[0].read(planned.component, planned.sources[0])
@@ -62,11 +65,34 @@ def merged_tensors(plan: Plan, method: Method, weights: list, parameters: dict,
             if plan.base is not None and planned.base_source is not None:
                 base = plan.base.read(planned.component, planned.base_source).to(planned.accumulate)
             extra = {"generator": tensor_generator(seed, planned.component, planned.canonical)} if method.random else {}
+            if scratch is not None:
+                extra["out"] = scratch.get(planned)
             tensor = method(inputs, list(setting.weights), base, **setting.parameters, **extra).to(planned.out_dtype)
             del inputs, base
         yield planned, tensor
         if on_tensor is not None:
             on_tensor(planned)
+
+
+class ScratchTensors:
+    """One scratch tensor per (shape, accumulation dtype) that occurs more than once in a plan: merging
+    into it again and again costs no fresh pages (a page fault each 4 KB) and no allocation."""
+
+    def __init__(self, plan: Plan):
+        counts: dict = {}
+        for t in plan.tensors:
+            if t.action != COPY:
+                counts[(t.shape, t.accumulate)] = counts.get((t.shape, t.accumulate), 0) + 1
+        self._repeated = {key for key, count in counts.items() if count > 1}
+        self._tensors: dict = {}
+
+    def get(self, planned: PlannedTensor) -> Optional[torch.Tensor]:
+        key = (planned.shape, planned.accumulate)
+        if key not in self._repeated:
+            return None
+        if key not in self._tensors:
+            self._tensors[key] = torch.empty(planned.shape, dtype=planned.accumulate)
+        return self._tensors[key]
 
 
 def merge_to_state_dict(plan: Plan, method: Method, weights: list, parameters: Optional[dict] = None,
