@@ -42,6 +42,8 @@ SPELLINGS = {
     "task": ("--task", "weights_from.task", "task="),
     "verify": ("--verify", "--verify", "verify=True"),
     "allow_nonfinite": ("--allow-nonfinite", "allow_nonfinite: true", "allow_nonfinite=True"),
+    "temperature": ("--temperature", "weights_from.temperature", "temperature="),
+    "search": ("--search", "weights_from.search: true", "search=True"),
     "plot": ("--plot", "--plot", "plot_sweep()"),
 }
 

@@ -27,6 +27,7 @@ import torch
 from cocktail.errors import InputError
 from cocktail.fewshot import losses as L
 from cocktail.fewshot.examples import ExampleSet, ExampleSource, load_examples
+from cocktail.fewshot.hints import near_uniform_note, small_holdout_note
 from cocktail.fewshot.search import search_weights
 from cocktail.io.adapters import bases_for, open_path
 from cocktail.merging.methods import get_method
@@ -35,6 +36,7 @@ from cocktail.modeling.loading import load_tokenizer, resolve_device
 from cocktail.modeling.pooling import LAST_TOKEN, read_pooling
 from cocktail.modeling.skeleton import Skeleton, model_folder
 from cocktail.recipe.choices import MODEL_TYPES
+from cocktail.recipe.model_type import settle as settle_model_type
 from cocktail.recipe.weights_from import DEFAULT_SEARCH_BUDGET, FewShotOptions
 
 DEFAULT_MAX_LENGTH = {"encoder": 512, "reranker": 512, "decoder": 2048, "llm-embedder": 512, "llm-reranker": 512}
@@ -182,6 +184,7 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
         if count == 0:
             notes.append(f"no examples kept aside for the search ({len(chosen)} examples; "
                          f"the default holdout needs {MIN_FOR_DEFAULT_HOLDOUT}): watch for overfitting")
+        notes += filter(None, [small_holdout_note(count)])
     fit = [e for i, e in enumerate(chosen) if i not in holdout_idx]
     held = [e for i, e in enumerate(chosen) if i in holdout_idx]
 
@@ -210,6 +213,8 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
             held_losses.append(held_data.loss(skeleton.model))
         say(f"loss {loss:.6g}  {name}")
     start = softmax_weights(losses, options.temperature)
+    if not options.search:
+        notes += filter(None, [near_uniform_note(losses, start, options.temperature)])
     weights = start
     report = None
     if options.search:
@@ -245,7 +250,8 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
     )
 
 
-def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: ExampleSource, model_type: str = "encoder",
+def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: ExampleSource,
+                    model_type: Optional[str] = None,
                     temperature: float = 5.0, query_instruction: Optional[str] = None, neg_number: int = 7,
                     batch_size: int = 2, max_length: Optional[int] = None, seed: int = 0,
                     device: Optional[str] = None, task: Union[str, Sequence[str], None] = None,
@@ -257,7 +263,8 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
     Args:
         models: model folders, ``.safetensors`` files or cached hub ids (one architecture).
         examples: a path to a JSONL / JSON list / task-keyed JSON file, or a list of example dicts.
-        model_type: ``encoder`` (embedder), ``reranker`` (one-logit cross-encoder) or ``decoder``.
+        model_type: ``encoder`` (embedder), ``reranker`` (one-logit cross-encoder), ``decoder``,
+            ``llm-embedder`` or ``llm-reranker`` (default: what the models' config.json says).
         temperature: the softmax temperature (LM-Cocktail's default 5.0).
         query_instruction: prepended to every query (unless the example has its own ``prompt``).
         neg_number: the most negatives used per query (fewer are fine).
@@ -282,15 +289,16 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
                              task=list(task) if isinstance(task, (list, tuple)) else task, seed=seed,
                              device=device, search=search, search_budget=search_budget, holdout=holdout)
     options.check()
-    if model_type not in MODEL_TYPES:
+    if model_type is not None and model_type not in MODEL_TYPES:
         raise InputError(f"unknown model type {model_type!r} (choose from {', '.join(MODEL_TYPES)})")
     if not models:
         raise InputError("no models given")
-    example_set = load_examples(options.examples, model_type, options.task)  # a bad file fails before any model is read
     opened = []
     try:
         for model, base in zip(models, bases_for(models, adapter_base)):
-            opened.append(open_path(model, base))
+            opened.append(open_path(model, base))  # configs and tensor headers only
+        model_type = settle_model_type(model_type, opened[0])
+        example_set = load_examples(options.examples, model_type, options.task)  # before any weight is read
         plan = build_plan(opened)
         return weights_for_plan(plan, model_type, options, progress=progress, example_set=example_set,
                                 trust_remote_code=trust_remote_code)
@@ -300,7 +308,7 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
 
 
 def weights_from_examples(models: Sequence[Union[str, os.PathLike]], examples: ExampleSource,
-                          model_type: str = "encoder", temperature: float = 5.0,
+                          model_type: Optional[str] = None, temperature: float = 5.0,
                           query_instruction: Optional[str] = None, neg_number: int = 7, batch_size: int = 2,
                           max_length: Optional[int] = None, seed: int = 0, device: Optional[str] = None,
                           **options) -> list[float]:
