@@ -37,7 +37,7 @@ def merge(models: Sequence[ModelInput], weights: Union[Sequence[float], str, Non
           normalize: bool = False, max_shard_size: Union[str, int] = "5GB", config_from: Optional[PathLike] = None,
           force: bool = False, dry_run: bool = False, progress: bool = False, examples: Any = None,
           tokenizer: Any = None, seed: int = 0, trust_remote_code: bool = False,
-          adapter_base: Optional[PathLike] = None) -> Any:
+          adapter_base: Optional[PathLike] = None, allow_nonfinite: bool = False) -> Any:
     """Merge models: folders on disk, hub ids, loaded models or state dicts, mixed freely.
 
     Args:
@@ -74,6 +74,8 @@ def merge(models: Sequence[ModelInput], weights: Union[Sequence[float], str, Non
             examples; without it such a model is refused (merging itself never runs model code).
         adapter_base: the model the LoRA adapter folders among ``models`` apply to (default: the
             ``base_model_name_or_path`` of each adapter's config).
+        allow_nonfinite: write ``output`` even if a tensor in it would hold NaN or infinite values
+            (an input holding them, a ``dtype`` overflow, a huge parameter); refused by default.
 
     Returns:
         What the first model is: for a loaded model, a new model of the same class holding the merged
@@ -94,7 +96,7 @@ def merge(models: Sequence[ModelInput], weights: Union[Sequence[float], str, Non
                               parameters=parameters, dtype=dtype, normalize=normalize,
                               max_shard_size=max_shard_size, config_from=config_from, examples=examples,
                               tokenizer=tokenizer, seed=seed, trust_remote_code=trust_remote_code,
-                              adapter_base=adapter_base)
+                              adapter_base=adapter_base, allow_nonfinite=allow_nonfinite)
     first = models[0]
     if dry_run or memory.is_path(first):
         return run(recipe, force=force, dry_run=dry_run, progress=progress, objects=objects)
@@ -115,7 +117,7 @@ def prepare(models: Sequence[ModelInput], weights: Union[Sequence[float], str, N
             normalize: bool = False, max_shard_size: Union[str, int] = "5GB",
             config_from: Optional[PathLike] = None, examples: Any = None, tokenizer: Any = None,
             seed: int = 0, trust_remote_code: bool = False,
-            adapter_base: Optional[PathLike] = None) -> tuple[Recipe, dict]:
+            adapter_base: Optional[PathLike] = None, allow_nonfinite: bool = False) -> tuple[Recipe, dict]:
     """The :class:`Recipe` for a merge of any inputs, and the in-memory models it names.
 
     Models on disk appear in the recipe by their path; models in memory as
@@ -151,7 +153,7 @@ def prepare(models: Sequence[ModelInput], weights: Union[Sequence[float], str, N
         model_type=model_type, merge_method=method, base_model=base_label, parameters=dict(parameters or {}),
         dtype=dtype, normalize=normalize, max_shard_size=max_shard_size,
         config_from=str(config_from) if config_from is not None else None, seed=seed, weights_from=weights_from,
-        trust_remote_code=trust_remote_code,
+        trust_remote_code=trust_remote_code, allow_nonfinite=allow_nonfinite,
     )
     return recipe, objects
 

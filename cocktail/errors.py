@@ -41,6 +41,7 @@ SPELLINGS = {
     "max_length": ("--max-length", "weights_from.max_length", "max_length="),
     "task": ("--task", "weights_from.task", "task="),
     "verify": ("--verify", "--verify", "verify=True"),
+    "allow_nonfinite": ("--allow-nonfinite", "allow_nonfinite: true", "allow_nonfinite=True"),
     "temperature": ("--temperature", "weights_from.temperature", "temperature="),
     "search": ("--search", "weights_from.search: true", "search=True"),
     "plot": ("--plot", "--plot", "plot_sweep()"),

@@ -19,11 +19,11 @@ from cocktail.errors import warn as warn_user
 from cocktail.fewshot.request import FewShotRequest
 from cocktail.io import provenance, sidefiles
 from cocktail.io.adapters import AdapterCheckpoint
-from cocktail.io.checkpoints import TRANSFORMER, CheckpointLike, read_config, resolve, transformer_dir
-from cocktail.io.memory import open_any, share_model_type
+from cocktail.io.checkpoints import TRANSFORMER, CheckpointLike, read_config, transformer_dir
+from cocktail.io.memory import MemoryCheckpoint, open_any, share_model_type
 from cocktail.io.output import OutputFolder, check_output
 from cocktail.io.writer import parse_size
-from cocktail.merging.engine import merged_tensors, output_dtype, shard_counts, write_tensors
+from cocktail.merging.engine import merged_tensors, nonfinite_message, output_dtype, shard_counts, write_tensors
 from cocktail.merging.methods import Method, get_method
 from cocktail.merging.plan import Plan, PlannedTensor, build_plan
 from cocktail.merging.tensor_settings import check_method_use, has_weight_schedules, resolve_settings
@@ -123,10 +123,12 @@ class Prepared:
     few_shot: Optional[dict] = None  # how weights from examples were computed (for provenance)
     shards: dict = field(default_factory=dict)  # safetensors files per component folder
 
-    def tensors(self, on_tensor: Optional[Callable[[PlannedTensor], None]] = None
+    def tensors(self, on_tensor: Optional[Callable[[PlannedTensor], None]] = None, reuse: bool = False
                 ) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
+        """The merged tensors, one at a time; ``reuse``: the caller is done with each before the next
+        (a tensor may then be overwritten by a later one, see :func:`merged_tensors`)."""
         return merged_tensors(self.plan, self.method, self.weights, self.recipe.parameters, on_tensor,
-                              settings=self.settings, seed=self.recipe.seed)
+                              settings=self.settings, seed=self.recipe.seed, reuse=reuse)
 
 
 @contextmanager
@@ -215,44 +217,48 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
         result = MergeResult(recipe, prepared.weights, prepared.plan, target, warnings=prepared.messages,
                              dry_run=dry_run, few_shot=prepared.few_shot, shards=prepared.shards)
         if not dry_run:
-            result.files, nonfinite, hashes = _write(prepared, target, force, progress)
-            for message in provenance.changed_inputs(recipe.provenance, hashes):
+            result.files, nonfinite, hashes, side_hashes = _write(prepared, target, force, progress)
+            for message in (provenance.changed_inputs(recipe.provenance, hashes)
+                            + provenance.changed_side_files(recipe.provenance, side_hashes)):
                 (on_warning or warn_user)(message)
                 result.warnings.append(message)
-            if nonfinite:
-                one = len(nonfinite) == 1
-                message = (f"{len(nonfinite)} merged tensor{'' if one else 's'} hold{'s' if one else ''} NaN or "
-                           f"infinite values: {few_names(nonfinite)} (an input holds them, or {option('dtype')} overflowed)")
+            if nonfinite:  # written only with allow_nonfinite; refused otherwise
+                message = f"{nonfinite_message(nonfinite)}; written as {option('allow_nonfinite')} asks"
                 (on_warning or warn_user)(message)
                 result.warnings.append(message)
         return result
 
 
 
-def _write(prepared: Prepared, target: Path, force: bool, progress: bool) -> tuple[list[str], list[str], list[dict]]:
-    """Write the merge into ``target``: ``(files written, merged tensors with NaN or inf values, the
-    inputs' sha256)``."""
+def _write(prepared: Prepared, target: Path, force: bool, progress: bool
+           ) -> tuple[list[str], list[str], list[dict], dict[str, str]]:
+    """Write the merge into ``target``: ``(files written, tensors written with NaN or inf values, the
+    inputs' sha256, the sha256 of the side files copied)``."""
     recipe, plan = prepared.recipe, prepared.plan
     every = plan.checkpoints + ([plan.base] if plan.base else [])
     hasher = provenance.InputHasher(every)
     try:
         with OutputFolder(target, force) as folder:
-            files, nonfinite = write_tensors(plan, prepared.tensors, folder.tmp, parse_size(recipe.max_shard_size),
-                                             prepared.method.elementwise, progress)
-            files += _write_side_files(recipe, plan, folder.tmp)
+            files, nonfinite = write_tensors(plan, lambda on: prepared.tensors(on, reuse=True), folder.tmp,
+                                             parse_size(recipe.max_shard_size),
+                                             prepared.method.elementwise, progress, recipe.allow_nonfinite)
+            side_files, side_hashes = _write_side_files(recipe, plan, folder.tmp)
+            files += side_files
             hashes = hasher.result()
-            files += _write_provenance(recipe, plan, prepared.weights, hashes, folder.tmp, prepared.few_shot)
+            copied_from = (plan.checkpoints[0].source if isinstance(plan.checkpoints[0], MemoryCheckpoint)
+                           and not recipe.config_from else str(side_file_source(recipe, plan)))
+            files += _write_provenance(recipe, plan, prepared.weights, hashes, folder.tmp, prepared.few_shot,
+                                       {"from": copied_from, "sha256": side_hashes})
             folder.commit()
     except BaseException:
         hasher.cancel()
         raise
-    return sorted(files), nonfinite, hashes
+    return sorted(files), nonfinite, hashes, side_hashes
 
 
 def side_file_source(recipe: Recipe, plan: Plan) -> Path:
     """The folder the output's config, tokenizer and other side files come from."""
-    source = resolve(recipe.config_from) if recipe.config_from else plan.checkpoints[0].root
-    return source.parent if source.is_file() else source
+    return sidefiles.side_file_folder(recipe.config_from, plan.checkpoints[0].root)
 
 
 def check_config_from(recipe: Recipe, plan: Plan) -> None:
@@ -270,9 +276,11 @@ def check_config_from(recipe: Recipe, plan: Plan) -> None:
     read_config(source / ours / "config.json", required=True)
 
 
-def _write_side_files(recipe: Recipe, plan: Plan, dest: Path) -> list[str]:
+def _write_side_files(recipe: Recipe, plan: Plan, dest: Path) -> tuple[list[str], dict[str, str]]:
+    """Copy the side files into ``dest`` and adapt them: ``(files written, sha256 of each file copied)``."""
     source = side_file_source(recipe, plan)
     copied = sidefiles.copy_side_files(source, dest)
+    hashes = sidefiles.copied_hashes(dest, copied)
     main_dir = dest / plan.checkpoints[0].components[TRANSFORMER].rel_dir
     floats = [t for t in plan.tensors if t.out_dtype.is_floating_point]
     if floats:
@@ -282,7 +290,7 @@ def _write_side_files(recipe: Recipe, plan: Plan, dest: Path) -> list[str]:
         sidefiles.set_config_dtype(main_dir / "config.json", max(by_size, key=by_size.get))
     if recipe.model_type == "encoder" and not sidefiles.has_sentence_transformers_files(dest):
         copied += sidefiles.write_bge_sentence_transformers_files(dest, plan.checkpoints[0].config)
-    return copied
+    return copied, hashes
 
 
 def _absolute(path: Optional[str]) -> Optional[str]:
@@ -293,7 +301,7 @@ def _absolute(path: Optional[str]) -> Optional[str]:
 
 
 def resolved_recipe(recipe: Recipe, plan: Plan, weights: list[float], hashes: list[dict],
-                    few_shot: Optional[dict] = None) -> dict:
+                    few_shot: Optional[dict] = None, side_files: Optional[dict] = None) -> dict:
     """The recipe as run: absolute paths, the weights used, and what the inputs were.
 
     Weights computed from examples are written as fixed weights (``weights_from: null``), so the
@@ -316,6 +324,8 @@ def resolved_recipe(recipe: Recipe, plan: Plan, weights: list[float], hashes: li
         "torch_version": torch.__version__.split("+")[0],
         "inputs": [{"path": _absolute(c.source), "sha256": h} for c, h in zip(every, hashes)],
     }
+    if side_files is not None:  # config, tokenizer, sentence-transformers files: --verify checks them too
+        data["provenance"]["side_files"] = side_files
     if few_shot is not None:
         data["weights_from"] = None
         data["provenance"]["weights_from"] = few_shot
@@ -323,8 +333,8 @@ def resolved_recipe(recipe: Recipe, plan: Plan, weights: list[float], hashes: li
 
 
 def _write_provenance(recipe: Recipe, plan: Plan, weights: list[float], hashes: list[dict], dest: Path,
-                      few_shot: Optional[dict] = None) -> list[str]:
-    data = resolved_recipe(recipe, plan, weights, hashes, few_shot)
+                      few_shot: Optional[dict] = None, side_files: Optional[dict] = None) -> list[str]:
+    data = resolved_recipe(recipe, plan, weights, hashes, few_shot, side_files)
     (dest / provenance.RECIPE_FILE).write_text(provenance.dump_yaml(data))
     library = "sentence-transformers" if sidefiles.has_sentence_transformers_files(dest) else "transformers"
     every = plan.checkpoints + ([plan.base] if plan.base else [])

@@ -248,6 +248,14 @@ def cli():
     return run_cli
 
 
+@pytest.fixture(autouse=True)
+def hash_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Every test (and every CLI it runs) gets a hash cache of its own, never the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("hash-cache")
+    monkeypatch.setenv("COCKTAIL_CACHE_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture
 def two_berts(tmp_path):
     """Two tiny BERT models with tokenizers, different random weights."""

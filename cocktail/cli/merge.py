@@ -14,6 +14,7 @@ import click
 from cocktail.cli.group import VariadicCommand, cli, warn
 from cocktail.cli.options import (
     adapter_base_option,
+    allow_nonfinite_option,
     dtype_option,
     few_shot_options,
     model_type_option,
@@ -94,8 +95,10 @@ def _print_result(result, as_json: bool) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @few_shot_options(with_seed=False)
 @trust_remote_code_option
+@allow_nonfinite_option
 def merge_command(models, weights, output, method, base, adapter_base, params, seed, model_type, dtype, normalize,
-                  max_shard_size, config_from, force, dry_run, as_json, quiet, trust_remote_code, **few_shot):
+                  max_shard_size, config_from, force, dry_run, as_json, quiet, trust_remote_code, allow_nonfinite,
+                  **few_shot):
     """Merge checkpoints into a new model folder: a weighted average by default (see --method), with
     fixed weights or weights computed from a few examples (--examples)."""
     from cocktail.io.adapters import bases_for
@@ -112,7 +115,8 @@ def merge_command(models, weights, output, method, base, adapter_base, params, s
                                 model_type=model_type, dtype=dtype, normalize=normalize,
                                 max_shard_size=max_shard_size, config_from=config_from,
                                 merge_method=method, base_model=base, parameters=parameters, seed=seed,
-                                weights_from=weights_from, trust_remote_code=trust_remote_code)
+                                weights_from=weights_from, trust_remote_code=trust_remote_code,
+                                allow_nonfinite=allow_nonfinite)
     if _print_recipe_instead(recipe):
         return
     result = run(recipe, force=force, dry_run=dry_run, progress=not quiet and not as_json, on_warning=warn)
@@ -147,7 +151,9 @@ def inspect_command(models, as_json, adapter_base):
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @trust_remote_code_option
-def run_command(recipe_file, output, overrides, verify, force, dry_run, as_json, quiet, trust_remote_code):
+@allow_nonfinite_option
+def run_command(recipe_file, output, overrides, verify, force, dry_run, as_json, quiet, trust_remote_code,
+                allow_nonfinite):
     """Run a YAML recipe file (or a merged folder's cocktail_recipe.yaml).
 
     \b
@@ -166,6 +172,8 @@ def run_command(recipe_file, output, overrides, verify, force, dry_run, as_json,
         recipe.output = os.path.abspath(os.path.expanduser(output))
     if trust_remote_code:
         recipe.trust_remote_code = True
+    if allow_nonfinite:
+        recipe.allow_nonfinite = True
     if not recipe.output and not dry_run:
         raise click.UsageError(f"{recipe_file} sets no output: add 'output:' to it or pass --output (or use --dry-run)")
     if verify:
@@ -173,7 +181,7 @@ def run_command(recipe_file, output, overrides, verify, force, dry_run, as_json,
 
         count = verify_inputs(recipe)
         if not as_json:
-            click.echo(f"verified: {count} input weight files match the recipe's sha256", err=True)
+            click.echo(f"verified: {count} input files (weights, config, tokenizer) match the recipe's sha256", err=True)
     result = run(recipe, force=force, dry_run=dry_run, progress=not quiet and not as_json, on_warning=warn)
     _print_result(result, as_json)
 

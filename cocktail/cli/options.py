@@ -36,6 +36,13 @@ def trust_remote_code_option(fn):
                              "refused. Only for folders you trust.")(fn)
 
 
+def allow_nonfinite_option(fn):
+    """``--allow-nonfinite``: write an output even if it would hold NaN or infinite values."""
+    return click.option("--allow-nonfinite", is_flag=True,
+                        help="Write the output even if a tensor in it would hold NaN or inf (an input holding "
+                             "them, a --dtype overflow, a huge --param); refused by default.")(fn)
+
+
 def adapter_base_option(fn):
     """``--adapter-base``: the model the LoRA adapter folders among ``--models`` apply to."""
     return click.option("--adapter-base", type=click.Path(), metavar="PATH",

@@ -1,38 +1,56 @@
 """What the output says about itself, and how that is checked later.
 
 An output folder holds the resolved recipe (``cocktail_recipe.yaml``: weights used, inputs with the
-sha256 of every weight file, versions) and a model card (``README.md``). ``--verify`` hashes a
-recipe's inputs again and compares them with what its provenance recorded.
+sha256 of every weight file, the sha256 of every side file it copied, versions) and a model card
+(``README.md``). ``--verify`` hashes a recipe's inputs again (weights, config, tokenizer and
+sentence-transformers files; never from the hash cache) and compares them with what its provenance
+recorded.
 """
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Sequence
 
 import yaml
 
-from cocktail.errors import InputChangedError, InputError, option
+from cocktail.errors import InputChangedError, InputError, few_names, option
 from cocktail.io.adapters import AdapterCheckpoint, open_path
 from cocktail.io.checkpoints import CheckpointLike, looks_like_hub_id
 from cocktail.io.hashing import relative, sha256_file
+from cocktail.io.sidefiles import side_file_folder, side_file_hashes
 
 RECIPE_FILE = "cocktail_recipe.yaml"
 CARD_FILE = "README.md"
 
 
+def hash_threads() -> int:
+    """Threads that hash inputs beside the merge: the cores the merge's own thread leaves (1 to 4)."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
 class InputHasher:
-    """Hash every input (its weight files, or its tensors when it is in memory) in a background thread
-    while the merge runs: ``result()`` gives one ``{file: sha256}`` per checkpoint, in order."""
+    """Hash every input (its weight files, or its tensors when it is in memory) in background threads
+    while the merge runs, file by file (a sharded model's shards on several threads where there are
+    cores to spare; files the hash cache knows cost nothing): ``result()`` gives one
+    ``{file: sha256}`` per checkpoint, in order."""
 
     def __init__(self, checkpoints: Sequence[CheckpointLike]):
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cocktail-sha256")
-        self._jobs: list[Future] = [self._pool.submit(c.content_hash) for c in checkpoints]
+        self._pool = ThreadPoolExecutor(max_workers=hash_threads(), thread_name_prefix="cocktail-sha256")
+        self._jobs: list[dict[str, Future] | Future] = []
+        for checkpoint in checkpoints:
+            files = _named_weight_files(checkpoint)
+            if files:
+                self._jobs.append({name: self._pool.submit(sha256_file, path) for name, path in files.items()})
+            else:  # in memory: the tensors themselves
+                self._jobs.append(self._pool.submit(checkpoint.content_hash))
 
     def result(self) -> list[dict[str, str]]:
         try:
-            return [job.result() for job in self._jobs]
+            return [{name: job.result() for name, job in jobs.items()} if isinstance(jobs, dict) else jobs.result()
+                    for jobs in self._jobs]
         finally:
             self._pool.shutdown(wait=True)
 
@@ -170,6 +188,20 @@ def changed_inputs(recorded: Optional[dict], hashes: list[dict]) -> list[str]:
     return messages
 
 
+def changed_side_files(recorded: Optional[dict], current: dict[str, str]) -> list[str]:
+    """A warning when the side files a rerun copied (config, tokenizer, sentence-transformers files)
+    are not the ones its recipe's provenance recorded."""
+    side = (recorded or {}).get("side_files")
+    before = side.get("sha256") if isinstance(side, dict) else None
+    if not isinstance(before, dict):
+        return []
+    changed = sorted(name for name in set(before) | set(current) if before.get(name) != current.get(name))
+    if not changed:
+        return []
+    return [f"side files of {side.get('from')} changed since its recipe was written ({few_names(changed)}): this "
+            f"output is not the merge the recipe recorded (with {option('verify')} such a run is refused)"]
+
+
 def _inputs_of(recipe) -> list[tuple[str, Optional[str]]]:
     """``(path, adapter base)`` of every input: the models, then the base model."""
     return [(m.path, m.base) for m in recipe.models] + ([(recipe.base_model, None)] if recipe.base_model else [])
@@ -198,6 +230,7 @@ def verify_inputs(recipe) -> int:
         raise InputChangedError(f"the recipe's provenance records {len(recorded)} inputs but it merges "
                                 f"{len(sources)} (models and base model): cannot verify")
     checked = 0
+    first_root = None
     for (source, adapter_base), record in zip(sources, recorded):
         hashes = record.get("sha256") if isinstance(record, dict) else None
         if not isinstance(hashes, dict) or not hashes:
@@ -205,16 +238,45 @@ def verify_inputs(recipe) -> int:
         with open_path(source, adapter_base) as checkpoint:
             root = checkpoint.root
             current = _named_weight_files(checkpoint)
+        first_root = root if first_root is None else first_root
         for name in sorted(set(current) - set(hashes)):
             raise InputChangedError(f"input changed since the recipe was written: {current[name]} is a weight "
                                     f"file the recipe does not record")
         for name, expected in hashes.items():
-            path = current.get(name, root / name)
-            if not path.is_file():
-                raise InputChangedError(f"input changed since the recipe was written: {path} is missing")
-            actual = sha256_file(path)
-            if actual != expected:
-                raise InputChangedError(f"input changed since the recipe was written: {path} has sha256 "
-                                        f"{actual[:12]}..., the recipe recorded {str(expected)[:12]}...")
+            _check_hash(current.get(name, root / name), expected)
             checked += 1
-    return checked
+    return checked + _verify_side_files(recipe, provenance.get("side_files"), first_root)
+
+
+def _check_hash(path: Path, expected) -> None:
+    """Refuse unless ``path`` is a file whose sha256, read now (never from the cache), is ``expected``."""
+    if not path.is_file():
+        raise InputChangedError(f"input changed since the recipe was written: {path} is missing")
+    actual = sha256_file(path, cached=False)
+    if actual != expected:
+        raise InputChangedError(f"input changed since the recipe was written: {path} has sha256 "
+                                f"{actual[:12]}..., the recipe recorded {str(expected)[:12]}...")
+
+
+def _verify_side_files(recipe, recorded, first_root: Path) -> int:
+    """Compare the side files a rerun would copy (config, tokenizer, sentence-transformers files) with
+    the provenance's record of them; returns how many were checked. Recipes written before cocktail
+    recorded side files have none to check."""
+    if recorded is None:
+        return 0
+    hashes = recorded.get("sha256") if isinstance(recorded, dict) else None
+    if not isinstance(hashes, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in hashes.items()):
+        raise InputError("the recipe's provenance.side_files is not a mapping of file names to sha256: cannot verify")
+    source = side_file_folder(recipe.config_from, first_root)
+    current = side_file_hashes(source)
+    for name in sorted(set(current) | set(hashes)):
+        path = source / name
+        if name not in hashes:
+            raise InputChangedError(f"input changed since the recipe was written: {path} is a file the output "
+                                    f"would copy that the recipe does not record")
+        if name not in current:
+            raise InputChangedError(f"input changed since the recipe was written: {path} is missing")
+        if current[name] != hashes[name]:
+            raise InputChangedError(f"input changed since the recipe was written: {path} has sha256 "
+                                    f"{current[name][:12]}..., the recipe recorded {hashes[name][:12]}...")
+    return len(hashes)

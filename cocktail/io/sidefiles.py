@@ -2,7 +2,8 @@
 
 They are copied from the first model (or ``config_from``). ``config.json`` gets the output dtype. An
 encoder without sentence-transformers files gets BGE's (CLS pooling, then Normalize) so that the
-output loads correctly in sentence-transformers.
+output loads correctly in sentence-transformers. The sha256 of every file copied goes into the
+output's provenance, so ``--verify`` sees a changed config or tokenizer as it sees changed weights.
 """
 
 from __future__ import annotations
@@ -10,9 +11,14 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import shutil
+import tempfile
 from pathlib import Path
+from typing import Optional
 
 import torch
+
+from cocktail.io.checkpoints import resolve
+from cocktail.io.hashing import sha256_file
 
 SIDE_SUFFIXES = {".json", ".txt", ".model", ".py", ".tiktoken", ".jinja", ".vocab"}
 NOT_COPIED = {
@@ -57,6 +63,25 @@ def copy_side_files(source: Path, dest: Path) -> list[str]:
             copied.append(str(path.relative_to(source)))
         (dest / module).mkdir(parents=True, exist_ok=True)  # e.g. 2_Normalize holds no files
     return copied
+
+
+def side_file_folder(config_from: Optional[str], first_root: Path) -> Path:
+    """The folder an output's side files come from: ``config_from``, else the first model's folder."""
+    source = resolve(config_from) if config_from else Path(first_root)
+    return source.parent if source.is_file() else source
+
+
+def copied_hashes(dest: Path, copied: list[str]) -> dict[str, str]:
+    """``{name: sha256}`` of the side files :func:`copy_side_files` just copied into ``dest`` (hashed
+    before ``config.json`` is given the output dtype: what the input holds)."""
+    return {name: sha256_file(dest / name, cached=False) for name in copied if (dest / name).is_file()}
+
+
+def side_file_hashes(source: Path) -> dict[str, str]:
+    """``{name: sha256}`` of the side files a merge would copy from ``source`` now: they are copied
+    into a scratch folder and hashed there, so the selection is the merge's own."""
+    with tempfile.TemporaryDirectory(prefix="cocktail-verify-") as scratch:
+        return copied_hashes(Path(scratch), copy_side_files(source, Path(scratch)))
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -17,6 +17,7 @@ import torch
 from cocktail.errors import InputError
 from cocktail.io import safetensors_format as st_format
 
+WRITE_BUFFER = 1 << 20  # small tensors (biases, norms) go out together, in writes of up to 1 MiB
 UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
@@ -84,7 +85,7 @@ class ShardedSafetensorsWriter:
         if self._file is not None:
             self._file.close()
         self._shard = shard
-        self._file = open(self.folder / self.file_names[shard], "wb")
+        self._file = open(self.folder / self.file_names[shard], "wb", buffering=WRITE_BUFFER)
         self._file.write(st_format.encode_header(self.shards[shard], self.metadata))
 
     def close(self) -> list[str]:

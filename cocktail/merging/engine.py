@@ -1,8 +1,11 @@
 """The streaming loop: every output tensor of a plan, merged one at a time, and written as it is made.
 
-Inputs are read in their own dtype and accumulated in float32; each tensor is written in the dtype
-the plan gives it (``--dtype``, else the first model's). Copied tensors (non-float buffers, head
-tensors only some models have) come from the first model unchanged but for that cast. Peak memory
+Inputs are read in their own dtype and accumulated in float32 (float64 where an input is float64, so
+weights 1/0 give a float64 model back bit for bit); each tensor is written in the dtype the plan gives
+it (``--dtype``, else the first model's). Copied tensors (non-float buffers, head tensors only some
+models have) come from the first model unchanged but for that cast. Every float tensor written is
+checked for NaN and infinity on its way to the file (one min/max pass over the tensor just made): an
+output that would hold them is refused, naming the tensors, unless ``allow_nonfinite``. Peak memory
 is about N + 1 tensors for N models.
 """
 
@@ -16,7 +19,7 @@ from typing import Callable, Iterator, Optional
 import torch
 from tqdm import tqdm
 
-from cocktail.errors import InputError
+from cocktail.errors import InputError, few_names, option
 from cocktail.io.checkpoints import TRANSFORMER
 from cocktail.io.writer import ShardedSafetensorsWriter, plan_shards
 from cocktail.merging.methods import Method
@@ -36,34 +39,60 @@ def output_dtype(name: Optional[str]) -> Optional[torch.dtype]:
 
 def merged_tensors(plan: Plan, method: Method, weights: list, parameters: dict,
                    on_tensor: Optional[Callable[[PlannedTensor], None]] = None, *,
-                   settings: Optional[list[Optional[TensorSettings]]] = None, seed: int = 0
-                   ) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
+                   settings: Optional[list[Optional[TensorSettings]]] = None, seed: int = 0,
+                   reuse: bool = False) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
     """Yield ``(planned, tensor)`` for every output tensor, in plan order, holding one name at a time.
 
     Each tensor is merged with its own weights and parameters (``settings``, resolved from ``weights``
     and ``parameters`` when not given); random methods get a generator seeded from ``seed`` and the
-    tensor's name.
+    tensor's name. With ``reuse`` (for a consumer done with each tensor before it asks for the next,
+    as the writer is), methods that can write into a given tensor get one scratch tensor per shape
+    that occurs more than once, reused from tensor to tensor instead of fresh memory each time.
     """
     if method.needs_base and plan.base is None:
         raise InputError(f"merge method {method.name} needs a base model")
     if settings is None:
         settings, _ = resolve_settings(plan, method, weights, parameters)
+    scratch = ScratchTensors(plan) if reuse and method.takes_out else None
     for planned, setting in zip(plan.tensors, settings):
         if planned.action == COPY:
             tensor = plan.checkpoints[0].read(planned.component, planned.sources[0])
             tensor = tensor.to(planned.out_dtype)
         else:
-            inputs = [ckpt.read(planned.component, source).to(torch.float32)
+            inputs = [ckpt.read(planned.component, source).to(planned.accumulate)
                       for ckpt, source in zip(plan.checkpoints, planned.sources)]
             base = None
             if plan.base is not None and planned.base_source is not None:
-                base = plan.base.read(planned.component, planned.base_source).to(torch.float32)
+                base = plan.base.read(planned.component, planned.base_source).to(planned.accumulate)
             extra = {"generator": tensor_generator(seed, planned.component, planned.canonical)} if method.random else {}
+            if scratch is not None:
+                extra["out"] = scratch.get(planned)
             tensor = method(inputs, list(setting.weights), base, **setting.parameters, **extra).to(planned.out_dtype)
             del inputs, base
         yield planned, tensor
         if on_tensor is not None:
             on_tensor(planned)
+
+
+class ScratchTensors:
+    """One scratch tensor per (shape, accumulation dtype) that occurs more than once in a plan: merging
+    into it again and again costs no fresh pages (a page fault each 4 KB) and no allocation."""
+
+    def __init__(self, plan: Plan):
+        counts: dict = {}
+        for t in plan.tensors:
+            if t.action != COPY:
+                counts[(t.shape, t.accumulate)] = counts.get((t.shape, t.accumulate), 0) + 1
+        self._repeated = {key for key, count in counts.items() if count > 1}
+        self._tensors: dict = {}
+
+    def get(self, planned: PlannedTensor) -> Optional[torch.Tensor]:
+        key = (planned.shape, planned.accumulate)
+        if key not in self._repeated:
+            return None
+        if key not in self._tensors:
+            self._tensors[key] = torch.empty(planned.shape, dtype=planned.accumulate)
+        return self._tensors[key]
 
 
 def merge_to_state_dict(plan: Plan, method: Method, weights: list, parameters: Optional[dict] = None,
@@ -88,10 +117,33 @@ def shard_counts(plan: Plan, max_shard: int) -> tuple[dict[str, int], list[str]]
     return counts, oversized
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN and no infinity in ``tensor``: its min and max are finite (NaN propagates through both).
+
+    One vectorised reduction, an order of magnitude cheaper than ``torch.isfinite(t).all()`` (which
+    writes a bool per entry, then reads it back)."""
+    if not tensor.dtype.is_floating_point or tensor.numel() == 0:
+        return True
+    low, high = torch.aminmax(tensor.reshape(-1))
+    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
+
+
+def nonfinite_message(names: list[str]) -> str:
+    """What a merge whose output would hold NaN or infinite values says, naming the tensors."""
+    one = len(names) == 1
+    return (f"{len(names)} output tensor{'' if one else 's'} would hold NaN or infinite values: {few_names(names)} "
+            f"(an input holds them, {option('dtype')} cannot represent them, or a method parameter is too large)")
+
+
 def write_tensors(plan: Plan, tensors: Callable[[Callable[[PlannedTensor], None]], Iterator], dest: Path,
-                  max_shard: int, elementwise: bool, progress: bool) -> tuple[list[str], list[str]]:
+                  max_shard: int, elementwise: bool, progress: bool, allow_nonfinite: bool = False
+                  ) -> tuple[list[str], list[str]]:
     """Stream ``tensors(on_tensor)`` into safetensors shards under ``dest``, each component in the
-    first model's folder for it: ``(files written, merged tensors holding NaN or inf)``."""
+    first model's folder for it: ``(files written, written tensors holding NaN or inf)``.
+
+    Every float tensor is checked before it is written, merged and copied ones alike. Without
+    ``allow_nonfinite``, the first one holding NaN or inf stops the writing; the others are still
+    checked so the error names them all, and nothing is left in ``dest``'s files to use."""
     first = plan.checkpoints[0]
     writers = {}
     for component in plan.components:
@@ -109,10 +161,14 @@ def write_tensors(plan: Plan, tensors: Callable[[Callable[[PlannedTensor], None]
         torch.set_num_threads(1)
     try:
         for planned, tensor in tensors(lambda t: bar.update(t.nbytes)):
-            writers[planned.component][1].write(planned.name, tensor)
-            if planned.action != COPY and not bool(torch.isfinite(tensor).all()):
+            if not all_finite(tensor):
                 nonfinite.append(planned.name)
+            if allow_nonfinite or not nonfinite:
+                writers[planned.component][1].write(planned.name, tensor)
             del tensor
+        if nonfinite and not allow_nonfinite:
+            raise InputError(f"{nonfinite_message(nonfinite)}; nothing was written ({option('allow_nonfinite')} "
+                             f"writes them anyway)")
     finally:
         torch.set_num_threads(threads)
         bar.close()

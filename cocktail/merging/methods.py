@@ -1,8 +1,8 @@
 """Merge methods: small pure functions over one tensor of each model, registered by name.
 
-A method receives the float32 tensors of one parameter (one per model, same shape), the weights,
-the base model's tensor when the method needs one, and its parameters; it returns the merged float32
-tensor and never modifies its inputs. The engine (``engine.py``) handles reading, dtypes and writing,
+A method receives the float32 tensors of one parameter (one per model, same shape; float64 where an
+input is float64), the weights, the base model's tensor when the method needs one, and its
+parameters; it returns the merged tensor in that dtype and never modifies its inputs. The engine (``engine.py``) handles reading, dtypes and writing,
 and resolves per-tensor weights and parameters (``tensor_settings.py``) before calling a method.
 
 Notation: θ_b the base tensor, θ_i the models' tensors, Δ_i = θ_i − θ_b, w_i the weights.
@@ -39,6 +39,7 @@ class Method:
     random: bool = False  # True: called with ``generator=`` (a torch.Generator seeded per tensor)
     nonnegative_weights: bool = False
     elementwise: bool = False  # True: memory-bound elementwise arithmetic, run on one thread
+    takes_out: bool = False  # True: called with ``out=`` (a scratch tensor of the result's shape) when one is given
 
     @property
     def parameters(self) -> tuple[str, ...]:
@@ -72,7 +73,7 @@ METHODS: dict[str, Method] = {}
 
 def register(name: str, *, needs_base: bool = False, uses_weights: bool = True, takes_base: bool = True,
              min_models: int = 1, max_models: Optional[int] = None, random: bool = False,
-             nonnegative_weights: bool = False, elementwise: bool = False, **defaults):
+             nonnegative_weights: bool = False, elementwise: bool = False, takes_out: bool = False, **defaults):
     """Register ``fn(tensors, weights, base, **params) -> tensor`` as merge method ``name``.
 
     ``defaults`` names every parameter the method takes, with its default value.
@@ -81,7 +82,7 @@ def register(name: str, *, needs_base: bool = False, uses_weights: bool = True, 
     def decorate(fn):
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         METHODS[name] = Method(name, fn, needs_base, uses_weights, dict(defaults), summary, takes_base,
-                               min_models, max_models, random, nonnegative_weights, elementwise)
+                               min_models, max_models, random, nonnegative_weights, elementwise, takes_out)
         return fn
 
     return decorate
@@ -149,8 +150,10 @@ def sign_consensus_mean(deltas: Sequence[torch.Tensor], weights: Sequence[float]
     return numerator.div_(denominator.masked_fill_(denominator == 0, 1.0))
 
 
-def _weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-    out = tensors[0] * weights[0]
+def _weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float],
+                  out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Σ w_i t_i, into ``out`` when given (a scratch tensor reused from tensor to tensor saves fresh pages)."""
+    out = torch.mul(tensors[0], weights[0], out=out)
     for tensor, weight in zip(tensors[1:], weights[1:]):
         out.add_(tensor, alpha=weight)
     return out
@@ -174,10 +177,11 @@ def _cosine(a: torch.Tensor, b: torch.Tensor, norm_a: Optional[float] = None, no
 
 # --- methods -----------------------------------------------------------------------------------------
 
-@register("linear", elementwise=True, takes_base=False)
-def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], base=None) -> torch.Tensor:
+@register("linear", elementwise=True, takes_base=False, takes_out=True)
+def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], base=None, *,
+           out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Weighted average: sum of w_i * theta_i (LM-Cocktail)."""
-    return _weighted_sum(tensors, weights)
+    return _weighted_sum(tensors, weights, out)
 
 
 @register("task_arithmetic", needs_base=True, elementwise=True, **{"lambda": 1.0})

@@ -3,8 +3,9 @@
 The plan matches tensors across models by a *canonical* name: the same weights saved from
 ``BertModel`` (``encoder.layer.0...``) and from ``BertForSequenceClassification``
 (``bert.encoder.layer.0...``) are one tensor, written in the first model's naming. Float tensors are
-merged; other tensors (``position_ids`` buffers) are copied from the first model and must be equal
-wherever present. Head tensors that only some models have are reported, never averaged.
+merged (computed in float32, or in float64 where an input is float64); other tensors (``position_ids``
+buffers) are copied from the first model and must be equal wherever present. Head tensors that only
+some models have are reported, never averaged.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class PlannedTensor:
     shape: tuple[int, ...]
     out_dtype: torch.dtype
     action: str  # MERGE or COPY
+    accumulate: torch.dtype = torch.float32  # what a merge computes in: float64 when an input is float64
 
     @property
     def nbytes(self) -> int:
@@ -229,19 +231,22 @@ def _plan_component(component: str, checkpoints: list[Checkpoint], base: Checkpo
             planned.append(PlannedTensor(component, maps[0][name], name, sources, base_source,
                                          first.shape, dtype or first.dtype, COPY))
             continue
+        accumulate = torch.float64 if first.dtype == torch.float64 else torch.float32
         for i in range(1, len(every)):
             other = info_of(i, name)
             if not other.dtype.is_floating_point:
                 raise IncompatibleModelsError(
                     f"{label}tensor {name} is {first.dtype} in {every[0].source} but {other.dtype} in {every[i].source}"
                 )
+            if other.dtype == torch.float64:
+                accumulate = torch.float64
             if other.shape != first.shape:
                 shape_errors.append(
                     f"{name} is {list(first.shape)} in {every[0].source} but {list(other.shape)} in {every[i].source}"
                 )
                 break
         planned.append(PlannedTensor(component, maps[0][name], name, sources, base_source,
-                                     first.shape, dtype or first.dtype, MERGE))
+                                     first.shape, dtype or first.dtype, MERGE, accumulate))
     if shape_errors:
         more = f" (and {len(shape_errors) - 1} more tensors)" if len(shape_errors) > 1 else ""
         raise IncompatibleModelsError(f"{label}tensor shapes differ: {shape_errors[0]}{more}")

@@ -48,6 +48,7 @@ class Recipe:
     config_from: Optional[str] = None
     seed: int = 0
     trust_remote_code: bool = False  # let a model folder's own code run (few-shot weights need the model)
+    allow_nonfinite: bool = False  # write an output holding NaN or inf (refused by default)
     provenance: Optional[dict] = None  # what a merge was made from (input sha256, versions): kept for --verify
 
     @classmethod
@@ -89,6 +90,8 @@ class Recipe:
         }
         if self.trust_remote_code:
             data["trust_remote_code"] = True
+        if self.allow_nonfinite:
+            data["allow_nonfinite"] = True
         if self.provenance is not None:
             data["provenance"] = self.provenance
         return data

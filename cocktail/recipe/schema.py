@@ -218,6 +218,7 @@ def _top_level_checks() -> dict[str, Check]:
         "config_from": path_or_null,
         "seed": _expect(_nonnegative_int, "a non-negative integer"),
         "trust_remote_code": _expect(lambda v: isinstance(v, bool), "true or false"),
+        "allow_nonfinite": _expect(lambda v: isinstance(v, bool), "true or false"),
         "provenance": _expect(lambda v: isinstance(v, dict), "a mapping", nullable=True),
     }
 

@@ -102,7 +102,8 @@ def test_rerunning_the_written_recipe_gives_identical_bytes_and_verify_catches_c
     written = project / "merged" / "cocktail_recipe.yaml"
     again = run_cli("run", written, "--output", "again", "--verify", "--quiet", cwd=project)
     assert again.returncode == 0, again
-    assert "verified: 2 input weight files" in again.stderr
+    side_files = yaml.safe_load(written.read_text())["provenance"]["side_files"]["sha256"]
+    assert f"verified: {2 + len(side_files)} input files (weights, config, tokenizer)" in again.stderr
     assert (project / "again" / "model.safetensors").read_bytes() == (project / "merged" / "model.safetensors").read_bytes()
 
     make_bert(b, seed=5)  # an input changes after the merge

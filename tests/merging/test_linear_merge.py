@@ -49,6 +49,33 @@ def test_equal_weights_when_none_are_given(tmp_path):
     assert result.weights == [0.25] * 4
 
 
+def test_float64_weights_one_zero_reproduce_the_model_bit_for_bit(tmp_path):
+    """float64 inputs accumulate in float64: a float32 pass would round every entry to 24 bits."""
+    a = make_bert(tmp_path / "a", seed=1, dtype=torch.float64)
+    b = make_bert(tmp_path / "b", seed=2, dtype=torch.float64)
+    for weights, out in (([1.0, 0.0], "first"), ([0.0, 1.0], "second")):
+        cocktail.merge([a, b], weights, tmp_path / out)
+    first, second, ta, tb = (read_folder_tensors(p) for p in (tmp_path / "first", tmp_path / "second", a, b))
+    for name in ta:
+        assert first[name].dtype == second[name].dtype == ta[name].dtype
+        assert torch.equal(first[name], ta[name]), name
+        assert torch.equal(second[name], tb[name]), name
+
+
+def test_float64_inputs_are_averaged_in_float64(tmp_path):
+    a = make_bert(tmp_path / "a", seed=1, dtype=torch.float64)
+    b = make_bert(tmp_path / "b", seed=2, dtype=torch.float64)
+    cocktail.merge([a, b], [0.3, 0.7], tmp_path / "out")
+    out, ta, tb = (read_folder_tensors(p) for p in (tmp_path / "out", a, b))
+    floats = [name for name in ta if ta[name].is_floating_point()]
+    for name in floats:
+        exact = ta[name] * 0.3 + tb[name] * 0.7
+        scale = ta[name].abs() * 0.3 + tb[name].abs() * 0.7
+        # float64 rounding is within a few 1e-16 of the terms' size; float32 accumulation ~1e-8
+        assert bool(((out[name] - exact).abs() <= 1e-15 * scale).all()), name
+    assert not all(torch.equal(out[n].float().double(), out[n]) for n in floats)  # not float32 in disguise
+
+
 def test_fp16_inputs_accumulate_in_float32_and_keep_their_dtype(tmp_path):
     a = make_bert(tmp_path / "a", seed=1, dtype=torch.float16)
     b = make_bert(tmp_path / "b", seed=2, dtype=torch.float16)
@@ -427,20 +454,6 @@ def test_mix_models_returns_a_loaded_model_like_lm_cocktail(two_berts, tmp_path)
     in_memory = cocktail.mix_models_by_layers([str(a), str(b)], model_type="encoder", weights=[0.5, 0.5])
     assert torch.equal(in_memory.state_dict()[name], model.state_dict()[name])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "mixed"]
-
-
-def test_non_finite_values_in_the_merge_are_reported(two_berts, tmp_path):
-    """0 * inf is NaN: a broken input (or a float16 overflow) must not pass silently."""
-    from safetensors.torch import load_file, save_file
-
-    a, b = two_berts
-    tensors = load_file(str(b / "model.safetensors"))
-    tensors["pooler.dense.bias"][0] = float("inf")
-    save_file(tensors, str(b / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.warns(cocktail.CocktailWarning, match=r"1 merged tensor holds NaN or infinite values: pooler.dense.bias"):
-        result = cocktail.merge([a, b], [1.0, 0.0], tmp_path / "out")
-    assert any("pooler.dense.bias" in w for w in result.warnings)
-    assert torch.isnan(read_folder_tensors(tmp_path / "out")["pooler.dense.bias"][0])
 
 
 def test_a_clean_merge_reports_nothing_non_finite(two_berts, tmp_path):
