@@ -117,7 +117,11 @@ def make_m3(folder, seed: int = 0, heads=("colbert_linear", "sparse_linear")) ->
     torch.manual_seed(1000 + seed)
     shapes = {"colbert_linear": (32, 32), "sparse_linear": (32, 1)}
     for head in heads:
-        torch.save(torch.nn.Linear(*shapes[head]).state_dict(), folder / f"{head}.pt")
+        layer = torch.nn.Linear(*shapes[head])
+        if head == "sparse_linear":
+            with torch.no_grad():
+                layer.bias.fill_(0.4 + 0.1 * seed)  # most tokens get a positive weight, as in a trained bge-m3
+        torch.save(layer.state_dict(), folder / f"{head}.pt")
     return folder
 
 
