@@ -42,6 +42,10 @@ SPELLINGS = {
     "task": ("--task", "weights_from.task", "task="),
     "verify": ("--verify", "--verify", "verify=True"),
     "plot": ("--plot", "--plot", "plot_sweep()"),
+    "candidates": ("--candidates", "--candidates", "candidates="),
+    "retriever": ("--retriever", "--retriever", "retriever="),
+    "top_k": ("--top-k", "--top-k", "top_k="),
+    "mode": ("--mode", "--mode", "mode="),
 }
 
 
