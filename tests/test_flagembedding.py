@@ -155,3 +155,86 @@ def test_flag_auto_model_needs_the_model_class_for_a_merged_folder(tmp_path, fla
     model = flag.FlagAutoModel.from_finetuned(str(out), model_class="encoder-only-base", pooling_method="cls",
                                               use_fp16=False, devices="cpu")
     assert model.encode(TEXTS).shape == (3, 32)
+
+
+# -- cocktail's own scorers compute what FlagEmbedding computes -------------------------------------------------
+def test_cocktail_m3_encoder_and_scores_are_bgem3_flag_models(tmp_path, flag):
+    """Every mode `cocktail eval` scores bge-m3 in: the vectors, and the scores FlagEmbedding gives them."""
+    from cocktail.evaluation.evaluate import open_scorer
+    from cocktail.modeling.m3 import HYBRID_WEIGHTS, M3Encoder
+
+    a, b = make_m3(tmp_path / "m3a", seed=0), make_m3(tmp_path / "m3b", seed=1)
+    out = merge(a, b, tmp_path / "merged")
+    queries = ["red cat", "science paper on the brain", "sun moon star"]
+    docs = ["the cat is red and fast", "a study of the brain cell and gene", "the sea is blue", "one two three cat"]
+    ours = open_scorer("encoder", str(out), device="cpu", batch_size=2)
+    assert isinstance(ours, M3Encoder) and ours.modes == ("dense", "sparse", "colbert", "hybrid")
+    theirs = flag.BGEM3FlagModel(str(out), use_fp16=False, devices="cpu")
+    q, d = ours.encode(queries), ours.encode(docs)
+    tq, td = (theirs.encode(texts, return_dense=True, return_sparse=True, return_colbert_vecs=True, batch_size=2)
+              for texts in (queries, docs))
+    torch.testing.assert_close(q.dense, torch.from_numpy(tq["dense_vecs"]), **TOL)
+    for mine, flags in zip(q.sparse + d.sparse, tq["lexical_weights"] + td["lexical_weights"]):
+        assert {str(k) for k in mine} == set(flags)
+    for mine, flags in zip(q.colbert + d.colbert, tq["colbert_vecs"] + td["colbert_vecs"]):
+        torch.testing.assert_close(mine, torch.from_numpy(flags), **TOL)
+    expected = {
+        "dense": torch.from_numpy(tq["dense_vecs"] @ td["dense_vecs"].T),
+        "sparse": torch.tensor(theirs.compute_lexical_matching_score(tq["lexical_weights"], td["lexical_weights"])),
+        "colbert": torch.tensor([[float(theirs.colbert_score(x, y)) for y in td["colbert_vecs"]]
+                                 for x in tq["colbert_vecs"]]),
+    }
+    expected["hybrid"] = sum(w * expected[m] for m, w in HYBRID_WEIGHTS.items())
+    for mode, scores in expected.items():
+        torch.testing.assert_close(ours.similarity(q, d, mode), scores.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_cocktail_eval_of_a_merged_m3_ranks_as_flagembedding_scores(tmp_path, flag):
+    """`cocktail eval` rows, one set per mode, equal the metrics of rankings made from FlagEmbedding's scores."""
+    import json
+
+    from cocktail.evaluation.datasets import load_dataset
+    from cocktail.evaluation.metrics import retrieval_scores
+
+    a, b = make_m3(tmp_path / "m3a", seed=0), make_m3(tmp_path / "m3b", seed=1)
+    out = merge(a, b, tmp_path / "merged")
+    records = [{"query": "red cat", "pos": ["the cat is red"], "neg": ["the dog is blue", "one two", "sun moon"]},
+               {"query": "blue sky sea", "pos": ["the sky is blue", "blue sea"], "neg": ["fire", "the cat is red"]},
+               {"query": "brain gene", "pos": ["a gene study"], "neg": ["brain cell water", "tree", "big car"]}]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = run_cli("eval", "--models", out, "--data", path, "--json")
+    assert result.returncode == 0, result
+    rows = json.loads(result.stdout)
+    data = load_dataset(path)
+    model = flag.BGEM3FlagModel(str(out), use_fp16=False, devices="cpu")
+    weights = [0.4, 0.2, 0.4]
+    names = {"dense": "dense", "sparse": "sparse", "colbert": "colbert", "hybrid": "colbert+sparse+dense"}
+    for mode, key in names.items():
+        rankings = {}
+        for query, pool in data.candidates.items():
+            pairs = [(data.queries[query], data.corpus[doc]) for doc in pool]
+            scores = model.compute_score(pairs, weights_for_different_modes=weights)[key]
+            rankings[query] = [pool[i] for i in sorted(range(len(pool)), key=lambda i: -scores[i])]
+        expected = retrieval_scores(rankings, data.qrels)
+        assert {r["metric"]: r["value"] for r in rows if r["mode"] == mode} == pytest.approx(expected)
+    table = run_cli("eval", "--models", out, "--data", path, "--quiet").stdout
+    assert all(f"ndcg@10[{mode}]" in table for mode in names)
+
+
+def test_cocktail_cross_encoder_scores_are_flag_rerankers(tmp_path, flag):
+    from cocktail.evaluation.evaluate import open_scorer
+
+    folder = make_bert(tmp_path / "rr", seed=3, model_class="BertForSequenceClassification")
+    short = [("red cat", "the cat is red"), ("moon", "star"), ("a big dog", "the dog is blue and fast")]
+    ours = open_scorer("reranker", str(folder), device="cpu", batch_size=2)
+    theirs = flag.FlagReranker(str(folder), use_fp16=False, devices="cpu", batch_size=2)
+    torch.testing.assert_close(torch.tensor(ours.score(short)), torch.tensor(theirs.compute_score(short)), **TOL)
+    # max_length 24: the query is cut to 3/4 of it, the passage to what is left. FlagReranker 1.4.2 pads a
+    # batch of truncated pairs wrongly under transformers 5, so it scores them one at a time here.
+    long = " ".join(M3_WORDS * 2)
+    cut = [(long, "a big dog"), ("sun", long), (long, long)]
+    ours = open_scorer("reranker", str(folder), device="cpu", batch_size=2, max_length=24)
+    theirs = flag.FlagReranker(str(folder), use_fp16=False, devices="cpu", max_length=24, batch_size=1)
+    expected = [theirs.compute_score([pair])[0] for pair in cut]
+    torch.testing.assert_close(torch.tensor(ours.score(cut)), torch.tensor(expected), **TOL)

@@ -59,17 +59,23 @@ class M3Vectors:
 
 
 def lexical_scores(queries: Sequence[dict[int, float]], docs: Sequence[dict[int, float]]) -> torch.Tensor:
-    """``(queries, docs)`` lexical matching scores: the sum over shared token ids of ``w_q * w_d``."""
-    vocab = {token: i for i, token in enumerate(sorted({t for d in list(queries) + list(docs) for t in d}))}
-
-    def matrix(weights: Sequence[dict[int, float]]) -> torch.Tensor:
-        rows = [i for i, w in enumerate(weights) for _ in w]
-        cols = [vocab[t] for w in weights for t in w]
-        values = [v for w in weights for v in w.values()]
-        return torch.sparse_coo_tensor(torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1),
-                                       torch.tensor(values, dtype=torch.float64), (len(weights), max(len(vocab), 1)))
-
-    return torch.sparse.mm(matrix(queries), matrix(docs).to_dense().T).float()
+    """``(queries, docs)`` lexical matching scores: the sum over shared token ids of ``w_q * w_d``
+    (through an inverted index of the passages' tokens, accumulated in float64)."""
+    postings: dict[int, tuple[list[int], list[float]]] = {}
+    for d, weights in enumerate(docs):
+        for token, weight in weights.items():
+            where, values = postings.setdefault(token, ([], []))
+            where.append(d)
+            values.append(weight)
+    index = {token: (torch.tensor(where), torch.tensor(values, dtype=torch.float64))
+             for token, (where, values) in postings.items()}
+    out = torch.zeros(len(queries), len(docs), dtype=torch.float64)
+    for q, weights in enumerate(queries):
+        for token, weight in weights.items():
+            if token in index:
+                where, values = index[token]
+                out[q].index_add_(0, where, values * weight)
+    return out.float()
 
 
 def colbert_scores(queries: Sequence[torch.Tensor], docs: Sequence[torch.Tensor]) -> torch.Tensor:
