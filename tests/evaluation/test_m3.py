@@ -1,0 +1,66 @@
+"""bge-m3 in `cocktail eval`, `sweep` and `weights`: every mode is scored and plotted, the weights come
+from the dense loss. (That each mode computes what BGEM3FlagModel computes is tests/test_flagembedding.py.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import REPO, assert_png, make_m3, make_xlmr, run_cli, save_xlmr_tokenizer
+
+from cocktail.errors import InputError
+from cocktail.evaluation.evaluate import evaluate_models
+from cocktail.evaluation.sweep import SweepResult, plot_sweep
+
+MODES = ("dense", "sparse", "colbert", "hybrid")
+RECORDS = [{"query": "red cat", "pos": ["the cat is red"], "neg": ["the dog is blue", "one two", "sun moon"]},
+           {"query": "blue sky sea", "pos": ["the sky is blue", "blue sea"], "neg": ["fire", "the cat is red"]}]
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    return path
+
+
+def by_mode(rows) -> dict:
+    return {(r["mode"], r["metric"]): r["value"] for r in rows}
+
+
+def test_sweep_of_two_m3_scores_every_mode_and_plots_the_one_asked_for(tmp_path, data):
+    a, b = make_m3(tmp_path / "m3a", seed=0), make_m3(tmp_path / "m3b", seed=1)
+    plot = tmp_path / "curve.png"
+    result = run_cli("sweep", "--models", a, b, "--data", data, "--steps", "2", "--json", "--plot", plot,
+                     "--mode", "colbert")
+    assert result.returncode == 0, result
+    rows = json.loads(result.stdout)["rows"]
+    assert {r["mode"] for r in rows} == set(MODES)
+    for weight, model in ((1.0, a), (0.0, b)):  # the ends of the sweep are the models themselves
+        alone = by_mode(evaluate_models([str(model)], [str(data)]))
+        assert by_mode(r for r in rows if r["weight"] == weight) == pytest.approx(alone)
+    assert_png(plot)
+
+
+def test_modes_other_than_dense_need_bge_m3_heads(tmp_path):
+    result = SweepResult(["a", "b"], [0.0, 1.0], [{"weight": 0.0, "data": "d", "metric": "spearman", "value": 0.1}], [])
+    with pytest.raises(InputError, match="mode= sparse: these models are scored in dense only"):
+        plot_sweep(result, tmp_path / "x.png", mode="sparse")
+
+
+def test_an_xlmr_without_heads_is_scored_dense_only(tmp_path, data):
+    plain = make_xlmr(tmp_path / "x", seed=0)
+    save_xlmr_tokenizer(plain)
+    rows = evaluate_models([str(plain)], [str(data)])
+    assert rows and all("mode" not in r for r in rows)
+
+
+def test_weights_of_m3_models_come_from_the_dense_loss(tmp_path):
+    a, b = make_m3(tmp_path / "m3a", seed=0), make_m3(tmp_path / "m3b", seed=1)
+    result = run_cli("weights", "--models", a, b, "--examples", REPO / "examples" / "few-shot.jsonl", "--json")
+    assert result.returncode == 0, result
+    report = json.loads(result.stdout)
+    assert len(report["weights"]) == 2 and abs(sum(report["weights"]) - 1) < 1e-9
+    assert any("the weights come from the dense loss: head file(s) colbert_linear.pt, sparse_linear.pt" in note
+               for note in report["notes"])
