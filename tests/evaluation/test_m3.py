@@ -64,3 +64,25 @@ def test_weights_of_m3_models_come_from_the_dense_loss(tmp_path):
     assert len(report["weights"]) == 2 and abs(sum(report["weights"]) - 1) < 1e-9
     assert any("the weights come from the dense loss: head file(s) colbert_linear.pt, sparse_linear.pt" in note
                for note in report["notes"])
+
+
+def test_sts_pairs_are_scored_in_every_mode(tmp_path):
+    a = make_m3(tmp_path / "m3a", seed=0)
+    path = tmp_path / "sts.tsv"
+    path.write_text("the cat is red\ta red cat\t4.5\nthe dog\tsun moon\t1\nblue sea\tthe sea is blue\t4\n"
+                    "one two\tbig small tree\t0.5\n")
+    rows = evaluate_models([str(a)], [str(path)])
+    assert [(r["mode"], r["metric"]) for r in rows] == [(m, "spearman") for m in MODES]
+
+
+def test_verify_covers_head_files(tmp_path):
+    a, b = make_m3(tmp_path / "m3a", seed=0), make_m3(tmp_path / "m3b", seed=1)
+    assert run_cli("merge", "--models", a, b, "-o", tmp_path / "out", "--quiet").returncode == 0
+    import torch
+
+    state = torch.load(b / "colbert_linear.pt", weights_only=True)
+    state["bias"] += 1
+    torch.save(state, b / "colbert_linear.pt")
+    result = run_cli("run", tmp_path / "out" / "cocktail_recipe.yaml", "--output", tmp_path / "again", "--verify")
+    assert result.returncode == 2 and "colbert_linear.pt" in result.stderr, result
+    assert not (tmp_path / "again").exists()
