@@ -177,7 +177,7 @@ class M3Encoder(Encoder):
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 hidden = self.model(**batch).last_hidden_state.float()
                 mask = batch["attention_mask"]
-                dense[chunk] = torch.nn.functional.normalize(self.pooling(hidden, mask), dim=-1).cpu()
+                dense[chunk] = torch.nn.functional.normalize(hidden[:, 0], dim=-1).cpu()  # CLS, as BGEM3FlagModel
                 weights = torch.relu(torch.nn.functional.linear(hidden, sparse_w, sparse_b))[..., 0].cpu()
                 vectors = torch.nn.functional.linear(hidden[:, 1:], colbert_w, colbert_b) * mask[:, 1:, None]
                 vectors = torch.nn.functional.normalize(vectors, dim=-1).cpu()
