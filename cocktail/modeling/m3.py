@@ -33,7 +33,8 @@ from cocktail.modeling.encoder import PROGRESS_MIN_TEXTS, Encoder
 COLBERT_FILE, SPARSE_FILE = "colbert_linear.pt", "sparse_linear.pt"
 MODES = ("dense", "sparse", "colbert", "hybrid")
 HYBRID_WEIGHTS = {"dense": 0.4, "sparse": 0.2, "colbert": 0.4}  # BGEM3FlagModel's default
-DOC_CHUNK = 256  # passages scored at once by ColBERT's max-sim
+DOC_CHUNK = 128  # passages scored at once by ColBERT's max-sim
+QUERY_BLOCK = 32  # queries scored at once (their vectors against a chunk of passages: one matrix product)
 
 
 def has_m3_heads(plan: Plan) -> bool:
@@ -80,20 +81,30 @@ def lexical_scores(queries: Sequence[dict[int, float]], docs: Sequence[dict[int,
 
 def colbert_scores(queries: Sequence[torch.Tensor], docs: Sequence[torch.Tensor]) -> torch.Tensor:
     """``(queries, docs)`` ColBERT scores: per query vector its best dot product with the passage's
-    vectors, averaged over the query's vectors."""
+    vectors, averaged over the query's vectors (a passage without vectors scores 0). Computed a block
+    of queries against a block of passages at a time, as one matrix product."""
     out = torch.zeros(len(queries), len(docs))
-    for start in range(0, len(docs), DOC_CHUNK):
-        chunk = docs[start:start + DOC_CHUNK]
-        longest = max(max((d.shape[0] for d in chunk), default=1), 1)
-        padded = torch.zeros(len(chunk), longest, chunk[0].shape[-1] if chunk else 1)
+    if not queries or not docs:
+        return out
+    width = queries[0].shape[-1]
+    for d_start in range(0, len(docs), DOC_CHUNK):
+        chunk = docs[d_start:d_start + DOC_CHUNK]
+        longest = max(max(d.shape[0] for d in chunk), 1)
+        padded = torch.zeros(len(chunk), longest, width)
         real = torch.zeros(len(chunk), longest, dtype=torch.bool)
         for i, d in enumerate(chunk):
             padded[i, :d.shape[0]] = d
             real[i, :d.shape[0]] = True
-        for q, query in enumerate(queries):
-            sims = torch.einsum("qh,nlh->nql", query, padded).masked_fill(~real[:, None, :], float("-inf"))
-            best = sims.max(dim=-1).values  # (docs, query vectors)
-            out[q, start:start + len(chunk)] = best.sum(dim=-1) / max(query.shape[0], 1)
+        flat = padded.reshape(-1, width)
+        for q_start in range(0, len(queries), QUERY_BLOCK):
+            block = queries[q_start:q_start + QUERY_BLOCK]
+            lengths = torch.tensor([q.shape[0] for q in block])
+            sims = (torch.cat(list(block)) @ flat.T).view(-1, len(chunk), longest)
+            best = sims.masked_fill(~real[None], float("-inf")).max(dim=-1).values  # (query vectors, docs)
+            best = torch.where(torch.isinf(best), torch.zeros_like(best), best)
+            owner = torch.repeat_interleave(torch.arange(len(block)), lengths)
+            sums = torch.zeros(len(block), len(chunk)).index_add_(0, owner, best)
+            out[q_start:q_start + len(block), d_start:d_start + len(chunk)] = sums / lengths.clamp_min(1)[:, None]
     return out
 
 

@@ -86,3 +86,20 @@ def test_verify_covers_head_files(tmp_path):
     result = run_cli("run", tmp_path / "out" / "cocktail_recipe.yaml", "--output", tmp_path / "again", "--verify")
     assert result.returncode == 2 and "colbert_linear.pt" in result.stderr, result
     assert not (tmp_path / "again").exists()
+
+
+def test_colbert_scores_in_blocks_equal_the_pair_by_pair_definition(monkeypatch):
+    import torch
+
+    from cocktail.modeling import m3
+
+    monkeypatch.setattr(m3, "DOC_CHUNK", 2)  # several blocks of queries and of passages
+    monkeypatch.setattr(m3, "QUERY_BLOCK", 3)
+    torch.manual_seed(0)
+    queries = [torch.nn.functional.normalize(torch.randn(n, 8), dim=-1) for n in (3, 1, 5, 2, 4)]
+    docs = [torch.nn.functional.normalize(torch.randn(n, 8), dim=-1) for n in (4, 7, 1, 0, 3)]
+    expected = torch.tensor([[(q @ d.T).max(-1).values.mean().item() if len(d) else 0.0 for d in docs]
+                             for q in queries])
+    torch.testing.assert_close(m3.colbert_scores(queries, docs), expected, atol=1e-6, rtol=0)
+    lexical = m3.lexical_scores([{1: 0.5, 2: 2.0}, {7: 1.0}], [{2: 3.0, 9: 1.0}, {1: 1.0, 2: 1.0}, {}])
+    torch.testing.assert_close(lexical, torch.tensor([[6.0, 2.5, 0.0], [0.0, 0.0, 0.0]]))
