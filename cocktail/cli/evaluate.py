@@ -48,13 +48,15 @@ def eval_command(models, model_type, candidates, retriever, top_k, data, query_i
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the curves to this PNG file.")
 @click.option("--examples", type=click.Path(), help="Few-shot examples (query/pos/neg JSONL): mark the weight "
               "LM-Cocktail's few-shot weighting picks (from the dense loss, for bge-m3).")
+@click.option("--temperature", type=float, default=5.0, show_default=True,
+              help="The few-shot softmax temperature for --examples (lower: the losses decide more).")
 @click.option("--model-type", type=click.Choice(EVAL_MODEL_TYPES), default="encoder", show_default=True,
               help=MODEL_TYPE_HELP)
 @click.option("--mode", type=click.Choice(("dense", "sparse", "colbert", "hybrid")), default=None,
               help="The retrieval mode --plot draws for bge-m3 (default: dense; the table shows every mode).")
 @encode_options
-def sweep_command(models, steps, plot, examples, model_type, mode, data, query_instruction, split, batch_size,
-                  max_length, device, as_json, quiet, trust_remote_code, adapter_base):
+def sweep_command(models, steps, plot, examples, temperature, model_type, mode, data, query_instruction, split,
+                  batch_size, max_length, device, as_json, quiet, trust_remote_code, adapter_base):
     """Merge two models in memory at weights 0..1 and score each merge: the trade-off curve."""
     from cocktail.evaluation.evaluate import format_table
     from cocktail.evaluation.sweep import plot_sweep, sweep_weights, table_rows
@@ -72,7 +74,7 @@ def sweep_command(models, steps, plot, examples, model_type, mode, data, query_i
     result = sweep_weights(list(models), list(data), steps, query_instruction, examples, split=split,
                            batch_size=batch_size, max_length=max_length, device=device,
                            progress=not quiet and not as_json, trust_remote_code=trust_remote_code,
-                           adapter_base=adapter_base, model_type=model_type)
+                           adapter_base=adapter_base, model_type=model_type, temperature=temperature)
     if plot:
         plot_sweep(result, plot, mode=mode)
     if as_json:
