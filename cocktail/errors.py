@@ -45,6 +45,10 @@ SPELLINGS = {
     "temperature": ("--temperature", "weights_from.temperature", "temperature="),
     "search": ("--search", "weights_from.search: true", "search=True"),
     "plot": ("--plot", "--plot", "plot_sweep()"),
+    "candidates": ("--candidates", "--candidates", "candidates="),
+    "retriever": ("--retriever", "--retriever", "retriever="),
+    "top_k": ("--top-k", "--top-k", "top_k="),
+    "mode": ("--mode", "--mode", "mode="),
 }
 
 

@@ -94,6 +94,37 @@ def make_xlmr(folder, seed: int = 0) -> Path:
     return Path(folder)
 
 
+M3_WORDS = ("the a of to and in is it that for on with cat dog car red blue green fast slow big small one two "
+            "three science paper claim study protein cell gene brain water sun moon star sea tree").split()
+
+
+def save_xlmr_tokenizer(folder: Path) -> None:
+    """A tiny XLM-R (Unigram, sentencepiece-style) fast tokenizer, built here: no hub, no sentencepiece model."""
+    from transformers import XLMRobertaTokenizerFast
+
+    pieces = ([("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+              + [("\u2581" + w, -float(i + 1)) for i, w in enumerate(M3_WORDS)]
+              + [(c, -50.0) for c in "abcdefghijklmnopqrstuvwxyz"] + [("\u2581", -60.0), ("<mask>", 0.0)])
+    XLMRobertaTokenizerFast(vocab=pieces).save_pretrained(str(folder))
+
+
+def make_m3(folder, seed: int = 0, heads=("colbert_linear", "sparse_linear")) -> Path:
+    """A tiny bge-m3: an XLM-R encoder with its tokenizer, and FlagEmbedding's head files saved as bge-m3
+    ships them (``torch.save`` of a ``Linear`` state dict): ``colbert_linear.pt`` (hidden -> hidden) and
+    ``sparse_linear.pt`` (hidden -> 1)."""
+    folder = make_xlmr(folder, seed)
+    save_xlmr_tokenizer(folder)
+    torch.manual_seed(1000 + seed)
+    shapes = {"colbert_linear": (32, 32), "sparse_linear": (32, 1)}
+    for head in heads:
+        layer = torch.nn.Linear(*shapes[head])
+        if head == "sparse_linear":
+            with torch.no_grad():
+                layer.bias.fill_(0.4 + 0.1 * seed)  # most tokens get a positive weight, as in a trained bge-m3
+        torch.save(layer.state_dict(), folder / f"{head}.pt")
+    return folder
+
+
 def make_gpt2(folder, seed: int = 0) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 

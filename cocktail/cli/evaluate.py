@@ -9,25 +9,35 @@ import click
 from cocktail.cli.group import VariadicCommand, cli
 from cocktail.cli.options import encode_options, quiet_transformers
 
-EVAL_MODEL_TYPES = ("encoder", "llm-embedder", "llm-reranker")
+EVAL_MODEL_TYPES = ("encoder", "llm-embedder", "reranker", "llm-reranker")
+MODEL_TYPE_HELP = ("encoder: BERT-style embedder (bge-m3, with its colbert_linear.pt and sparse_linear.pt, is scored "
+                   "in each mode: dense, sparse, colbert, hybrid); llm-embedder: decoder embedder (last token, "
+                   "<instruct> prompt); reranker: cross-encoder (one logit, as FlagReranker); llm-reranker: decoder "
+                   "reranker (Yes logit; --query-instruction is its prompt).")
 
 
 @cli.command("eval", cls=VariadicCommand)
 @click.option("--models", "-m", "models", multiple=True, required=True, metavar="PATH...",
-              help="Embedding models to score: folders or cached hub ids.")
+              help="Embedding models or rerankers to score: folders or cached hub ids.")
 @click.option("--model-type", type=click.Choice(EVAL_MODEL_TYPES), default="encoder", show_default=True,
-              help="encoder: BERT-style embedder; llm-embedder: decoder embedder (last token, <instruct> prompt); "
-                   "llm-reranker: decoder reranker (Yes logit; --query-instruction is its prompt).")
+              help=MODEL_TYPE_HELP)
+@click.option("--candidates", type=click.Path(dir_okay=False), metavar="RUN",
+              help="Rerankers on a BEIR folder: each query's candidates from this TREC run file "
+                   "(qid Q0 docid rank score tag).")
+@click.option("--retriever", metavar="MODEL", help="Rerankers on a BEIR folder: the candidates are this embedder's "
+              "top-k (computed once for every reranker; its own scores are shown as the first stage).")
+@click.option("--top-k", type=int, default=100, show_default=True, help="Candidates per query a reranker reranks.")
 @encode_options
-def eval_command(models, model_type, data, query_instruction, split, batch_size, max_length, device, as_json, quiet,
-                 trust_remote_code, adapter_base):
+def eval_command(models, model_type, candidates, retriever, top_k, data, query_instruction, split, batch_size,
+                 max_length, device, as_json, quiet, trust_remote_code, adapter_base):
     """Score embedding models (or rerankers) on retrieval (nDCG@10, MRR@10, Recall@10/100) and STS (Spearman) data."""
     from cocktail.evaluation.evaluate import evaluate_models, format_table
 
     quiet_transformers()
     rows = evaluate_models(list(models), list(data), query_instruction, split=split, batch_size=batch_size,
                            max_length=max_length, device=device, progress=not quiet and not as_json,
-                           trust_remote_code=trust_remote_code, model_type=model_type, adapter_base=adapter_base)
+                           trust_remote_code=trust_remote_code, model_type=model_type, adapter_base=adapter_base,
+                           candidates=candidates, retriever=retriever, top_k=top_k)
     click.echo(json.dumps(rows, indent=2) if as_json else format_table(rows))
 
 
@@ -37,12 +47,16 @@ def eval_command(models, model_type, data, query_instruction, split, batch_size,
 @click.option("--steps", type=int, default=11, show_default=True, help="Weights from 0 to 1, evenly spaced.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the curves to this PNG file.")
 @click.option("--examples", type=click.Path(), help="Few-shot examples (query/pos/neg JSONL): mark the weight "
-              "LM-Cocktail's few-shot weighting picks.")
+              "LM-Cocktail's few-shot weighting picks (from the dense loss, for bge-m3).")
 @click.option("--temperature", type=float, default=5.0, show_default=True,
               help="The few-shot softmax temperature for --examples (lower: the losses decide more).")
+@click.option("--model-type", type=click.Choice(EVAL_MODEL_TYPES), default="encoder", show_default=True,
+              help=MODEL_TYPE_HELP)
+@click.option("--mode", type=click.Choice(("dense", "sparse", "colbert", "hybrid")), default=None,
+              help="The retrieval mode --plot draws for bge-m3 (default: dense; the table shows every mode).")
 @encode_options
-def sweep_command(models, steps, plot, examples, temperature, data, query_instruction, split, batch_size, max_length,
-                  device, as_json, quiet, trust_remote_code, adapter_base):
+def sweep_command(models, steps, plot, examples, temperature, model_type, mode, data, query_instruction, split,
+                  batch_size, max_length, device, as_json, quiet, trust_remote_code, adapter_base):
     """Merge two models in memory at weights 0..1 and score each merge: the trade-off curve."""
     from cocktail.evaluation.evaluate import format_table
     from cocktail.evaluation.sweep import plot_sweep, sweep_weights, table_rows
@@ -60,9 +74,9 @@ def sweep_command(models, steps, plot, examples, temperature, data, query_instru
     result = sweep_weights(list(models), list(data), steps, query_instruction, examples, split=split,
                            batch_size=batch_size, max_length=max_length, device=device,
                            progress=not quiet and not as_json, trust_remote_code=trust_remote_code,
-                           adapter_base=adapter_base, temperature=temperature)
+                           adapter_base=adapter_base, model_type=model_type, temperature=temperature)
     if plot:
-        plot_sweep(result, plot)
+        plot_sweep(result, plot, mode=mode)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return

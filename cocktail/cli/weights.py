@@ -29,7 +29,11 @@ from cocktail.cli.options import (
 @trust_remote_code_option
 @adapter_base_option
 def weights_command(models, model_type, as_json, quiet, trust_remote_code, adapter_base, **few_shot):
-    """Each model's loss on a few examples, and the merge weights softmax(-loss / temperature)."""
+    """Each model's loss on a few examples, and the merge weights softmax(-loss / temperature).
+
+    For bge-m3 the loss is the dense one (the CLS embedding), as in LM-Cocktail; its sparse and ColBERT
+    head files are merged with the weights found.
+    """
     from cocktail.fewshot.weighting import few_shot_losses
 
     options = weights_from_options(few_shot)

@@ -8,8 +8,13 @@
   fine-tuning format): each query's own passages are ranked, ``pos`` being the relevant ones;
 - a ``.tsv`` / ``.csv`` / ``.txt`` file of sentence pairs with a similarity score (STS).
 
+The standard files are read as their owners distribute them: STS Benchmark's ``sts-train.csv`` /
+``sts-dev.csv`` / ``sts-test.csv`` (tab-separated despite the name, no header, 7 columns, some rows
+with 2 more, bare ``"`` in sentences), SICK's ``SICK.txt`` (its ``SemEval_set`` column picks the
+split) and ``SICK_test_annotated.txt``, BEIR folders as unzipped (plain or ``.gz`` files).
+
 Any file may be gzipped (``corpus.jsonl.gz``). A malformed file raises :class:`DataError` naming the
-file and the line.
+file and the line; the data is strict: a qrels grade must be an integer, an STS score a finite number.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import csv
 import gzip
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Union
@@ -30,6 +36,8 @@ STS_SECOND = ("sentence2", "sentence_2", "sentence b", "sentence_b", "sentenceb"
               "sent2", "hypothesis", "document")
 STS_SCORE = ("score", "similarity", "relatedness_score", "relatedness", "label", "gold", "gold_score", "sim")
 DELIMITED = (".tsv", ".csv", ".txt")
+SPLIT_COLUMN = "semeval_set"  # SICK.txt: which split each pair belongs to
+SICK_SPLITS = {"test": "TEST", "train": "TRAIN", "dev": "TRIAL", "trial": "TRIAL", "validation": "TRIAL"}
 
 
 class DataError(InputError):
@@ -166,11 +174,14 @@ def read_beir(folder: Path, split: str = "test", name: Optional[str] = None) -> 
                             f"(query-id, corpus-id, score), got {len(parts)}")
         query_id, doc_id, grade_text = (p.strip() for p in parts)
         try:
-            grade = int(float(grade_text))
+            value = float(grade_text)
         except ValueError:
             if number == 1 and not qrels:
                 continue  # a header row
             raise DataError(f"{qrels_path}, line {number}: score {grade_text!r} is not a number") from None
+        if not value.is_integer():  # nan, inf and 0.9 alike: a grade is a whole number
+            raise DataError(f"{qrels_path}, line {number}: score {grade_text!r} is not an integer relevance grade")
+        grade = int(value)
         if query_id not in queries:
             raise DataError(f"{qrels_path}, line {number}: query {query_id!r} is not in {queries_path.name}")
         if doc_id not in corpus:
@@ -261,15 +272,36 @@ def _sts_columns(path: Path, first: list[str]) -> tuple[tuple[int, int, int], bo
                     f"(give 3 columns 'sentence1, sentence2, score', or a header row naming them)")
 
 
-def read_sts(path: Path, name: Optional[str] = None) -> STSSet:
-    """Sentence pairs with a score: tab-separated (``.tsv``, ``.txt``; quotes are plain characters) or
-    comma-separated (``.csv``). Columns come from a header row naming ``sentence1``, ``sentence2`` and
-    ``score`` (also ``sentence_A``/``sentence_B``/``relatedness_score`` as in SICK), or, without a
-    header, from three columns ``sentence1, sentence2, score`` or the STS Benchmark layout."""
-    base = _base_name(path).lower()
-    tab = not base.endswith(".csv")
+def _tab_separated(path: Path) -> bool:
+    """Whether a delimited file is tab-separated: its first non-blank line holds a tab (STS Benchmark's
+    ``.csv`` files are), or, for a one-column first line, it is not named ``.csv``."""
+    for _, line in _lines(path):
+        return "\t" in line or not _base_name(path).lower().endswith(".csv")
+    return True
+
+
+def _split_filter(path: Path, header: list[str], split: str) -> Optional[tuple[int, str]]:
+    """``(column, value)`` that rows of ``split`` hold, for a file with a split column (SICK.txt)."""
+    column = _column(header, (SPLIT_COLUMN,))
+    if column is None:
+        return None
+    if split.lower() not in SICK_SPLITS:
+        raise DataError(f"{path}: has a {header[column].strip()} column, and split {split!r} is none of "
+                        f"{', '.join(sorted(SICK_SPLITS))}")
+    return column, SICK_SPLITS[split.lower()]
+
+
+def read_sts(path: Path, name: Optional[str] = None, split: str = "test") -> STSSet:
+    """Sentence pairs with a score: tab-separated (``.tsv``, ``.txt``, and a ``.csv`` whose lines hold
+    tabs; quotes are plain characters) or comma-separated (``.csv``). Columns come from a header row
+    naming ``sentence1``, ``sentence2`` and ``score`` (also ``sentence_A``/``sentence_B``/
+    ``relatedness_score`` as in SICK), or, without a header, from three columns ``sentence1,
+    sentence2, score`` or the STS Benchmark layout. A file with SICK's ``SemEval_set`` column gives the
+    pairs of ``split`` (``test``: TEST, ``train``: TRAIN, ``dev``: TRIAL)."""
+    tab = _tab_separated(path)
     pairs: list[tuple[str, str, float]] = []
     columns: Optional[tuple[int, int, int]] = None
+    keep: Optional[tuple[int, str]] = None
     try:
         with _open_text(path) as handle:
             reader = csv.reader(handle, delimiter="\t" if tab else ",",
@@ -282,23 +314,31 @@ def read_sts(path: Path, name: Optional[str] = None) -> STSSet:
                 if columns is None:
                     columns, header = _sts_columns(path, row)
                     if header:
+                        keep = _split_filter(path, row, split)
                         continue
                 a, b, s = columns
-                if len(row) <= max(columns):
-                    raise DataError(f"{path}, line {number}: expected at least {max(columns) + 1} "
+                needed = max(columns + ((keep[0],) if keep else ()))
+                if len(row) <= needed:
+                    raise DataError(f"{path}, line {number}: expected at least {needed + 1} "
                                     f"{'tab' if tab else 'comma'}-separated columns, got {len(row)}")
+                if keep and row[keep[0]].strip() != keep[1]:
+                    continue
                 score_text = row[s].strip()
                 if not _is_number(score_text):
                     raise DataError(f"{path}, line {number}: score {score_text!r} is not a number")
-                pairs.append((row[a], row[b], float(score_text)))
+                score = float(score_text)
+                if not math.isfinite(score):
+                    raise DataError(f"{path}, line {number}: score {score_text!r} is not a finite number")
+                pairs.append((row[a], row[b], score))
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
     except csv.Error as exc:
         raise DataError(f"{path}: not valid {'TSV' if tab else 'CSV'} ({exc})") from None
     except (OSError, EOFError) as exc:
         raise DataError(f"{path}: cannot be read ({exc})") from None
+    where = f" of split {keep[1]}" if keep else ""
     if len(pairs) < 2:
-        raise DataError(f"{path}: needs at least 2 sentence pairs, found {len(pairs)}")
+        raise DataError(f"{path}: needs at least 2 sentence pairs{where}, found {len(pairs)}")
     if len({score for _, _, score in pairs}) < 2:
         raise DataError(f"{path}: every pair has the same score; a correlation needs different scores")
     return STSSet(name or str(path), pairs)
@@ -317,6 +357,6 @@ def load_dataset(path: Union[str, Path], split: str = "test", name: Optional[str
     if base.endswith(".jsonl"):
         return read_query_pos_neg(source, label)
     if base.endswith(DELIMITED):
-        return read_sts(source, label)
+        return read_sts(source, label, split)
     raise DataError(f"{path}: unknown data format (expected a BEIR folder, a query/pos/neg .jsonl file, or "
                     f"sentence pairs in .tsv/.csv; any may be .gz)")

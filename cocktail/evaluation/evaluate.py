@@ -4,29 +4,42 @@ Retrieval (BEIR folders, query/pos/neg JSONL): queries (with the query instructi
 ranked by cosine similarity against the corpus, or against their own passages; the scores are
 nDCG@10, MRR@10, Recall@10 and Recall@100. STS pairs: Spearman correlation between the cosine
 similarity of the two sentences and the gold score. Every metric is computed by ``cocktail.metrics``.
-A reranker (``llm-reranker``) scores each (query, passage) pair instead: it ranks each query's own
-passages (query/pos/neg JSONL) and its score of an STS pair is correlated with the gold score.
+A bge-m3 model (its ``colbert_linear.pt`` and ``sparse_linear.pt`` beside it) is scored in each of its
+modes, ``dense``, ``sparse``, ``colbert`` and ``hybrid`` (see :mod:`cocktail.modeling.m3`).
 
-Results are rows ``{"model", "data", "metric", "value"}``; :func:`format_table` prints them.
+A reranker (``reranker``: a cross-encoder; ``llm-reranker``: a decoder) scores each (query, passage)
+pair instead: it ranks each query's own passages (query/pos/neg JSONL), or on a BEIR folder each
+query's top-k candidates from a TREC run file or a first-stage embedder (:mod:`.rerankers`); its
+score of an STS pair is correlated with the gold score.
+
+Results are rows ``{"model", "data", "metric", "value"}`` (and ``"mode"`` for models with several
+modes); :func:`format_table` prints them.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence, Union
 
-from cocktail.errors import InputError
+import torch
+
+from cocktail.errors import InputError, option
 from cocktail.evaluation.datasets import Dataset, RetrievalSet, STSSet, load_dataset
 from cocktail.evaluation.metrics import RETRIEVAL_METRICS, retrieval_scores, spearman
-from cocktail.io.adapters import bases_for
+from cocktail.evaluation.rerankers import TOP_K, read_run, with_candidates
+from cocktail.io.adapters import bases_for, open_path
+from cocktail.merging.plan import Plan, build_plan
+from cocktail.modeling.cross_encoder import CrossEncoder
 from cocktail.modeling.encoder import Encoder
 from cocktail.modeling.llm_embedder import LLMEmbedder
 from cocktail.modeling.llm_reranker import LLMReranker
+from cocktail.modeling.m3 import M3Encoder, has_m3_heads
 
-TOP_K = 100
 QUERY_CHUNK = 1024
-SCORERS = {"encoder": Encoder, "llm-embedder": LLMEmbedder, "llm-reranker": LLMReranker}  # by model type
+# the scorer of each model type; an encoder with bge-m3's head files gets M3Encoder (see scorer_class)
+SCORERS = {"encoder": Encoder, "llm-embedder": LLMEmbedder, "reranker": CrossEncoder, "llm-reranker": LLMReranker}
+RERANKERS = ("reranker", "llm-reranker")
 
 
 @dataclass
@@ -60,44 +73,74 @@ def make_tasks(data: Sequence[Union[str, Task, Dataset]], query_instruction: Opt
     return tasks
 
 
-def rank_corpus(encoder, data: RetrievalSet, query_instruction: Optional[str], top_k: int = TOP_K) -> dict[str, list[str]]:
-    """Each query's best ``top_k`` document ids (or all its candidates), best first."""
+def scorer_class(model_type: str, plan: Plan) -> type:
+    """The class that scores ``plan``'s models as ``model_type``: :data:`SCORERS`, bge-m3 found by its heads."""
+    if model_type not in SCORERS:
+        raise InputError(f"cocktail eval scores {', '.join(SCORERS)} models, not {model_type!r}")
+    chosen = SCORERS[model_type]
+    return M3Encoder if chosen is Encoder and has_m3_heads(plan) else chosen
+
+
+def open_scorer(model_type: str, source: str, adapter_base: Optional[str] = None, **options):
+    """The scorer of one model (a folder, cached hub id, or LoRA adapter folder), filled with its weights."""
+    with open_path(str(source), adapter_base) as checkpoint:
+        plan = build_plan([checkpoint], dtype=torch.float32)
+        scorer = scorer_class(model_type, plan)(plan, **options)
+        scorer.fill_from_checkpoint(0)
+    return scorer
+
+
+def modes_of(scorer) -> tuple[str, ...]:
+    return tuple(getattr(scorer, "modes", ("dense",)))
+
+
+def rank_corpus(encoder, data: RetrievalSet, query_instruction: Optional[str], top_k: int = TOP_K
+                ) -> dict[str, dict[str, list[str]]]:
+    """In each of the encoder's modes, each query's best ``top_k`` document ids (or all its candidates),
+    best first: ``{mode: {query id: ranking}}``. Texts are encoded once for every mode."""
     prefix = query_instruction or ""
     doc_ids = list(data.corpus)
     docs = encoder.encode([data.corpus[d] for d in doc_ids], cache=True, desc="corpus")
     query_ids = list(data.qrels)
     queries = encoder.encode([encoder.query_text(data.queries[q], prefix) for q in query_ids], desc="queries")
-    rankings: dict[str, list[str]] = {}
-    if data.candidates is None:
-        k = min(top_k, len(doc_ids))
-        for start in range(0, len(query_ids), QUERY_CHUNK):
-            scores = queries[start:start + QUERY_CHUNK] @ docs.T
-            best = scores.topk(k, dim=1).indices.tolist()
-            for query_id, row in zip(query_ids[start:start + QUERY_CHUNK], best):
-                rankings[query_id] = [doc_ids[i] for i in row]
-        return rankings
-    position = {d: i for i, d in enumerate(doc_ids)}
-    for query_id, embedding in zip(query_ids, queries):
-        pool = data.candidates[query_id]
-        scores = docs[[position[d] for d in pool]] @ embedding
-        order = scores.argsort(descending=True, stable=True).tolist()
-        rankings[query_id] = [pool[i] for i in order]
-    return rankings
+    by_mode: dict[str, dict[str, list[str]]] = {}
+    for mode in modes_of(encoder):
+        rankings: dict[str, list[str]] = {}
+        if data.candidates is None:
+            k = min(top_k, len(doc_ids))
+            for start in range(0, len(query_ids), QUERY_CHUNK):
+                scores = encoder.similarity(queries[start:start + QUERY_CHUNK], docs, mode)
+                best = scores.topk(k, dim=1).indices.tolist()
+                for query_id, row in zip(query_ids[start:start + QUERY_CHUNK], best):
+                    rankings[query_id] = [doc_ids[i] for i in row]
+        else:
+            position = {d: i for i, d in enumerate(doc_ids)}
+            for i, query_id in enumerate(query_ids):
+                pool = data.candidates[query_id]
+                if not pool:
+                    rankings[query_id] = []
+                    continue
+                scores = encoder.similarity(queries[[i]], docs[[position[d] for d in pool]], mode)[0]
+                order = scores.argsort(descending=True, stable=True).tolist()
+                rankings[query_id] = [pool[j] for j in order]
+        by_mode[mode] = rankings
+    return by_mode
 
 
-def sts_correlation(encoder, data: STSSet) -> float:
-    """Spearman correlation of cosine similarities with the gold scores."""
+def sts_correlation(encoder, data: STSSet) -> dict[str, float]:
+    """In each of the encoder's modes, the Spearman correlation of the pairs' similarities with the gold scores."""
     first = encoder.encode([a for a, _, _ in data.pairs], desc="sentences")
     second = encoder.encode([b for _, b, _ in data.pairs], desc="sentences")
-    cosines = (first * second).sum(-1).tolist()
-    return spearman(cosines, [score for _, _, score in data.pairs])
+    gold = [score for _, _, score in data.pairs]
+    return {mode: spearman(encoder.pair_similarity(first, second, mode).tolist(), gold) for mode in modes_of(encoder)}
 
 
 def rank_by_pair_scores(reranker, data: RetrievalSet, instruction: Optional[str]) -> dict[str, list[str]]:
     """Each query's own candidates, best first by the reranker's score of (query, candidate)."""
     if data.candidates is None:
-        raise InputError(f"{data.name}: a reranker ranks each query's own passages: give a query/pos/neg .jsonl "
-                         "(ranking a whole corpus needs a first-stage retriever)")
+        raise InputError(f"{data.name}: a reranker ranks each query's candidates: give a query/pos/neg .jsonl, "
+                         f"or for a BEIR folder {option('candidates')} (a TREC run file) or {option('retriever')} "
+                         "(a first-stage embedder)")
     query_ids = list(data.qrels)
     pairs = [(data.queries[q], data.corpus[d]) for q in query_ids for d in data.candidates[q]]
     scores = iter(reranker.score(pairs, instruction))
@@ -110,32 +153,73 @@ def rank_by_pair_scores(reranker, data: RetrievalSet, instruction: Optional[str]
     return rankings
 
 
-def score_task(encoder, task: Task) -> dict[str, float]:
-    """``{metric: value}`` of one encoder (or a reranker: it has ``score(pairs)``) on one task."""
+def score_task(encoder, task: Task) -> dict[str, dict[str, float]]:
+    """``{mode: {metric: value}}`` of one encoder (or a reranker: it has ``score(pairs)``, one mode) on one task."""
     if hasattr(encoder, "score"):
         if isinstance(task.data, STSSet):
             scores = encoder.score([(a, b) for a, b, _ in task.data.pairs], task.query_instruction)
-            return {"spearman": spearman(scores, [score for _, _, score in task.data.pairs])}
-        return retrieval_scores(rank_by_pair_scores(encoder, task.data, task.query_instruction), task.data.qrels)
+            return {"dense": {"spearman": spearman(scores, [score for _, _, score in task.data.pairs])}}
+        rankings = rank_by_pair_scores(encoder, task.data, task.query_instruction)
+        return {"dense": retrieval_scores(rankings, task.data.qrels)}
     if isinstance(task.data, STSSet):
-        return {"spearman": sts_correlation(encoder, task.data)}
-    return retrieval_scores(rank_corpus(encoder, task.data, task.query_instruction), task.data.qrels)
+        return {mode: {"spearman": value} for mode, value in sts_correlation(encoder, task.data).items()}
+    return {mode: retrieval_scores(rankings, task.data.qrels)
+            for mode, rankings in rank_corpus(encoder, task.data, task.query_instruction).items()}
 
 
 def score_encoder(encoder, tasks: Sequence[Task], model_label: str) -> list[dict]:
-    """Rows ``{"model", "data", "metric", "value"}`` for one encoder on every task."""
+    """Rows ``{"model", "data", "metric", "value"}`` for one encoder on every task; a model with several
+    modes (bge-m3) has a row per mode, with its ``"mode"``."""
+    several = len(modes_of(encoder)) > 1
     rows = []
     for task in tasks:
-        for metric, value in score_task(encoder, task).items():
-            rows.append({"model": model_label, "data": task.name, "metric": metric, "value": value})
+        for mode, values in score_task(encoder, task).items():
+            for metric, value in values.items():
+                row = {"model": model_label, "data": task.name, "metric": metric, "value": value}
+                rows.append({**row, "mode": mode} if several else row)
     return rows
+
+
+def first_stage(tasks: list[Task], candidates: Optional[str], retriever: Optional[str], top_k: int,
+                options: dict, retriever_base: Optional[str] = None) -> tuple[list[Task], list[dict]]:
+    """Give every BEIR task (a whole corpus) the candidates a reranker reranks: from the run file
+    ``candidates`` or the embedder ``retriever`` (run once, here). Returns the tasks and the retriever's
+    own rows (labelled ``<retriever> (first stage)``)."""
+    if candidates and retriever:
+        raise InputError(f"give {option('candidates')} or {option('retriever')}, not both")
+    open_tasks = [i for i, t in enumerate(tasks) if isinstance(t.data, RetrievalSet) and t.data.candidates is None]
+    if not open_tasks:
+        if candidates or retriever:
+            raise InputError(f"{option('candidates') if candidates else option('retriever')} reranks a BEIR "
+                             "folder's corpus, and no data given is one")
+        return tasks, []
+    if top_k < 1:
+        raise InputError(f"{option('top_k')} must be at least 1, got {top_k}")
+    tasks = list(tasks)
+    rows: list[dict] = []
+    encoder = open_scorer("encoder", retriever, retriever_base, **options) if retriever else None
+    for i in open_tasks:
+        task = tasks[i]
+        if candidates:
+            pools = read_run(candidates, task.data, top_k)
+        elif encoder is not None:
+            pools = rank_corpus(encoder, task.data, task.query_instruction, top_k)["dense"]
+            rows += [{"model": f"{retriever} (first stage)", "data": task.name, "metric": metric, "value": value}
+                     for metric, value in retrieval_scores(pools, task.data.qrels).items()]
+        else:
+            raise InputError(f"{task.name}: a reranker reranks candidates of a BEIR folder: give "
+                             f"{option('candidates')} (a TREC run file) or {option('retriever')} (a first-stage embedder)")
+        tasks[i] = replace(task, data=with_candidates(task.data, pools))
+    return tasks, rows
 
 
 def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Dataset]],
                     query_instruction: Optional[str] = None, *, split: str = "test", batch_size: int = 32,
                     max_length: int = 512, device: Optional[str] = None, progress: bool = False,
                     labels: Optional[Sequence[str]] = None, trust_remote_code: bool = False,
-                    model_type: str = "encoder", adapter_base: Optional[str] = None) -> list[dict]:
+                    model_type: str = "encoder", adapter_base: Optional[str] = None,
+                    candidates: Optional[str] = None, retriever: Optional[str] = None,
+                    top_k: int = TOP_K) -> list[dict]:
     """Score every model on every data set.
 
     Args:
@@ -148,29 +232,44 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
         progress: progress bars on stderr for long encodes.
         labels: names to show for the models (default: the paths as given).
         trust_remote_code: let a model folder's own code (``auto_map``) run; refused otherwise.
-        model_type: ``encoder`` (BERT-style embedder), ``llm-embedder`` (decoder embedder) or
-            ``llm-reranker`` (decoder reranker); for a reranker the instruction is its prompt.
+        model_type: ``encoder`` (BERT-style embedder; bge-m3 is scored in each of its modes),
+            ``llm-embedder`` (decoder embedder), ``reranker`` (cross-encoder) or ``llm-reranker``
+            (decoder reranker); for a decoder reranker the instruction is its prompt.
         adapter_base: the base of the LoRA adapter folders among ``models`` (default: each one's config's).
+        candidates: for rerankers on BEIR folders, a TREC run file giving each query's candidates.
+        retriever: for rerankers on BEIR folders, an embedder whose ``top_k`` results are the candidates
+            (computed once for every reranker; its own scores come first, labelled ``(first stage)``).
+        top_k: how many candidates each query keeps.
 
     Returns:
-        Rows ``{"model": ..., "data": ..., "metric": ..., "value": ...}``.
+        Rows ``{"model": ..., "data": ..., "metric": ..., "value": ...}`` (and ``"mode"`` for bge-m3).
     """
     if model_type not in SCORERS:
         raise InputError(f"cocktail eval scores {', '.join(SCORERS)} models, not {model_type!r}")
+    if (candidates or retriever) and model_type not in RERANKERS:
+        raise InputError(f"{option('candidates') if candidates else option('retriever')} is for rerankers "
+                         f"({option('model_type')} {' or '.join(RERANKERS)})")
     tasks = make_tasks(data, query_instruction, split)
     labels = list(labels) if labels is not None else [str(m) for m in models]
-    rows = []
+    options = dict(device=device, batch_size=batch_size, max_length=max_length, progress=progress,
+                   trust_remote_code=trust_remote_code)
+    rows: list[dict] = []
+    if model_type in RERANKERS:
+        tasks, rows = first_stage(tasks, candidates, retriever, top_k, options)
     for model, label, base in zip(models, labels, bases_for(models, adapter_base)):
-        encoder = SCORERS[model_type].open(str(model), base, device=device, batch_size=batch_size,
-                                           max_length=max_length, progress=progress, label=label,
-                                           trust_remote_code=trust_remote_code)
-        rows += score_encoder(encoder, tasks, label)
-        del encoder
+        scorer = open_scorer(model_type, str(model), base, label=label, **options)
+        rows += score_encoder(scorer, tasks, label)
+        del scorer
     return rows
 
 
 def _cell(value: float) -> str:
     return "nan" if math.isnan(value) else f"{value:.4f}"
+
+
+def metric_label(row: dict) -> str:
+    """A row's metric as a column title: ``ndcg@10``, or ``ndcg@10[sparse]`` for one mode of several."""
+    return f"{row['metric']}[{row['mode']}]" if row.get("mode") else row["metric"]
 
 
 def format_table(rows: Sequence[dict], row_key: str = "model", row_header: Optional[str] = None) -> str:
@@ -179,9 +278,9 @@ def format_table(rows: Sequence[dict], row_key: str = "model", row_header: Optio
     data_names = list(dict.fromkeys(r["data"] for r in rows))
     for data_name in data_names:
         mine = [r for r in rows if r["data"] == data_name]
-        metrics = list(dict.fromkeys(r["metric"] for r in mine))
+        metrics = list(dict.fromkeys(metric_label(r) for r in mine))
         keys = list(dict.fromkeys(str(r[row_key]) for r in mine))
-        values = {(str(r[row_key]), r["metric"]): r["value"] for r in mine}
+        values = {(str(r[row_key]), metric_label(r)): r["value"] for r in mine}
         header = row_header or row_key
         width = max(len(header), *(len(k) for k in keys))
         lines = [data_name, "  " + header.ljust(width) + "".join(f"  {m:>10}" for m in metrics)]

@@ -20,12 +20,11 @@ import torch
 from tqdm import tqdm
 
 from cocktail.errors import InputError, option
-from cocktail.evaluation.evaluate import Task, make_tasks, score_encoder
+from cocktail.evaluation.evaluate import SCORERS, Task, make_tasks, score_encoder, scorer_class
 from cocktail.fewshot.weighting import weights_from_examples
 from cocktail.io.adapters import bases_for, open_path
 from cocktail.merging.methods import get_method
 from cocktail.merging.plan import build_plan
-from cocktail.modeling.encoder import Encoder
 
 
 @dataclass
@@ -57,10 +56,13 @@ def sweep_points(steps: int) -> list[float]:
 
 def few_shot_weights(models: Sequence[str], examples, query_instruction: Optional[str],
                      device: Optional[str], max_length: int = 512, trust_remote_code: bool = False,
-                     adapter_base: Optional[str] = None, temperature: float = 5.0) -> list[float]:
-    """The weights LM-Cocktail's few-shot weighting gives ``models`` (``cocktail.weights_from_examples``)."""
-    return [float(w) for w in weights_from_examples(list(models), examples, model_type="encoder",
-                                                    temperature=temperature, query_instruction=query_instruction, max_length=max_length,
+                     adapter_base: Optional[str] = None, model_type: str = "encoder",
+                     temperature: float = 5.0) -> list[float]:
+    """The weights LM-Cocktail's few-shot weighting gives ``models`` (``cocktail.weights_from_examples``;
+    for bge-m3, from the dense loss)."""
+    return [float(w) for w in weights_from_examples(list(models), examples, model_type=model_type,
+                                                    temperature=temperature, query_instruction=query_instruction,
+                                                    max_length=max_length,
                                                     device=device, trust_remote_code=trust_remote_code,
                                                     adapter_base=adapter_base)]
 
@@ -69,7 +71,8 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
                   query_instruction: Optional[str] = None, examples=None, *, split: str = "test",
                   batch_size: int = 32, max_length: int = 512, device: Optional[str] = None,
                   progress: bool = False, trust_remote_code: bool = False,
-                  adapter_base: Optional[str] = None, temperature: float = 5.0) -> SweepResult:
+                  adapter_base: Optional[str] = None, model_type: str = "encoder",
+                  temperature: float = 5.0) -> SweepResult:
     """Merge two models in memory at weights 0, 1/(steps-1), ..., 1 and score each merge on ``data``.
 
     Args:
@@ -80,30 +83,34 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
         examples: few-shot examples (a file or a list of ``{query, pos, neg}``); the weight they give
             is scored too and reported as ``few_shot_weights``.
         temperature: the few-shot softmax temperature (LM-Cocktail's default 5.0).
-        split, batch_size, max_length, device, progress, trust_remote_code, adapter_base: as for
-            ``evaluate_models``.
+        split, batch_size, max_length, device, progress, trust_remote_code, adapter_base, model_type: as
+            for ``evaluate_models`` (a bge-m3 pair is scored in each mode; a reranker ranks each query's own
+            passages of query/pos/neg data).
     """
     models = [str(m) for m in models]
     if len(models) != 2:
         raise InputError(f"a sweep needs exactly 2 models, got {len(models)}")
+    if model_type not in SCORERS:
+        raise InputError(f"cocktail sweep scores {', '.join(SCORERS)} models, not {model_type!r}")
     points = sweep_points(steps)
     tasks = make_tasks(data, query_instruction, split)
     bases = bases_for(models, adapter_base)
     shots = (few_shot_weights(models, examples, query_instruction, device, max_length, trust_remote_code,
-                              adapter_base, temperature) if examples is not None else None)
+                              adapter_base, model_type, temperature) if examples is not None else None)
     if shots is not None and all(abs(shots[0] - p) > 1e-9 for p in points):
         points = sorted(points + [shots[0]])
     linear = get_method("linear")
     checkpoints = [open_path(m, base) for m, base in zip(models, bases)]
     try:
         plan = build_plan(checkpoints, dtype=torch.float32)
-        encoder = Encoder(plan, device=device, batch_size=batch_size, max_length=max_length, progress=progress,
-                          label="merge", trust_remote_code=trust_remote_code)
+        encoder = scorer_class(model_type, plan)(plan, device=device, batch_size=batch_size, max_length=max_length,
+                                                 progress=progress, label="merge",
+                                                 trust_remote_code=trust_remote_code)
         rows: list[dict] = []
         for weight in _progress(points, progress):
             encoder.fill_from_merge(linear, [weight, 1.0 - weight])
             for row in score_encoder(encoder, tasks, f"{weight:g}"):
-                rows.append({"weight": weight, "data": row["data"], "metric": row["metric"], "value": row["value"]})
+                rows.append({"weight": weight, **{k: v for k, v in row.items() if k != "model"}})
     finally:
         for ckpt in checkpoints:
             ckpt.close()
@@ -126,8 +133,14 @@ def table_rows(result: SweepResult) -> list[dict]:
 
 
 def plot_sweep(result: SweepResult, path: Union[str, os.PathLike], labels: Optional[Sequence[str]] = None,
-               title: Optional[str] = None) -> Path:
-    """Draw one line per data set (its first metric) against the weight of the first model; PNG."""
+               title: Optional[str] = None, mode: Optional[str] = None) -> Path:
+    """Draw one line per data set (its first metric) against the weight of the first model; PNG. For a
+    bge-m3 pair, ``mode`` picks the retrieval mode drawn (default ``dense``)."""
+    modes = list(dict.fromkeys(r["mode"] for r in result.rows if r.get("mode")))
+    if mode is not None and mode != "dense" and mode not in modes:
+        raise InputError(f"{option('mode')} {mode}: these models are scored in {', '.join(modes) or 'dense'} only "
+                         "(sparse, colbert and hybrid are bge-m3's, with its colbert_linear.pt and sparse_linear.pt)")
+    drawn = (mode or "dense") if modes else None
     try:
         import matplotlib
 
@@ -143,8 +156,9 @@ def plot_sweep(result: SweepResult, path: Union[str, os.PathLike], labels: Optio
     for task in result.tasks:
         metric = task.metrics[0]
         points = sorted((r["weight"], r["value"]) for r in result.rows
-                        if r["data"] == task.name and r["metric"] == metric)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{task.name} ({metric})")
+                        if r["data"] == task.name and r["metric"] == metric and r.get("mode") == drawn)
+        shown = f"{metric}[{drawn}]" if drawn else metric
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{task.name} ({shown})")
     if result.few_shot_weight is not None:
         ax.axvline(result.few_shot_weight, color="grey", linestyle="--",
                    label=f"few-shot weights ({result.few_shot_weight:.2f})")

@@ -30,6 +30,7 @@ from cocktail.fewshot.examples import ExampleSet, ExampleSource, load_examples
 from cocktail.fewshot.hints import near_uniform_note, small_holdout_note
 from cocktail.fewshot.search import search_weights
 from cocktail.io.adapters import bases_for, open_path
+from cocktail.io.head_files import is_head_file
 from cocktail.merging.methods import get_method
 from cocktail.merging.plan import build_plan
 from cocktail.modeling.loading import load_tokenizer, resolve_device
@@ -188,10 +189,14 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
     fit = [e for i, e in enumerate(chosen) if i not in holdout_idx]
     held = [e for i, e in enumerate(chosen) if i in holdout_idx]
 
-    extra_modules = [c for c in fplan.components if c != "transformer"]
+    heads = [c for c in fplan.components if is_head_file(first.components[c])]
+    extra_modules = [c for c in fplan.components if c != "transformer" and c not in heads]
     if model_type in ("encoder", "llm-embedder") and extra_modules:
         notes.append(f"sentence-transformers module(s) {', '.join(extra_modules)} are not applied in the loss "
                      "(the embedding is the pooled transformer output, as in LM-Cocktail)")
+    if heads:
+        notes.append(f"the weights come from the dense loss: head file(s) {', '.join(heads)} (bge-m3's sparse and "
+                     "ColBERT heads) are merged with them but not used in the loss, as in LM-Cocktail")
     tokenizer = load_tokenizer(model_folder(fplan), trust_remote_code=trust_remote_code)
     pooling = {"encoder": lambda: read_pooling(first.root),
                "llm-embedder": lambda: read_pooling(first.root, LAST_TOKEN)}.get(model_type, lambda: None)()

@@ -23,6 +23,7 @@ import torch
 from cocktail.errors import InputError
 from cocktail.io import safetensors_format as st_format
 from cocktail.io.hashing import file_hashes
+from cocktail.io.head_files import head_file_names, tensor_prefix
 
 TRANSFORMER = "transformer"  # key of the main weights; sentence-transformers modules use their folder
 SAFE_INDEX = "model.safetensors.index.json"
@@ -102,6 +103,21 @@ class _TorchBinFile:
         self._state = None
 
 
+class _HeadFile(_TorchBinFile):
+    """A head saved with ``torch.save`` beside the transformer (bge-m3's ``colbert_linear.pt``): its
+    tensors are named ``<file stem>.<key>`` (``colbert_linear.weight``)."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.prefix = tensor_prefix(path.name)
+
+    def infos(self) -> dict[str, TensorInfo]:
+        return {self.prefix + name: info for name, info in super().infos().items()}
+
+    def read(self, name: str) -> torch.Tensor:
+        return super().read(name[len(self.prefix):])
+
+
 def _open_weight_file(path: Path):
     if path.suffix == ".safetensors":
         return _SafetensorsFile(path)
@@ -116,6 +132,7 @@ class Component:
     rel_dir: str  # folder, relative to the model root, that holds these weights ("" for the root)
     layout: str
     files: list = field(default_factory=list)
+    head_file: Optional[str] = None  # the file name of a head saved with torch.save (``colbert_linear.pt``)
     _where: dict = field(default_factory=dict)  # tensor name -> file object
     _infos: dict = field(default_factory=dict)
 
@@ -265,6 +282,9 @@ class Checkpoint:
             found = find_weights(path / rel, key, rel, required=False)
             if found is not None:
                 components[key] = found
+        for name in head_file_names(main_dir):
+            components[name] = Component(name, transformer_dir, "torch head file", [_HeadFile(main_dir / name)],
+                                         head_file=name)
         config = read_config(main_dir / "config.json", required=True)
         return cls(source, path, config, components, sentence_transformers=modules is not None)
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from cocktail.errors import InputError, few_names, option
 from cocktail.io.checkpoints import TRANSFORMER
+from cocktail.io.head_files import HeadFileWriter, is_head_file
 from cocktail.io.writer import ShardedSafetensorsWriter, plan_shards
 from cocktail.merging.methods import Method
 from cocktail.merging.plan import COPY, Plan, PlannedTensor
@@ -110,6 +111,8 @@ def shard_counts(plan: Plan, max_shard: int) -> tuple[dict[str, int], list[str]]
     counts: dict[str, int] = {}
     oversized: list[str] = []
     for component in plan.components:
+        if is_head_file(first.components[component]):
+            continue  # written with torch.save under its own name, never sharded
         tensors = plan.tensors_of(component)
         counts[first.components[component].rel_dir or "."] = len(
             plan_shards([(t.name, t.out_dtype, t.shape) for t in tensors], max_shard))
@@ -139,7 +142,8 @@ def write_tensors(plan: Plan, tensors: Callable[[Callable[[PlannedTensor], None]
                   max_shard: int, elementwise: bool, progress: bool, allow_nonfinite: bool = False
                   ) -> tuple[list[str], list[str]]:
     """Stream ``tensors(on_tensor)`` into safetensors shards under ``dest``, each component in the
-    first model's folder for it: ``(files written, written tensors holding NaN or inf)``.
+    first model's folder for it, and each head file under its own name (``colbert_linear.pt``):
+    ``(files written, written tensors holding NaN or inf)``.
 
     Every float tensor is checked before it is written, merged and copied ones alike. Without
     ``allow_nonfinite``, the first one holding NaN or inf stops the writing; the others are still
@@ -150,7 +154,11 @@ def write_tensors(plan: Plan, tensors: Callable[[Callable[[PlannedTensor], None]
         rel_dir = first.components[component].rel_dir
         (dest / rel_dir).mkdir(parents=True, exist_ok=True)
         entries = [(t.name, t.out_dtype, t.shape) for t in plan.tensors_of(component)]
-        writers[component] = (rel_dir, ShardedSafetensorsWriter(dest / rel_dir, entries, max_shard))
+        if is_head_file(first.components[component]):
+            writer = HeadFileWriter(dest / rel_dir, first.components[component].head_file, entries)
+        else:
+            writer = ShardedSafetensorsWriter(dest / rel_dir, entries, max_shard)
+        writers[component] = (rel_dir, writer)
     bar = tqdm(total=plan.output_bytes, unit="B", unit_scale=True, desc="merging", file=sys.stderr,
                disable=not progress, leave=False)
     nonfinite: list[str] = []

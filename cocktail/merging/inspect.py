@@ -6,7 +6,8 @@ from typing import Optional
 
 from cocktail.errors import CocktailError
 from cocktail.io.adapters import AdapterCheckpoint, bases_for, open_path
-from cocktail.io.checkpoints import CheckpointLike
+from cocktail.io.checkpoints import TRANSFORMER, CheckpointLike
+from cocktail.io.head_files import is_head_file
 from cocktail.merging.plan import build_plan
 
 CONFIG_KEYS_IGNORED = {"_name_or_path", "transformers_version", "torch_dtype", "dtype"}
@@ -45,9 +46,18 @@ def describe(ckpt: CheckpointLike) -> dict:
         "bytes": nbytes,
         "layout": ckpt.layout,
         "files": [str(p.relative_to(ckpt.root)) if p.is_relative_to(ckpt.root) else str(p) for p in ckpt.weight_files()],
-        "modules": [k for k in ckpt.components if k != "transformer"],
+        "modules": [k for k, c in ckpt.components.items() if k != TRANSFORMER and not is_head_file(c)],
+        "head_files": [k for k, c in ckpt.components.items() if is_head_file(c)],
+        "components": [{"name": k, "kind": _kind(k, c), "tensors": len(ckpt.infos(k))}
+                       for k, c in ckpt.components.items()],
         "adapter": ckpt.describe() if isinstance(ckpt, AdapterCheckpoint) else None,
     }
+
+
+def _kind(key: str, component) -> str:
+    if key == TRANSFORMER:
+        return "transformer"
+    return "head file" if is_head_file(component) else "sentence-transformers module"
 
 
 def config_differences(checkpoints: list[CheckpointLike]) -> list[str]:
@@ -96,6 +106,8 @@ def format_report(report: dict) -> str:
         ]
         if m["modules"]:
             lines.append(f"  modules       {', '.join(m['modules'])} (merged too)")
+        if m["head_files"]:
+            lines.append(f"  head files    {', '.join(m['head_files'])} (merged too)")
         if m.get("adapter"):
             lines += _adapter_lines(m["adapter"])
     if "mergeable" in report:

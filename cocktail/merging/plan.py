@@ -16,6 +16,7 @@ import torch
 
 from cocktail.errors import IncompatibleModelsError, few_names
 from cocktail.io.checkpoints import TRANSFORMER, Checkpoint, TensorInfo
+from cocktail.io.head_files import is_head_file
 
 MERGE = "merge"
 COPY = "copy"
@@ -140,8 +141,12 @@ def build_plan(checkpoints: list[Checkpoint], base: Checkpoint | None = None,
     _check_components(every)
     tensors: list[PlannedTensor] = []
     notes: list[str] = []
+    partial_heads = _check_head_files(every)
     for component in checkpoints[0].components:
-        planned, component_notes = _plan_component(component, checkpoints, base, dtype)
+        if component in partial_heads:
+            planned, component_notes = _copy_head_file(component, checkpoints, base, dtype)
+        else:
+            planned, component_notes = _plan_component(component, checkpoints, base, dtype)
         tensors += planned
         notes += component_notes
     return Plan(checkpoints, base, tensors, notes)
@@ -154,16 +159,54 @@ def _check_model_types(every: list[Checkpoint]) -> None:
         raise IncompatibleModelsError(f"cannot merge different architectures: {described}")
 
 
+def _modules(ckpt: Checkpoint) -> set[str]:
+    """The components of ``ckpt`` but its head files: the transformer and sentence-transformers modules."""
+    return {key for key, c in ckpt.components.items() if not is_head_file(c)}
+
+
+def _heads(ckpt: Checkpoint) -> set[str]:
+    return {key for key, c in ckpt.components.items() if is_head_file(c)}
+
+
 def _check_components(every: list[Checkpoint]) -> None:
     first = every[0]
     for other in every[1:]:
-        if set(other.components) != set(first.components):
-            a = sorted(set(first.components) - {TRANSFORMER}) or ["none"]
-            b = sorted(set(other.components) - {TRANSFORMER}) or ["none"]
+        if _modules(other) != _modules(first):
+            a = sorted(_modules(first) - {TRANSFORMER}) or ["none"]
+            b = sorted(_modules(other) - {TRANSFORMER}) or ["none"]
             raise IncompatibleModelsError(
                 f"sentence-transformers modules with weights differ: {first.source} has {', '.join(a)}, "
                 f"{other.source} has {', '.join(b)}"
             )
+
+
+def _check_head_files(every: list[Checkpoint]) -> set[str]:
+    """The head files the first model has and some other model (or the base) lacks: these are copied
+    from the first model. A head file the first model lacks cannot be written: refused, by name."""
+    first = every[0]
+    for other in every[1:]:
+        extra = sorted(_heads(other) - _heads(first))
+        if extra:
+            raise IncompatibleModelsError(
+                f"weight file {', '.join(extra)} is in {other.source} but not in the first model {first.source}: "
+                f"it can be neither merged nor copied (put a model that has it first)")
+    return {name for name in _heads(first) if any(name not in _heads(other) for other in every[1:])}
+
+
+def _copy_head_file(component: str, checkpoints: list[Checkpoint], base: Checkpoint | None,
+                    dtype: torch.dtype | None) -> tuple[list[PlannedTensor], list[str]]:
+    """Every tensor of a head file only some models have, copied from the first model."""
+    every = checkpoints + ([base] if base is not None else [])
+    have = [c.source for c in every if component in _heads(c)]
+    lack = [c.source for c in every if component not in _heads(c)]
+    planned = []
+    for name, info in checkpoints[0].infos(component).items():
+        sources = tuple(name if component in _heads(c) else None for c in checkpoints)
+        out = (dtype or info.dtype) if info.dtype.is_floating_point else info.dtype
+        planned.append(PlannedTensor(component, name, name, sources, None, info.shape, out, COPY))
+    note = (f"weight file {component} is in {', '.join(have)} but not in {', '.join(lack)}: "
+            f"copied from the first model, not merged")
+    return planned, [note]
 
 
 def _plan_component(component: str, checkpoints: list[Checkpoint], base: Checkpoint | None,

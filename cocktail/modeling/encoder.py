@@ -48,6 +48,7 @@ class Encoder:
 
     model_type = "encoder"  # the skeleton's model type
     default_pooling = Pooling()  # for a folder without sentence-transformers files: [CLS], as BGE
+    modes = ("dense",)  # the retrieval modes it is scored in (bge-m3 has more: modeling/m3.py)
 
     def __init__(self, plan: Plan, device: Optional[str] = None, batch_size: int = 32, max_length: int = 512,
                  progress: bool = False, label: Optional[str] = None, trust_remote_code: bool = False):
@@ -93,6 +94,14 @@ class Encoder:
     def query_text(self, query: str, instruction: Optional[str]) -> str:
         """What is encoded for a query: the instruction, if any, put before it (BGE's retrieval instruction)."""
         return (instruction or "") + query
+
+    def similarity(self, queries: torch.Tensor, docs: torch.Tensor, mode: str = "dense") -> torch.Tensor:
+        """``(queries, docs)`` scores of encoded texts: cosine similarity."""
+        return queries @ docs.T
+
+    def pair_similarity(self, first: torch.Tensor, second: torch.Tensor, mode: str = "dense") -> torch.Tensor:
+        """The score of each pair ``(first[i], second[i])``."""
+        return (first * second).sum(-1)
 
     # -- weights -----------------------------------------------------------------------------------
     def fill_from_checkpoint(self, index: int) -> None:

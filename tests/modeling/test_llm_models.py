@@ -351,7 +351,7 @@ def test_eval_refuses_what_it_cannot_score(tmp_path, data):
     few, _ = data
     folder = make_decoder(tmp_path / "m", seed=1)
     beir = Path(__file__).resolve().parents[2] / "examples" / "data" / "scifact"
-    with pytest.raises(InputError, match="a reranker ranks each query's own passages"):
+    with pytest.raises(InputError, match="a reranker reranks candidates of a BEIR folder: give candidates="):
         cocktail.evaluate_models([str(folder)], [str(beir)], model_type="llm-reranker")
     with pytest.raises(InputError, match="cocktail eval scores"):
         cocktail.evaluate_models([str(folder)], [str(few)], model_type="decoder")
