@@ -42,6 +42,11 @@ SPELLINGS = {
     "task": ("--task", "weights_from.task", "task="),
     "verify": ("--verify", "--verify", "verify=True"),
     "plot": ("--plot", "--plot", "plot_sweep()"),
+    "search": ("--search", "weights_from.search", "search=True"),
+    "keep": ("--keep", "weights_from.keep", "keep="),
+    "keep_tolerance": ("--keep-tolerance", "weights_from.keep_tolerance", "keep_tolerance="),
+    "keep_weight": ("--keep-weight", "weights_from.keep_weight", "keep_weight="),
+    "search_space": ("--search-space", "weights_from.search_space", "search_space="),
 }
 
 
