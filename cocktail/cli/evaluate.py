@@ -7,7 +7,7 @@ import json
 import click
 
 from cocktail.cli.group import VariadicCommand, cli
-from cocktail.cli.options import encode_options, quiet_transformers
+from cocktail.cli.options import check_png_option, encode_options, quiet_transformers
 
 EVAL_MODEL_TYPES = ("encoder", "llm-embedder", "llm-reranker")
 
@@ -36,24 +36,24 @@ def eval_command(models, model_type, data, query_instruction, split, batch_size,
               help="The two models; the merge at weight w is w*A + (1-w)*B.")
 @click.option("--steps", type=int, default=11, show_default=True, help="Weights from 0 to 1, evenly spaced.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the curves to this PNG file.")
+@click.option("--frontier-plot", type=click.Path(dir_okay=False), metavar="PNG",
+              help="Write the measured frontier to this PNG file: the first --data set (the target) on y "
+                   "against each other one (a general skill) on x, one point per weight.")
 @click.option("--examples", type=click.Path(), help="Few-shot examples (query/pos/neg JSONL): mark the weight "
               "LM-Cocktail's few-shot weighting picks.")
 @encode_options
-def sweep_command(models, steps, plot, examples, data, query_instruction, split, batch_size, max_length, device,
-                  as_json, quiet, trust_remote_code, adapter_base):
+def sweep_command(models, steps, plot, frontier_plot, examples, data, query_instruction, split, batch_size,
+                  max_length, device, as_json, quiet, trust_remote_code, adapter_base):
     """Merge two models in memory at weights 0..1 and score each merge: the trade-off curve."""
     from cocktail.evaluation.evaluate import format_table
-    from cocktail.evaluation.sweep import plot_sweep, sweep_weights, table_rows
+    from cocktail.evaluation.sweep import plot_frontier, plot_sweep, sweep_weights, table_rows
 
     if len(models) != 2:
         raise click.UsageError(f"--models takes exactly 2 models, got {len(models)}")
-    if plot and not plot.lower().endswith(".png"):
-        raise click.UsageError("--plot writes a PNG: give a file name ending in .png")
-    if plot:  # fail before the long part if matplotlib is missing
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise click.UsageError("--plot needs matplotlib: pip install 'cocktail[plot]'") from None
+    check_png_option("--plot", plot)
+    check_png_option("--frontier-plot", frontier_plot)
+    if frontier_plot and len(data) < 2:
+        raise click.UsageError("--frontier-plot needs at least 2 --data sets: the target first, then general ones")
     quiet_transformers()
     result = sweep_weights(list(models), list(data), steps, query_instruction, examples, split=split,
                            batch_size=batch_size, max_length=max_length, device=device,
@@ -61,6 +61,8 @@ def sweep_command(models, steps, plot, examples, data, query_instruction, split,
                            adapter_base=adapter_base)
     if plot:
         plot_sweep(result, plot)
+    if frontier_plot:
+        plot_frontier(result, frontier_plot)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
@@ -68,6 +70,5 @@ def sweep_command(models, steps, plot, examples, data, query_instruction, split,
     if result.few_shot_weights is not None:
         lines.append(f"few-shot weights from {examples}: {', '.join(f'{w:.4f}' for w in result.few_shot_weights)}")
     lines += ["", format_table(table_rows(result), row_key="weight", row_header="w")]
-    if plot:
-        lines += ["", f"wrote {plot}"]
+    lines += [f"wrote {path}" for path in (plot, frontier_plot) if path]
     click.echo("\n".join(lines))

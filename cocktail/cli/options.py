@@ -4,6 +4,7 @@ few examples (``cocktail merge`` and ``cocktail weights``), and how ``eval`` / `
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Optional
 
@@ -129,6 +130,22 @@ def weights_from_options(values: dict) -> Optional[dict]:
     if "task" in given:
         given["task"] = list(given["task"]) if len(given["task"]) > 1 else given["task"][0]
     return given
+
+
+def check_png_option(name: str, path: Optional[str]) -> None:
+    """Before the long part: a plot option names a .png file in an existing folder, and matplotlib is there."""
+    if not path:
+        return
+    if not path.lower().endswith(".png"):
+        raise click.UsageError(f"{name} writes a PNG: give a file name ending in .png")
+
+    folder = os.path.dirname(os.path.abspath(os.path.expanduser(path)))
+    if not os.path.isdir(folder):
+        raise click.UsageError(f"{name}: folder {folder} does not exist")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise click.UsageError(f"{name} needs matplotlib: pip install 'cocktail[plot]'") from None
 
 
 def quiet_transformers() -> None:
