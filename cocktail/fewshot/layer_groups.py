@@ -2,8 +2,8 @@
 written as the per-tensor weight schedules the merge engine already runs (``merging/schedules.py``).
 
 The model's L layers are split into K contiguous groups of near-equal size (group g holds layers
-``g * L // K`` to ``(g + 1) * L // K - 1``); the embeddings (tensors outside the layers whose name holds
-``embed``, GPT-2's ``wte`` / ``wpe``) go with the first group; everything else outside the layers
+``g * L // K`` to ``(g + 1) * L // K - 1``); the embeddings (``embeddings.``, ``embed_tokens.``,
+``embed_positions.``, GPT-2's ``wte.`` / ``wpe.``, T5's ``shared.``) go with the first group; everything else outside the layers
 (pooler, heads, final norm, sentence-transformers modules) with the last. A model's weight is then a
 list of ``{filter, value}`` entries, one per group, the last group being the default entry. Which
 group a tensor is in is read back through :class:`~cocktail.merging.schedules.Schedule` itself, so the
@@ -20,7 +20,7 @@ from cocktail.merging.plan import MERGE, Plan
 from cocktail.merging.schedules import Schedule, TensorName, layer_count
 
 LAYER_WORDS = r"(?:layer|layers|h|block|blocks)"
-EMBEDDINGS = rf"^(?!(?:.*\.)?{LAYER_WORDS}\.\d+\.).*(?:embed|(?:^|\.)wte\.|(?:^|\.)wpe\.)"
+EMBEDDINGS = r"(?:^|\.)(?:embeddings|embed_tokens|embed_positions|wte|wpe|shared)\."
 
 
 def group_layers(layers: int, groups: int) -> list[tuple[int, int]]:
