@@ -35,7 +35,11 @@ def check_target(path: Union[str, os.PathLike]) -> Path:
 def save_png(fig, path: Union[str, os.PathLike]) -> Path:
     """Write ``fig`` to ``path`` as PNG through a temporary file in the same folder, then close it."""
     plt = pyplot()
-    target = check_target(path)
+    try:
+        target = check_target(path)
+    except InputError:
+        plt.close(fig)
+        raise
     handle, tmp = tempfile.mkstemp(prefix=".cocktail-plot-", suffix=".png", dir=str(target.parent))
     os.close(handle)
     try:
