@@ -202,14 +202,35 @@ def test_cli_weights_plot_and_json_carry_every_evaluated_merge(base_and_tuned, t
 def test_trade_off_weight_minimises_loss_plus_weighted_keep_loss(base_and_tuned):
     base, tuned, target, keep = base_and_tuned
     result = few_shot_losses([tuned, base], str(target), keep=str(keep), keep_weight=3.0, search=True,
-                             search_budget=5, holdout=0)
+                             search_budget=5, holdout=2)
     search = result.search
+    # 2 of 6 target examples held out: the 4 keep examples are split in the same proportion (1 of 4)
+    assert (search.fit_examples, search.holdout_examples) == (4, 2)
+    assert (search.keep_examples, search.keep_holdout_examples, result.keep_examples) == (3, 1, 4)
+    assert len(result.keep_holdout_losses) == 2 and search.keep_holdout_loss is not None
     assert search.objective == {"mode": "trade-off", "keep_limit": None, "keep_weight": 3.0}
     answer = search.loss + 3.0 * search.keep_loss
     candidates = [p["loss"] + 3.0 * p["keep_loss"] for p in search.points]
     inputs = [t + 3.0 * k for t, k in zip(result.losses, result.keep_losses)]
     assert answer == pytest.approx(min(candidates + inputs), abs=1e-9)
     assert result.keep_tolerance is None
+
+
+def test_inputs_held_in_memory_merge_exactly_as_when_read_from_the_files(base_and_tuned):
+    from cocktail.merging.methods import get_method
+    from cocktail.modeling.skeleton import Skeleton
+
+    base, tuned, target, keep = base_and_tuned
+    with open_path(tuned) as a, open_path(base) as b:
+        plan = build_plan([a, b], dtype=torch.float32)
+        streamed = Skeleton(plan, "encoder", torch.device("cpu"))
+        held = Skeleton(plan, "encoder", torch.device("cpu"))
+        assert not held.keep_inputs(limit_bytes=1000)  # too large for the limit: read from the files
+        assert held.keep_inputs()
+        for skeleton in (streamed, held):
+            skeleton.fill_from_merge(get_method("linear"), [0.3, 0.7])
+        left, right = streamed.model.state_dict(), held.model.state_dict()
+        assert all(torch.equal(left[k], right[k]) for k in left)
 
 
 # -- bad input -------------------------------------------------------------------------------------
