@@ -7,6 +7,9 @@ lowers the loss; when no move helps, halve the step. It stops when the evaluatio
 the step is tiny. It never returns weights worse than its start: a move is kept only if it is
 strictly better. ``evaluate`` is called at most ``budget`` times (the start included); points whose
 loss is already ``known`` (e.g. the single models, for the linear method) cost nothing.
+
+With K groups of weights (``search_space: layers:K``, see ``layer_groups.py``) each group lies on its
+own simplex: the moves are first made in every group at once, then in each group alone.
 """
 
 from __future__ import annotations

@@ -420,7 +420,9 @@ def weights_from_examples(models: Sequence[Union[str, os.PathLike]], examples: E
                           **options) -> list[float]:
     """LM-Cocktail's few-shot weights, one per model: ``softmax(-loss / temperature)``.
 
-    Takes the arguments of :func:`few_shot_losses` (``task``, ``search``, ``trust_remote_code``, ... as keywords).
+    Takes the arguments of :func:`few_shot_losses` (``task``, ``search``, ``keep``, ``search_space``,
+    ``trust_remote_code``, ... as keywords). With ``search_space="layers:K"`` each weight is a
+    per-tensor schedule (a list of ``{filter, value}`` entries), as ``cocktail.merge`` takes it.
     """
     return few_shot_losses(models, examples, model_type=model_type, temperature=temperature,
                            query_instruction=query_instruction, neg_number=neg_number, batch_size=batch_size,
