@@ -28,6 +28,7 @@ from cocktail.errors import InputError
 from cocktail.fewshot import layer_groups
 from cocktail.fewshot import losses as L
 from cocktail.fewshot.examples import ExampleSet, ExampleSource, load_examples
+from cocktail.fewshot.hints import near_uniform_note, small_holdout_note
 from cocktail.fewshot.objective import Objective
 from cocktail.fewshot.search import search_group_weights
 from cocktail.io.adapters import bases_for, open_path
@@ -38,6 +39,7 @@ from cocktail.modeling.loading import load_tokenizer, resolve_device
 from cocktail.modeling.pooling import LAST_TOKEN, read_pooling
 from cocktail.modeling.skeleton import Skeleton, model_folder
 from cocktail.recipe.choices import MODEL_TYPES
+from cocktail.recipe.model_type import settle as settle_model_type
 from cocktail.recipe.weights_from import DEFAULT_SEARCH_BUDGET, FewShotOptions
 
 DEFAULT_MAX_LENGTH = {"encoder": 512, "reranker": 512, "decoder": 2048, "llm-embedder": 512, "llm-reranker": 512}
@@ -210,6 +212,7 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
         if held_count == 0:
             notes.append(f"no examples kept aside for the search ({len(chosen)} examples; "
                          f"the default holdout needs {MIN_FOR_DEFAULT_HOLDOUT}): watch for overfitting")
+        notes += filter(None, [small_holdout_note(held_count)])
         if kept:  # the keep set is split in the same proportion
             keep_held_count = min(len(kept) - 1, int(round(len(kept) * held_count / len(chosen))))
     fit, held = _split(chosen, held_count, seed + HOLDOUT_SEED_OFFSET)
@@ -245,6 +248,8 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
     losses = [m[0] for m in per_model]
     keep_losses = [m[2] for m in per_model] if keep_fit else None
     start = softmax_weights(losses, options.temperature)
+    if not options.search:
+        notes += filter(None, [near_uniform_note(losses, start, options.temperature)])
     weights: list = start
     report = None
     if options.search:
@@ -348,7 +353,8 @@ def _show(candidate: list[list[float]]) -> str:
     return " | ".join(f"[{', '.join(f'{w:.4f}' for w in group)}]" for group in candidate)
 
 
-def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: ExampleSource, model_type: str = "encoder",
+def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: ExampleSource,
+                    model_type: Optional[str] = None,
                     temperature: float = 5.0, query_instruction: Optional[str] = None, neg_number: int = 7,
                     batch_size: int = 2, max_length: Optional[int] = None, seed: int = 0,
                     device: Optional[str] = None, task: Union[str, Sequence[str], None] = None,
@@ -362,7 +368,8 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
     Args:
         models: model folders, ``.safetensors`` files or cached hub ids (one architecture).
         examples: a path to a JSONL / JSON list / task-keyed JSON file, or a list of example dicts.
-        model_type: ``encoder`` (embedder), ``reranker`` (one-logit cross-encoder) or ``decoder``.
+        model_type: ``encoder`` (embedder), ``reranker`` (one-logit cross-encoder), ``decoder``,
+            ``llm-embedder`` or ``llm-reranker`` (default: what the models' config.json says).
         temperature: the softmax temperature (LM-Cocktail's default 5.0).
         query_instruction: prepended to every query (unless the example has its own ``prompt``).
         neg_number: the most negatives used per query (fewer are fine).
@@ -395,16 +402,17 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
                              keep=keep, keep_tolerance=keep_tolerance, keep_weight=keep_weight,
                              search_space=search_space)
     options.check()
-    if model_type not in MODEL_TYPES:
+    if model_type is not None and model_type not in MODEL_TYPES:
         raise InputError(f"unknown model type {model_type!r} (choose from {', '.join(MODEL_TYPES)})")
     if not models:
         raise InputError("no models given")
-    example_set = load_examples(options.examples, model_type, options.task)  # a bad file fails before any model is read
-    keep_set = load_examples(options.keep, model_type) if options.keep is not None else None
     opened = []
     try:
         for model, base in zip(models, bases_for(models, adapter_base)):
-            opened.append(open_path(model, base))
+            opened.append(open_path(model, base))  # configs and tensor headers only
+        model_type = settle_model_type(model_type, opened[0])
+        example_set = load_examples(options.examples, model_type, options.task)  # before any weight is read
+        keep_set = load_examples(options.keep, model_type) if options.keep is not None else None
         plan = build_plan(opened)
         return weights_for_plan(plan, model_type, options, progress=progress, example_set=example_set,
                                 keep_set=keep_set, trust_remote_code=trust_remote_code)
@@ -414,7 +422,7 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
 
 
 def weights_from_examples(models: Sequence[Union[str, os.PathLike]], examples: ExampleSource,
-                          model_type: str = "encoder", temperature: float = 5.0,
+                          model_type: Optional[str] = None, temperature: float = 5.0,
                           query_instruction: Optional[str] = None, neg_number: int = 7, batch_size: int = 2,
                           max_length: Optional[int] = None, seed: int = 0, device: Optional[str] = None,
                           **options) -> list[float]:
