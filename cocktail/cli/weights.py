@@ -94,7 +94,8 @@ def format_few_shot(data: dict, show_notes: bool = True) -> str:
     if data.get("keep_source"):
         rule = (f"trade-off: loss + {data['keep_weight']:g} * keep loss" if data.get("keep_weight") is not None
                 else f"tolerance {data['keep_tolerance']:g} above the best model's keep loss")
-        lines.append(f"keep loss on {data['keep_examples']} examples ({data['keep_source']}); search rule: {rule}")
+        lines.append(f"keep loss on {data['keep_examples']} examples ({data['keep_source']})"
+                     + (f"; search rule: {rule}" if search else ""))
     if search:
         lines.append(f"search: {search['evaluations']} merged models evaluated (budget {search['budget']}) on "
                      f"{search['fit_examples']} examples, {search['holdout_examples']} held out"
