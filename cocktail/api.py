@@ -226,6 +226,9 @@ def examples_request(examples: Any) -> dict:
         request = {"examples": examples}
     found = request["examples"]
     request["examples"] = str(found) if isinstance(found, (str, os.PathLike)) else list(found)
+    keep = request.get("keep")
+    if keep is not None:
+        request["keep"] = str(keep) if isinstance(keep, (str, os.PathLike)) else list(keep)
     return request
 
 
@@ -312,7 +315,9 @@ def mix_models_with_data(model_names_or_paths: Sequence[str], model_type: str, e
                          neg_number: int = 7, output_path: Optional[str] = None, *, example_ata=None,
                          query_instruction: Optional[str] = None, seed: int = 0, device: Optional[str] = None,
                          task=None, search: bool = False, search_budget: Optional[int] = None,
-                         holdout: Optional[float] = None, trust_remote_code: bool = False):
+                         holdout: Optional[float] = None, trust_remote_code: bool = False, keep=None,
+                         keep_tolerance: Optional[float] = None, keep_weight: Optional[float] = None,
+                         search_space: str = "models"):
     """LM-Cocktail's ``mix_models_with_data``: weights from a few examples, merge, return the model.
 
     The weights are ``softmax(-loss / temperature)`` of each model's loss on ``example_data`` (see
@@ -330,6 +335,8 @@ def mix_models_with_data(model_names_or_paths: Sequence[str], model_type: str, e
         neg_number: the most negatives per query.
         output_path: where to save the merged model (``None``: not saved).
         query_instruction, seed, device, task, search, search_budget, holdout: see ``cocktail weights``.
+        keep, keep_tolerance, keep_weight, search_space: the keep set and the search space (see
+            :func:`cocktail.few_shot_losses`).
         trust_remote_code: let the models' own code (``auto_map``) run to score the examples.
 
     Returns:
@@ -343,9 +350,14 @@ def mix_models_with_data(model_names_or_paths: Sequence[str], model_type: str, e
     weights_from = {"examples": examples if isinstance(examples, (str, os.PathLike)) else list(examples),
                     "temperature": temperature, "batch_size": batch_size, "neg_number": neg_number,
                     "max_length": max_input_length, "query_instruction": query_instruction, "seed": seed,
-                    "device": device, "task": task, "search": search, "holdout": holdout}
-    if isinstance(weights_from["examples"], os.PathLike):
-        weights_from["examples"] = str(weights_from["examples"])
+                    "device": device, "task": task, "search": search, "holdout": holdout,
+                    "keep": keep, "keep_tolerance": keep_tolerance, "keep_weight": keep_weight,
+                    "search_space": search_space}
+    for key in ("examples", "keep"):
+        if isinstance(weights_from[key], os.PathLike):
+            weights_from[key] = str(weights_from[key])
+        elif isinstance(weights_from[key], tuple):
+            weights_from[key] = list(weights_from[key])
     if search_budget is not None:
         weights_from["search_budget"] = search_budget
     recipe = Recipe.from_models(model_names_or_paths, None, model_type=model_type, weights_from=weights_from,

@@ -49,6 +49,10 @@ SPELLINGS = {
     "retriever": ("--retriever", "--retriever", "retriever="),
     "top_k": ("--top-k", "--top-k", "top_k="),
     "mode": ("--mode", "--mode", "mode="),
+    "keep": ("--keep", "weights_from.keep", "keep="),
+    "keep_tolerance": ("--keep-tolerance", "weights_from.keep_tolerance", "keep_tolerance="),
+    "keep_weight": ("--keep-weight", "weights_from.keep_weight", "keep_weight="),
+    "search_space": ("--search-space", "weights_from.search_space", "search_space="),
 }
 
 

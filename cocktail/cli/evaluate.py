@@ -7,7 +7,7 @@ import json
 import click
 
 from cocktail.cli.group import VariadicCommand, cli
-from cocktail.cli.options import encode_options, quiet_transformers
+from cocktail.cli.options import check_png_option, encode_options, quiet_transformers
 
 EVAL_MODEL_TYPES = ("encoder", "llm-embedder", "reranker", "llm-reranker")
 MODEL_TYPE_HELP = ("encoder: BERT-style embedder (bge-m3, with its colbert_linear.pt and sparse_linear.pt, is scored "
@@ -46,6 +46,9 @@ def eval_command(models, model_type, candidates, retriever, top_k, data, query_i
               help="The two models; the merge at weight w is w*A + (1-w)*B.")
 @click.option("--steps", type=int, default=11, show_default=True, help="Weights from 0 to 1, evenly spaced.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the curves to this PNG file.")
+@click.option("--frontier-plot", type=click.Path(dir_okay=False), metavar="PNG",
+              help="Write the measured frontier to this PNG file: the first --data set (the target) on y "
+                   "against each other one (a general skill) on x, one point per weight.")
 @click.option("--examples", type=click.Path(), help="Few-shot examples (query/pos/neg JSONL): mark the weight "
               "LM-Cocktail's few-shot weighting picks (from the dense loss, for bge-m3).")
 @click.option("--temperature", type=float, default=5.0, show_default=True,
@@ -55,21 +58,19 @@ def eval_command(models, model_type, candidates, retriever, top_k, data, query_i
 @click.option("--mode", type=click.Choice(("dense", "sparse", "colbert", "hybrid")), default=None,
               help="The retrieval mode --plot draws for bge-m3 (default: dense; the table shows every mode).")
 @encode_options
-def sweep_command(models, steps, plot, examples, temperature, model_type, mode, data, query_instruction, split,
+def sweep_command(models, steps, plot, frontier_plot, examples, temperature, model_type, mode, data,
+                  query_instruction, split,
                   batch_size, max_length, device, as_json, quiet, trust_remote_code, adapter_base):
     """Merge two models in memory at weights 0..1 and score each merge: the trade-off curve."""
     from cocktail.evaluation.evaluate import format_table
-    from cocktail.evaluation.sweep import plot_sweep, sweep_weights, table_rows
+    from cocktail.evaluation.sweep import plot_frontier, plot_sweep, sweep_weights, table_rows
 
     if len(models) != 2:
         raise click.UsageError(f"--models takes exactly 2 models, got {len(models)}")
-    if plot and not plot.lower().endswith(".png"):
-        raise click.UsageError("--plot writes a PNG: give a file name ending in .png")
-    if plot:  # fail before the long part if matplotlib is missing
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise click.UsageError("--plot needs matplotlib: pip install 'cocktail[plot]'") from None
+    check_png_option("--plot", plot)
+    check_png_option("--frontier-plot", frontier_plot)
+    if frontier_plot and len(data) < 2:
+        raise click.UsageError("--frontier-plot needs at least 2 --data sets: the target first, then general ones")
     quiet_transformers()
     result = sweep_weights(list(models), list(data), steps, query_instruction, examples, split=split,
                            batch_size=batch_size, max_length=max_length, device=device,
@@ -77,6 +78,8 @@ def sweep_command(models, steps, plot, examples, temperature, model_type, mode, 
                            adapter_base=adapter_base, model_type=model_type, temperature=temperature)
     if plot:
         plot_sweep(result, plot, mode=mode)
+    if frontier_plot:
+        plot_frontier(result, frontier_plot, mode=mode)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
@@ -84,6 +87,5 @@ def sweep_command(models, steps, plot, examples, temperature, model_type, mode, 
     if result.few_shot_weights is not None:
         lines.append(f"few-shot weights from {examples}: {', '.join(f'{w:.4f}' for w in result.few_shot_weights)}")
     lines += ["", format_table(table_rows(result), row_key="weight", row_header="w")]
-    if plot:
-        lines += ["", f"wrote {plot}"]
+    lines += [f"wrote {path}" for path in (plot, frontier_plot) if path]
     click.echo("\n".join(lines))

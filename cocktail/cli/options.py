@@ -4,6 +4,7 @@ few examples (``cocktail merge`` and ``cocktail weights``), and how ``eval`` / `
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Optional
 
@@ -11,8 +12,8 @@ import click
 
 from cocktail.cli.group import NUMBER
 from cocktail.recipe.choices import DTYPES, MODEL_TYPES
+from cocktail.recipe.weights_from import DEFAULT_KEEP_TOLERANCE, FewShotOptions
 from cocktail.recipe.weights_from import KEYS as FEW_SHOT_KEYS
-from cocktail.recipe.weights_from import FewShotOptions
 
 DEFAULTS = FewShotOptions()
 
@@ -98,6 +99,19 @@ def few_shot_options(command=None, *, with_seed: bool = True):
         click.option("--holdout", type=float,
                      help="Examples the search keeps aside: a fraction below 1 or a count  "
                           "[default: a fifth when there are 10 or more]"),
+        click.option("--keep", type=click.Path(dir_okay=False), metavar="FILE",
+                     help="Examples of what the merge must keep (same formats as --examples, e.g. NLI or STS "
+                          "pairs, other tasks): each model's and each searched merge's loss on them is reported, "
+                          "and --search keeps it within --keep-tolerance."),
+        click.option("--keep-tolerance", type=float, metavar="X",
+                     help="With --keep: the search's keep loss may be at most X above the best input's  "
+                          f"[default: {DEFAULT_KEEP_TOLERANCE}]"),
+        click.option("--keep-weight", type=float, metavar="L",
+                     help="With --keep, instead of a tolerance: the search minimises loss + L * keep loss."),
+        click.option("--search-space", metavar="SPACE",
+                     help="What --search varies: 'models' (one weight per model) or 'layers:K' (K contiguous "
+                          "layer groups, embeddings with the first and heads with the last, each with its own "
+                          "weights; written as per-tensor weights)  [default: models]"),
     ]
     seed = click.option("--seed", type=int, help="Seed of the negative sampling and holdout split  [default: 0]")
     if with_seed:
@@ -115,12 +129,31 @@ def weights_from_options(values: dict) -> Optional[dict]:
             flag = "--" + next(iter(given)).replace("_", "-")
             raise click.UsageError(f"{flag} needs --examples")
         return None
-    for key in ("search_budget", "holdout"):
+    for key in ("keep_tolerance", "keep_weight"):
+        if key in given and "keep" not in given:
+            raise click.UsageError(f"--{key.replace('_', '-')} needs --keep")
+    for key in ("search_budget", "holdout", "search_space"):
         if key in given and not given.get("search"):
             raise click.UsageError(f"--{key.replace('_', '-')} needs --search")
     if "task" in given:
         given["task"] = list(given["task"]) if len(given["task"]) > 1 else given["task"][0]
     return given
+
+
+def check_png_option(name: str, path: Optional[str]) -> None:
+    """Before the long part: a plot option names a .png file in an existing folder, and matplotlib is there."""
+    if not path:
+        return
+    if not path.lower().endswith(".png"):
+        raise click.UsageError(f"{name} writes a PNG: give a file name ending in .png")
+
+    folder = os.path.dirname(os.path.abspath(os.path.expanduser(path)))
+    if not os.path.isdir(folder):
+        raise click.UsageError(f"{name}: folder {folder} does not exist")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise click.UsageError(f"{name} needs matplotlib: pip install 'cocktail[plot]'") from None
 
 
 def quiet_transformers() -> None:

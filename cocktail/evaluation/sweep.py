@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -23,6 +22,7 @@ from cocktail.errors import InputError, option
 from cocktail.evaluation.evaluate import SCORERS, Task, make_tasks, score_encoder, scorer_class
 from cocktail.fewshot.weighting import weights_from_examples
 from cocktail.io.adapters import bases_for, open_path
+from cocktail.io.figure import check_target, pareto_front, pyplot, save_png
 from cocktail.merging.methods import get_method
 from cocktail.merging.plan import build_plan
 
@@ -43,8 +43,11 @@ class SweepResult:
         return self.few_shot_weights[0] if self.few_shot_weights else None
 
     def to_dict(self) -> dict:
-        return {"models": self.models, "weights": self.weights, "few_shot_weights": self.few_shot_weights,
+        data = {"models": self.models, "weights": self.weights, "few_shot_weights": self.few_shot_weights,
                 "rows": self.rows}
+        if len(self.tasks) >= 2:
+            data["frontier"] = frontier_curves(self)
+        return data
 
 
 def sweep_points(steps: int) -> list[float]:
@@ -136,28 +139,14 @@ def plot_sweep(result: SweepResult, path: Union[str, os.PathLike], labels: Optio
                title: Optional[str] = None, mode: Optional[str] = None) -> Path:
     """Draw one line per data set (its first metric) against the weight of the first model; PNG. For a
     bge-m3 pair, ``mode`` picks the retrieval mode drawn (default ``dense``)."""
-    modes = list(dict.fromkeys(r["mode"] for r in result.rows if r.get("mode")))
-    if mode is not None and mode != "dense" and mode not in modes:
-        raise InputError(f"{option('mode')} {mode}: these models are scored in {', '.join(modes) or 'dense'} only "
-                         "(sparse, colbert and hybrid are bge-m3's, with its colbert_linear.pt and sparse_linear.pt)")
-    drawn = (mode or "dense") if modes else None
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InputError(f"{option('plot')} needs matplotlib: pip install 'cocktail[plot]'") from None
-    target = Path(path).expanduser()
-    if not target.parent.is_dir():
-        raise InputError(f"cannot write the plot: folder {target.parent} does not exist")
-    names = list(labels) if labels else [Path(m).name or m for m in result.models]
+    drawn = drawn_mode(result, mode)
+    plt = pyplot()
+    check_target(path)
+    names = _names(result, labels)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for task in result.tasks:
-        metric = task.metrics[0]
-        points = sorted((r["weight"], r["value"]) for r in result.rows
-                        if r["data"] == task.name and r["metric"] == metric and r.get("mode") == drawn)
-        shown = f"{metric}[{drawn}]" if drawn else metric
+        points = _curve(result, task, drawn)
+        shown = f"{task.metrics[0]}[{drawn}]" if drawn else task.metrics[0]
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{task.name} ({shown})")
     if result.few_shot_weight is not None:
         ax.axvline(result.few_shot_weight, color="grey", linestyle="--",
@@ -169,15 +158,76 @@ def plot_sweep(result: SweepResult, path: Union[str, os.PathLike], labels: Optio
     ax.legend(fontsize=8)
     ax.set_title(title or f"cocktail sweep: {names[0]} + {names[1]}")
     fig.tight_layout()
-    handle, tmp = tempfile.mkstemp(prefix=".cocktail-plot-", suffix=".png", dir=str(target.parent))
-    os.close(handle)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    finally:
-        plt.close(fig)
-    return target
+    return save_png(fig, path)
+
+
+def frontier_curves(result: SweepResult, mode: Optional[str] = None) -> list[dict]:
+    """The measured frontier: for each data set after the first (a general skill), the points
+    ``{"weight", "x", "y"}`` with x its first metric and y the first data set's (the target's) first metric
+    (for a bge-m3 pair, in retrieval ``mode``, default dense)."""
+    drawn = drawn_mode(result, mode)
+    if len(result.tasks) < 2:
+        raise InputError(f"the frontier plot needs at least 2 data sets (the target first, then the general "
+                         f"ones), got {len(result.tasks)}")
+    target = result.tasks[0]
+    ys = dict(_curve(result, target, drawn))
+    curves = []
+    for task in result.tasks[1:]:
+        points = [{"weight": w, "x": x, "y": ys[w]} for w, x in _curve(result, task, drawn) if w in ys]
+        curves.append({"target": target.name, "target_metric": target.metrics[0], "general": task.name,
+                       "general_metric": task.metrics[0], "points": points})
+    return curves
+
+
+def plot_frontier(result: SweepResult, path: Union[str, os.PathLike], labels: Optional[Sequence[str]] = None,
+                  mode: Optional[str] = None) -> Path:
+    """Draw the measured frontier (:func:`frontier_curves`): one panel per general data set, x its
+    metric, y the target's, each merge labelled with its weight; the few-shot weight marked; PNG."""
+    plt = pyplot()
+    check_target(path)
+    curves = frontier_curves(result, mode)
+    names = _names(result, labels)
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4.8), dpi=120, squeeze=False)
+    marked = result.few_shot_weight
+    for ax, curve in zip(axes[0], curves):
+        points = curve["points"]
+        ax.plot([p["x"] for p in points], [p["y"] for p in points], marker="o", color="tab:blue",
+                label=f"w * {names[0]} + (1 - w) * {names[1]}")
+        for p in points:
+            ax.annotate(f"{p['weight']:.2g}", (p["x"], p["y"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        front = pareto_front([(p["x"], p["y"]) for p in points], x_lower=False, y_lower=False)
+        if len(front) > 1:
+            ax.plot([p[0] for p in front], [p[1] for p in front], color="tab:green", alpha=0.4, linewidth=4,
+                    label="Pareto front")
+        if marked is not None:
+            hit = [p for p in points if abs(p["weight"] - marked) < 1e-9]
+            if hit:
+                ax.scatter([hit[0]["x"]], [hit[0]["y"]], marker="*", s=180, color="tab:red", zorder=5,
+                           label=f"few-shot weights ({marked:.2f})")
+        ax.set_xlabel(f"{curve['general']} ({curve['general_metric']}): general skill")
+        ax.set_ylabel(f"{curve['target']} ({curve['target_metric']}): target")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title(f"frontier: {curve['target']} against {curve['general']}")
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def _names(result: SweepResult, labels: Optional[Sequence[str]]) -> list[str]:
+    return list(labels) if labels else [Path(m).name or m for m in result.models]
+
+
+def drawn_mode(result: SweepResult, mode: Optional[str]) -> Optional[str]:
+    """The retrieval mode a plot draws: ``None`` for models scored one way, else ``mode`` (default dense)."""
+    modes = list(dict.fromkeys(r["mode"] for r in result.rows if r.get("mode")))
+    if mode is not None and mode != "dense" and mode not in modes:
+        raise InputError(f"{option('mode')} {mode}: these models are scored in {', '.join(modes) or 'dense'} only "
+                         "(sparse, colbert and hybrid are bge-m3's, with its colbert_linear.pt and sparse_linear.pt)")
+    return (mode or "dense") if modes else None
+
+
+def _curve(result: SweepResult, task: Task, mode: Optional[str] = None) -> list[tuple[float, float]]:
+    """``[(weight, value)]`` of ``task``'s first metric (in retrieval ``mode``), by weight."""
+    metric = task.metrics[0]
+    return sorted((r["weight"], r["value"]) for r in result.rows
+                  if r["data"] == task.name and r["metric"] == metric and r.get("mode") == mode)

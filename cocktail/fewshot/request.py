@@ -33,13 +33,14 @@ class FewShotRequest:
         self.parameters = dict(recipe.parameters or {})
         self.options = FewShotOptions.from_dict(dict(recipe.weights_from), default_seed=int(recipe.seed or 0))
         self.examples = load_examples(self.options.examples, recipe.model_type, self.options.task)
+        self.keep = load_examples(self.options.keep, recipe.model_type) if self.options.keep is not None else None
         self.result: Optional[FewShotResult] = None
 
     def run(self, plan, progress: bool = False) -> tuple[list[float], list[str]]:
         """``(weights, warnings)`` for the checkpoints of ``plan``."""
         self.result = weights_for_plan(plan, self.model_type, self.options, method=self.method,
                                        parameters=self.parameters, progress=progress, example_set=self.examples,
-                                       trust_remote_code=self.trust_remote_code)
+                                       keep_set=self.keep, trust_remote_code=self.trust_remote_code)
         return list(self.result.weights), list(self.result.notes)
 
     def provenance(self) -> Optional[dict]:
@@ -47,8 +48,11 @@ class FewShotRequest:
         if self.result is None:
             return None
         data = self.result.to_dict()
-        source = self.options.examples
-        if isinstance(source, (str, os.PathLike)):
-            data["examples_source"] = str(Path(source).expanduser().absolute())
-        data["options"] = {k: v for k, v in asdict(self.options).items() if k != "examples"}
+        if data.get("search"):  # every evaluated merge is in --json; the recipe keeps the answer
+            data["search"].pop("points", None)
+        for key, label in (("examples", "examples_source"), ("keep", "keep_source")):
+            source = getattr(self.options, key)
+            if isinstance(source, (str, os.PathLike)):
+                data[label] = str(Path(source).expanduser().absolute())
+        data["options"] = {k: v for k, v in asdict(self.options).items() if k not in ("examples", "keep")}
         return data

@@ -25,14 +25,17 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from cocktail.errors import InputError
+from cocktail.fewshot import layer_groups
 from cocktail.fewshot import losses as L
 from cocktail.fewshot.examples import ExampleSet, ExampleSource, load_examples
 from cocktail.fewshot.hints import near_uniform_note, small_holdout_note
-from cocktail.fewshot.search import search_weights
+from cocktail.fewshot.objective import Objective
+from cocktail.fewshot.search import search_group_weights
 from cocktail.io.adapters import bases_for, open_path
 from cocktail.io.head_files import is_head_file
 from cocktail.merging.methods import get_method
 from cocktail.merging.plan import build_plan
+from cocktail.merging.tensor_settings import TensorSettings, resolve_settings
 from cocktail.modeling.loading import load_tokenizer, resolve_device
 from cocktail.modeling.pooling import LAST_TOKEN, read_pooling
 from cocktail.modeling.skeleton import Skeleton, model_folder
@@ -44,11 +47,15 @@ DEFAULT_MAX_LENGTH = {"encoder": 512, "reranker": 512, "decoder": 2048, "llm-emb
 assert tuple(DEFAULT_MAX_LENGTH) == MODEL_TYPES
 MIN_FOR_DEFAULT_HOLDOUT = 10  # with fewer examples, --search keeps none aside unless asked
 HOLDOUT_SEED_OFFSET = 1  # the holdout split uses random.Random(seed + 1), negatives random.Random(seed)
+KEEP_SEED_OFFSET = 2  # the keep set's negatives: random.Random(seed + 2)
 
 
 @dataclass
 class SearchReport:
-    """What ``--search`` found, with losses on the part it fitted and the part it kept aside."""
+    """What ``--search`` found, with losses on the part it fitted and the part it kept aside.
+
+    ``loss`` / ``keep_loss`` are the target and keep losses (on the searched part) of the answer, the
+    ``start_*`` ones those of the softmax start; ``points`` holds every merge the search evaluated."""
 
     budget: int
     evaluations: int
@@ -57,9 +64,20 @@ class SearchReport:
     start_weights: list[float]
     start_loss: float
     start_holdout_loss: Optional[float]
-    weights: list[float]
+    weights: list  # per model: a number, or a per-tensor schedule (search_space layers:K)
     loss: float
     holdout_loss: Optional[float]
+    search_space: str = "models"
+    group_weights: Optional[list[list[float]]] = None  # [group][model], with layers:K
+    layer_groups: Optional[list[dict]] = None
+    keep_examples: int = 0
+    keep_holdout_examples: int = 0
+    start_keep_loss: Optional[float] = None
+    start_keep_holdout_loss: Optional[float] = None
+    keep_loss: Optional[float] = None
+    keep_holdout_loss: Optional[float] = None
+    objective: dict = field(default_factory=dict)
+    points: list[dict] = field(default_factory=list)  # {"weights", "loss", "keep_loss", "allowed"} per merge
 
     @property
     def improvement(self) -> float:
@@ -78,7 +96,7 @@ class FewShotResult:
     models: list[str]
     losses: list[float]
     softmax_weights: list[float]
-    weights: list[float]
+    weights: list  # per model: a number, or a per-tensor schedule (search_space layers:K)
     model_type: str
     temperature: float
     seed: int
@@ -95,6 +113,13 @@ class FewShotResult:
     holdout_losses: Optional[list[float]] = None
     search: Optional[SearchReport] = None
     notes: list[str] = field(default_factory=list)
+    keep_losses: Optional[list[float]] = None  # each model's loss on the keep set (its searched part)
+    keep_holdout_losses: Optional[list[float]] = None
+    keep_examples: int = 0
+    keep_source: Optional[str] = None
+    keep_sha256: Optional[str] = None
+    keep_tolerance: Optional[float] = None
+    keep_weight: Optional[float] = None
 
     def to_dict(self) -> dict:
         """Plain data, for ``--json`` and the provenance of a merged model."""
@@ -147,7 +172,7 @@ def _holdout_count(options: FewShotOptions, total: int) -> int:
 
 def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=None, parameters=None,
                      progress: bool = False, example_set: Optional[ExampleSet] = None,
-                     trust_remote_code: bool = False) -> FewShotResult:
+                     keep_set: Optional[ExampleSet] = None, trust_remote_code: bool = False) -> FewShotResult:
     """Few-shot losses and weights for the checkpoints of ``plan`` (the runner's entry point).
 
     Args:
@@ -158,6 +183,7 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
         parameters: that method's parameters.
         progress: print one line per model on stderr.
         example_set: the examples, if already loaded (else read from ``options.examples``).
+        keep_set: the keep examples, if already loaded (else read from ``options.keep``, when given).
         trust_remote_code: let a model folder's own code (``auto_map``) run.
     """
     options.check()
@@ -178,16 +204,20 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
         max_length = limit
 
     chosen = L.choose_negatives(example_set.examples, options.neg_number, seed)
-    holdout_idx: set[int] = set()
+    if keep_set is None and options.keep is not None:
+        keep_set = load_examples(options.keep, model_type)
+    kept = L.choose_negatives(keep_set.examples, options.neg_number, seed + KEEP_SEED_OFFSET) if keep_set else []
+    held_count = keep_held_count = 0
     if options.search:
-        count = _holdout_count(options, len(chosen))
-        holdout_idx = set(random.Random(seed + HOLDOUT_SEED_OFFSET).sample(range(len(chosen)), count))
-        if count == 0:
+        held_count = _holdout_count(options, len(chosen))
+        if held_count == 0:
             notes.append(f"no examples kept aside for the search ({len(chosen)} examples; "
                          f"the default holdout needs {MIN_FOR_DEFAULT_HOLDOUT}): watch for overfitting")
-        notes += filter(None, [small_holdout_note(count)])
-    fit = [e for i, e in enumerate(chosen) if i not in holdout_idx]
-    held = [e for i, e in enumerate(chosen) if i in holdout_idx]
+        notes += filter(None, [small_holdout_note(held_count)])
+        if kept:  # the keep set is split in the same proportion
+            keep_held_count = min(len(kept) - 1, int(round(len(kept) * held_count / len(chosen))))
+    fit, held = _split(chosen, held_count, seed + HOLDOUT_SEED_OFFSET)
+    keep_fit, keep_held = _split(kept, keep_held_count, seed + HOLDOUT_SEED_OFFSET)
 
     heads = [c for c in fplan.components if is_head_file(first.components[c])]
     extra_modules = [c for c in fplan.components if c != "transformer" and c not in heads]
@@ -202,48 +232,37 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
                "llm-embedder": lambda: read_pooling(first.root, LAST_TOKEN)}.get(model_type, lambda: None)()
     common = dict(batch_size=options.batch_size, max_length=max_length,
                   query_instruction=options.query_instruction, pooling=pooling, device=device)
-    fit_data = L.prepare(fit, model_type, tokenizer, **common)
-    held_data = L.prepare(held, model_type, tokenizer, **common) if held else None
+
+    def prepared(examples):  # tokenised once, scored for every model and merge
+        return L.prepare(examples, model_type, tokenizer, **common) if examples else None
+
+    data = _ExampleParts(prepared(fit), prepared(held), prepared(keep_fit), prepared(keep_held))
 
     skeleton = Skeleton(fplan, model_type, device, trust_remote_code=trust_remote_code)
     names = [c.source for c in fplan.checkpoints]
-    losses, held_losses = [], []
+    per_model = []
     for i, name in enumerate(names):
         skeleton.fill_from_checkpoint(i)
-        loss = fit_data.loss(skeleton.model)
-        if not math.isfinite(loss):
-            raise InputError(f"{name}: its loss on the examples is {loss} (broken weights?)")
-        losses.append(loss)
-        if held_data is not None:
-            held_losses.append(held_data.loss(skeleton.model))
-        say(f"loss {loss:.6g}  {name}")
+        scores = data.losses(skeleton.model)
+        if not math.isfinite(scores[0]):
+            raise InputError(f"{name}: its loss on the examples is {scores[0]} (broken weights?)")
+        if scores[2] is not None and not math.isfinite(scores[2]):
+            raise InputError(f"{name}: its loss on the keep examples is {scores[2]} (broken weights?)")
+        per_model.append(scores)
+        say(f"loss {scores[0]:.6g}  " + (f"keep loss {scores[2]:.6g}  " if scores[2] is not None else "") + name)
+    losses = [m[0] for m in per_model]
+    keep_losses = [m[2] for m in per_model] if keep_fit else None
     start = softmax_weights(losses, options.temperature)
     if not options.search:
         notes += filter(None, [near_uniform_note(losses, start, options.temperature)])
-    weights = start
+    weights: list = start
     report = None
     if options.search:
-        merge_method = method or get_method("linear")
-        known = {}
-        if merge_method.name == "linear" and fplan.base is None:
-            known = {tuple(1.0 if j == i else 0.0 for j in range(len(names))): losses[i] for i in range(len(names))}
-
-        def evaluate(candidate: list[float]) -> float:
-            skeleton.fill_from_merge(merge_method, candidate, parameters)
-            value = fit_data.loss(skeleton.model)
-            say(f"search: loss {value:.6g} at [{', '.join(f'{w:.4f}' for w in candidate)}]")
-            return value if math.isfinite(value) else math.inf
-
-        outcome = search_weights(evaluate, start, options.search_budget, known)
-        weights = outcome.weights
-        start_held = best_held = None
-        if held_data is not None:
-            skeleton.fill_from_merge(merge_method, start, parameters)
-            start_held = held_data.loss(skeleton.model)
-            skeleton.fill_from_merge(merge_method, weights, parameters)
-            best_held = held_data.loss(skeleton.model)
-        report = SearchReport(options.search_budget, outcome.evaluations, len(fit), len(held), start,
-                              outcome.start_loss, start_held, weights, outcome.loss, best_held)
+        report = _search(skeleton, data, options, method or get_method("linear"), dict(parameters or {}), start,
+                         per_model, say)
+        report.fit_examples, report.holdout_examples = len(fit), len(held)
+        report.keep_examples, report.keep_holdout_examples = len(keep_fit), len(keep_held)
+        weights = report.weights
     return FewShotResult(
         models=names, losses=losses, softmax_weights=start, weights=list(weights), model_type=model_type,
         temperature=float(options.temperature), seed=seed, examples=len(chosen),
@@ -251,8 +270,92 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
         tasks=example_set.tasks, neg_number=options.neg_number, batch_size=options.batch_size,
         max_length=max_length, query_instruction=options.query_instruction,
         pooling=pooling.source if pooling else None, device=str(device),
-        holdout_losses=held_losses or None, search=report, notes=notes,
+        holdout_losses=[m[1] for m in per_model] if held else None, search=report, notes=notes,
+        keep_losses=keep_losses, keep_holdout_losses=[m[3] for m in per_model] if keep_held else None,
+        keep_examples=len(kept), keep_source=keep_set.source if keep_set else None,
+        keep_sha256=_sha256_of_examples(keep_set, options.keep) if keep_set else None,
+        keep_tolerance=options.tolerance, keep_weight=options.keep_weight,
     )
+
+
+def _split(examples: list, count: int, seed: int) -> tuple[list, list]:
+    """``(kept for the search, held out)``: ``count`` examples drawn with ``random.Random(seed)``."""
+    held = set(random.Random(seed).sample(range(len(examples)), count)) if count else set()
+    return ([e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held])
+
+
+@dataclass
+class _ExampleParts:
+    """The tokenised parts a model is scored on: target (searched, held out) and keep (searched, held out)."""
+
+    fit: L.Prepared
+    held: Optional[L.Prepared]
+    keep: Optional[L.Prepared]
+    keep_held: Optional[L.Prepared]
+
+    def losses(self, model, held: bool = True) -> tuple:
+        """``(loss, holdout loss, keep loss, keep holdout loss)`` of ``model`` (``None`` where no examples)."""
+        def score(part):
+            return part.loss(model) if part is not None else None
+
+        return (score(self.fit), score(self.held) if held else None, score(self.keep),
+                score(self.keep_held) if held else None)
+
+
+def _search(skeleton: Skeleton, data: _ExampleParts, options: FewShotOptions, method, parameters: dict,
+            start: list[float], per_model: list[tuple], say: Callable[[str], None]) -> SearchReport:
+    """Search the weights (one group, or K layer groups) for the lowest objective; report every point."""
+    plan = skeleton.merge_plan
+    count = len(plan.checkpoints)
+    groups = options.layer_groups() or 1
+    layers = layer_groups.plan_layers(plan)
+    if options.layer_groups() is not None:
+        layer_groups.group_layers(layers, groups)  # refuses too many groups before any merge
+    objective = Objective.make([m[2] for m in per_model] if data.keep is not None else None, options.tolerance,
+                               options.keep_weight)
+    skeleton.keep_inputs()  # every candidate re-merges the same input tensors
+    base_settings, _ = resolve_settings(plan, method, [1.0 / count] * count, parameters)
+    tensor_group = layer_groups.tensor_groups(plan, groups, layers)
+
+    def fill(candidate: list[list[float]]) -> None:
+        settings = [None if s is None else TensorSettings(tuple(candidate[g]), s.parameters)
+                    for s, g in zip(base_settings, tensor_group)]
+        skeleton.fill_from_merge(method, [], parameters, settings=settings)
+
+    points: list[dict] = []
+
+    def evaluate(candidate: list[list[float]]) -> float:
+        fill(candidate)
+        loss, _, keep, _ = data.losses(skeleton.model, held=False)
+        value = objective.value(loss, keep)
+        points.append({"weights": candidate if groups > 1 else candidate[0], "loss": loss, "keep_loss": keep,
+                       "allowed": objective.allowed(keep) if keep is not None else True})
+        say(f"search: loss {loss:.6g}" + (f", keep loss {keep:.6g}" if keep is not None else "")
+            + f" at {_show(candidate)}")
+        return value if math.isfinite(value) else math.inf
+
+    known = {}
+    if method.name == "linear" and plan.base is None:  # a one-hot linear merge is that model
+        for i, scores in enumerate(per_model):
+            one_hot = tuple(1.0 if j == i else 0.0 for j in range(count))
+            known[(one_hot,) * groups] = objective.value(scores[0], scores[2])
+    outcome = search_group_weights(evaluate, [start] * groups, options.search_budget, known)
+    answer = outcome.weights
+    fill([start] * groups)
+    start_scores = data.losses(skeleton.model)
+    fill(answer)
+    answer_scores = data.losses(skeleton.model)
+    return SearchReport(
+        options.search_budget, outcome.evaluations, 0, 0, list(start), start_scores[0], start_scores[1],
+        layer_groups.schedules(answer, layers), answer_scores[0], answer_scores[1],
+        search_space=options.search_space, group_weights=answer if groups > 1 else None,
+        layer_groups=layer_groups.describe(plan, groups) if groups > 1 else None,
+        start_keep_loss=start_scores[2], start_keep_holdout_loss=start_scores[3], keep_loss=answer_scores[2],
+        keep_holdout_loss=answer_scores[3], objective=objective.to_dict(), points=points)
+
+
+def _show(candidate: list[list[float]]) -> str:
+    return " | ".join(f"[{', '.join(f'{w:.4f}' for w in group)}]" for group in candidate)
 
 
 def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: ExampleSource,
@@ -262,7 +365,9 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
                     device: Optional[str] = None, task: Union[str, Sequence[str], None] = None,
                     search: bool = False, search_budget: int = DEFAULT_SEARCH_BUDGET,
                     holdout: Optional[float] = None, progress: bool = False,
-                    trust_remote_code: bool = False, adapter_base: Optional[str] = None) -> FewShotResult:
+                    trust_remote_code: bool = False, adapter_base: Optional[str] = None,
+                    keep: Optional[ExampleSource] = None, keep_tolerance: Optional[float] = None,
+                    keep_weight: Optional[float] = None, search_space: str = "models") -> FewShotResult:
     """Each model's loss on ``examples`` and the weights ``softmax(-loss / temperature)``.
 
     Args:
@@ -285,6 +390,12 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
         progress: print progress lines on stderr.
         trust_remote_code: let a model folder's own code (``auto_map``) run; refused otherwise.
         adapter_base: the base of the LoRA adapter folders among ``models`` (default: each one's config's).
+        keep: examples of what the merge must keep (same formats as ``examples``): each model's loss on
+            them is reported, and the search keeps the merge's keep loss within ``keep_tolerance``.
+        keep_tolerance: how far the search's keep loss may rise above the best model's (default 0.05).
+        keep_weight: instead of a tolerance, the search minimises ``loss + keep_weight * keep loss``.
+        search_space: ``"models"`` (one weight per model) or ``"layers:K"`` (K contiguous layer groups,
+            each with its own weights; the weights are then per-tensor schedules).
 
     Returns:
         A :class:`FewShotResult`; ``.weights`` are the searched weights with ``search``, else the softmax ones.
@@ -292,7 +403,9 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
     options = FewShotOptions(examples=examples, temperature=temperature, query_instruction=query_instruction,
                              neg_number=neg_number, batch_size=batch_size, max_length=max_length,
                              task=list(task) if isinstance(task, (list, tuple)) else task, seed=seed,
-                             device=device, search=search, search_budget=search_budget, holdout=holdout)
+                             device=device, search=search, search_budget=search_budget, holdout=holdout,
+                             keep=keep, keep_tolerance=keep_tolerance, keep_weight=keep_weight,
+                             search_space=search_space)
     options.check()
     if model_type is not None and model_type not in MODEL_TYPES:
         raise InputError(f"unknown model type {model_type!r} (choose from {', '.join(MODEL_TYPES)})")
@@ -304,9 +417,10 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
             opened.append(open_path(model, base))  # configs and tensor headers only
         model_type = settle_model_type(model_type, opened[0])
         example_set = load_examples(options.examples, model_type, options.task)  # before any weight is read
+        keep_set = load_examples(options.keep, model_type) if options.keep is not None else None
         plan = build_plan(opened)
         return weights_for_plan(plan, model_type, options, progress=progress, example_set=example_set,
-                                trust_remote_code=trust_remote_code)
+                                keep_set=keep_set, trust_remote_code=trust_remote_code)
     finally:
         for ckpt in opened:
             ckpt.close()
@@ -319,7 +433,9 @@ def weights_from_examples(models: Sequence[Union[str, os.PathLike]], examples: E
                           **options) -> list[float]:
     """LM-Cocktail's few-shot weights, one per model: ``softmax(-loss / temperature)``.
 
-    Takes the arguments of :func:`few_shot_losses` (``task``, ``search``, ``trust_remote_code``, ... as keywords).
+    Takes the arguments of :func:`few_shot_losses` (``task``, ``search``, ``keep``, ``search_space``,
+    ``trust_remote_code``, ... as keywords). With ``search_space="layers:K"`` each weight is a
+    per-tensor schedule (a list of ``{filter, value}`` entries), as ``cocktail.merge`` takes it.
     """
     return few_shot_losses(models, examples, model_type=model_type, temperature=temperature,
                            query_instruction=query_instruction, neg_number=neg_number, batch_size=batch_size,

@@ -154,6 +154,7 @@ def model_card(recipe: dict, weights: list, summary: dict, library_name: str, ve
     if recipe.get("parameters"):
         lines += ["", "Parameters: " + ", ".join(f"`{k}` = `{v}`" for k, v in recipe["parameters"].items())
                   + (f" (seed {recipe.get('seed', 0)})." if seeded else ".")]
+    lines += _few_shot_lines(((recipe.get("provenance") or {}).get("weights_from")), names[:count])
     if len({lic or "unknown" for lic in inputs["licenses"]}) > 1:
         given = ", ".join(f"`{n}`: {lic or 'not stated'}" for n, lic in zip(names, inputs["licenses"]))
         lines += ["", f"The inputs' licences differ ({given}): check that they allow this merge and say which "
@@ -165,6 +166,49 @@ def model_card(recipe: dict, weights: list, summary: dict, library_name: str, ve
               f"The full recipe, with the sha256 of every input weight file, is in `{RECIPE_FILE}`; "
               f"`cocktail run {RECIPE_FILE} --output <folder>` rebuilds this model.", ""]
     return "\n".join(lines)
+
+
+def _few_shot_lines(few_shot: Optional[dict], names: Sequence[str]) -> list[str]:
+    """The card's account of weights computed from examples: the examples, the keep set and its
+    tolerance, the search, and the losses of each input and of the merge."""
+    if not isinstance(few_shot, dict):
+        return []
+
+    def file_name(source) -> str:
+        return Path(str(source)).name or str(source)
+
+    def number(value) -> str:
+        return "-" if value is None else f"{value:.4g}"
+
+    lines = ["", f"The weights were computed from {few_shot.get('examples')} examples "
+                 f"(`{file_name(few_shot.get('examples_source'))}`, sha256 `{str(few_shot.get('examples_sha256'))[:12]}`) "
+                 f"with LM-Cocktail's few-shot weighting ({few_shot.get('model_type')} loss, temperature "
+                 f"{few_shot.get('temperature')})."]
+    search = few_shot.get("search")
+    keep = few_shot.get("keep_losses")
+    if few_shot.get("keep_source"):
+        rule = (f"the search minimised loss + {few_shot['keep_weight']:g} × keep loss"
+                if few_shot.get("keep_weight") is not None else
+                f"the search kept the keep loss at most {few_shot.get('keep_tolerance'):g} above the best input's")
+        lines.append(f"Keep set: {few_shot.get('keep_examples')} examples (`{file_name(few_shot['keep_source'])}`, "
+                     f"sha256 `{str(few_shot.get('keep_sha256'))[:12]}`); {rule}.")
+    if search:
+        lines.append(f"The weights were searched ({search.get('evaluations')} merges evaluated, search space "
+                     f"`{search.get('search_space', 'models')}`).")
+        for group, weights in zip(search.get("layer_groups") or [], search.get("group_weights") or []):
+            first, last = group["layers"]
+            extra = f" and {group['with']}" if group.get("with") else ""
+            lines.append(f"- layers {first}-{last}{extra}: "
+                         + ", ".join(f"`{n}` {w:.4g}" for n, w in zip(names, weights)))
+    lines += ["", "| | loss | " + ("keep loss |" if keep else ""), "|---|---|" + ("---|" if keep else "")]
+    for i, name in enumerate(names):
+        lines.append(f"| `{name}` | {number(few_shot['losses'][i])} |" + (f" {number(keep[i])} |" if keep else ""))
+    if search:
+        lines.append(f"| softmax weights | {number(search.get('start_loss'))} |"
+                     + (f" {number(search.get('start_keep_loss'))} |" if keep else ""))
+        lines.append(f"| this merge | {number(search.get('loss'))} |"
+                     + (f" {number(search.get('keep_loss'))} |" if keep else ""))
+    return lines
 
 
 # -- --verify ------------------------------------------------------------------------------------

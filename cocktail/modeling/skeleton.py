@@ -21,10 +21,28 @@ from cocktail.errors import InputError, few_names, option
 from cocktail.io.checkpoints import TRANSFORMER
 from cocktail.merging.engine import merged_tensors
 from cocktail.merging.methods import Method
-from cocktail.merging.plan import Plan, canonical_names
+from cocktail.merging.plan import MERGE, Plan, canonical_names
 from cocktail.modeling.loading import build_model, load_config
 
 UNUSED = {"encoder": ("pooler.",)}  # parameters no embedding reads may be absent (they are zeroed)
+KEEP_INPUTS_LIMIT = 4 << 30  # keep_inputs() holds the inputs in memory up to this many bytes (float32)
+
+
+class _HeldCheckpoint:
+    """A checkpoint's tensors of one plan, read once and held as float32 (merges never modify inputs)."""
+
+    def __init__(self, checkpoint, index: Optional[int], plan: Plan):
+        self.source = checkpoint.source
+        self.tensors: dict[tuple[str, str], torch.Tensor] = {}
+        for planned in plan.tensors:
+            name = planned.base_source if index is None else planned.sources[index]
+            if name is not None and planned.action == MERGE:  # copied tensors keep their dtype: read them
+                self.tensors[(planned.component, name)] = checkpoint.read(planned.component, name).to(torch.float32)
+        self._checkpoint = checkpoint
+
+    def read(self, component: str, name: str) -> torch.Tensor:
+        held = self.tensors.get((component, name))
+        return held if held is not None else self._checkpoint.read(component, name)
 
 
 def _skip_random_init():
@@ -89,6 +107,7 @@ class Skeleton:
                                                               for n in names)}
         self.required = {key: names for key, names in groups.items() if key not in unused}
         self._unused = {key: params[key] for key in unused}
+        self._merge_plan: Optional[Plan] = None
 
     def _target(self, canonical: str) -> Optional[torch.Tensor]:
         target = self.targets.get(canonical)
@@ -139,11 +158,35 @@ class Skeleton:
                 self._keep_module(planned, tensor)
         self._finish(filled, ckpt.source)
 
-    def fill_from_merge(self, method: Method, weights: list[float], parameters: Optional[dict] = None) -> None:
-        """Load the merge of every model with ``weights``, without writing it anywhere."""
+    @property
+    def merge_plan(self) -> Plan:
+        """The plan :meth:`fill_from_merge` merges: the tensors the skeleton takes (per-tensor
+        ``settings`` given to it are aligned with ``merge_plan.tensors``)."""
+        if self._merge_plan is None:
+            self._merge_plan = Plan(self.plan.checkpoints, self.plan.base,
+                                    [t for t in self.plan.tensors if self._wanted(t)])
+        return self._merge_plan
+
+    def keep_inputs(self, limit_bytes: int = KEEP_INPUTS_LIMIT) -> bool:
+        """Hold every input tensor of :attr:`merge_plan` in memory (float32) for the merges that follow,
+        when they take at most ``limit_bytes``: a search then merges without re-reading the files.
+        Returns whether they are held."""
+        plan = self.merge_plan
+        every = plan.checkpoints + ([plan.base] if plan.base is not None else [])
+        size = sum(4 * t.nbytes // t.out_dtype.itemsize for t in plan.tensors if t.action == MERGE) * len(every)
+        if size > limit_bytes:
+            return False
+        held = [_HeldCheckpoint(ckpt, index, plan) for index, ckpt in enumerate(plan.checkpoints)]
+        base = _HeldCheckpoint(plan.base, None, plan) if plan.base is not None else None
+        self._merge_plan = Plan(held, base, plan.tensors)
+        return True
+
+    def fill_from_merge(self, method: Method, weights: list[float], parameters: Optional[dict] = None,
+                        settings: Optional[list] = None) -> None:
+        """Load the merge of every model with ``weights`` (or with per-tensor ``settings`` aligned with
+        :attr:`merge_plan`), without writing it anywhere."""
         filled = set()
-        subset = Plan(self.plan.checkpoints, self.plan.base, [t for t in self.plan.tensors if self._wanted(t)])
-        for planned, tensor in merged_tensors(subset, method, weights, parameters or {}):
+        for planned, tensor in merged_tensors(self.merge_plan, method, weights, parameters or {}, settings=settings):
             if planned.component == TRANSFORMER:
                 filled.add(self._copy(planned.canonical, tensor, "the merged model"))
             else:

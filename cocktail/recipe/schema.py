@@ -25,6 +25,7 @@ from cocktail.merging.methods import METHODS
 from cocktail.merging.schedules import is_number
 from cocktail.recipe.choices import DTYPES, MODEL_TYPES
 from cocktail.recipe.weights_from import KEYS as WEIGHTS_FROM_KEYS
+from cocktail.recipe.weights_from import LAYER_SPACE
 from cocktail.recipe.yaml_lines import SET, KeyPath, key_path
 
 # Keys of the recipe that name files or models, resolved against the recipe file's folder.
@@ -191,6 +192,15 @@ WEIGHTS_FROM_CHECKS: dict[str, Check] = {
     "search_budget": _expect(_positive_int, "a positive integer"),
     "holdout": _expect(lambda v: is_number(v) and v >= 0, "a fraction below 1 or a count of examples",
                        nullable=True),
+    "keep": _expect(lambda v: (isinstance(v, str) and v.strip() != "") or
+                    (isinstance(v, list) and bool(v) and all(isinstance(e, dict) for e in v)),
+                    "a path to a file of examples to keep (or a list of examples)", nullable=True),
+    "keep_tolerance": _expect(lambda v: is_number(v) and v >= 0, "a non-negative number (loss units)",
+                              nullable=True),
+    "keep_weight": _expect(lambda v: is_number(v) and v >= 0, "a non-negative number", nullable=True),
+    "search_space": _expect(lambda v: isinstance(v, str) and (v == "models" or bool(LAYER_SPACE.fullmatch(v))
+                                                              and int(v.split(":")[1]) >= 1),
+                            "'models' or 'layers:K' (K layer groups, e.g. layers:3)"),
 }
 if tuple(WEIGHTS_FROM_CHECKS) != WEIGHTS_FROM_KEYS:
     raise ImportError("recipe schema: weights_from checks do not match FewShotOptions' fields")
@@ -333,6 +343,11 @@ def _check_weights_from(weights_from: dict, data: dict, base_dir, problems: Prob
         local = local_path(examples, base_dir)
         if not local.is_file():
             problems.add(path + ("examples",), f"examples file not found: {examples} (no such file: {local})")
+    keep = weights_from.get("keep")
+    if isinstance(keep, str) and keep.strip():
+        local = local_path(keep, base_dir)
+        if not local.is_file():
+            problems.add(path + ("keep",), f"keep file not found: {keep} (no such file: {local})")
 
 
 def _check_method(data: dict, problems: Problems) -> None:
@@ -379,7 +394,9 @@ def resolve_paths(data: dict, base_dir: Union[str, os.PathLike]) -> dict:
             data[key] = resolve_model_path(data[key], base_dir)
     if data.get("output"):
         data["output"] = str(local_path(data["output"], base_dir))
-    if isinstance(data.get("weights_from"), dict) and isinstance(data["weights_from"].get("examples"), str):
+    if isinstance(data.get("weights_from"), dict):
         data["weights_from"] = dict(data["weights_from"])
-        data["weights_from"]["examples"] = str(local_path(data["weights_from"]["examples"], base_dir))
+        for key in ("examples", "keep"):
+            if isinstance(data["weights_from"].get(key), str):
+                data["weights_from"][key] = str(local_path(data["weights_from"][key], base_dir))
     return data

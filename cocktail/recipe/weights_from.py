@@ -7,12 +7,16 @@ few-shot code all take them from its fields. Light (no torch), like the CLI that
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields
 from typing import Any, Optional, Union
 
-from cocktail.errors import InputError
+from cocktail.errors import InputError, option
 
 DEFAULT_SEARCH_BUDGET = 30
+DEFAULT_KEEP_TOLERANCE = 0.05  # the keep loss may rise this much above the best input's (loss units)
+SEARCH_SPACES = ("models", "layers:K")  # one weight per model; or per model and group of K layer groups
+LAYER_SPACE = re.compile(r"layers:(\d+)")
 
 
 @dataclass
@@ -31,6 +35,10 @@ class FewShotOptions:
     search: bool = False
     search_budget: int = DEFAULT_SEARCH_BUDGET
     holdout: Optional[float] = None  # None: a fifth with --search when there are >= 10 examples; <1 fraction, >=1 count
+    keep: Any = None  # examples of what the merge must keep (a path, or a list of example dicts)
+    keep_tolerance: Optional[float] = None  # None: DEFAULT_KEEP_TOLERANCE (unless keep_weight is given)
+    keep_weight: Optional[float] = None  # the search minimises loss + keep_weight * keep loss instead
+    search_space: str = "models"  # or "layers:K": K contiguous layer groups, each with its own weights
 
     @classmethod
     def from_dict(cls, data: dict, default_seed: int = 0) -> "FewShotOptions":
@@ -74,6 +82,35 @@ class FewShotOptions:
             raise InputError(f"query-instruction must be a string, got {self.query_instruction!r}")
         if not isinstance(self.search, bool):
             raise InputError(f"search must be true or false, got {self.search!r}")
+        if self.keep_tolerance is not None:
+            number("keep_tolerance", float, 0)
+        if self.keep_weight is not None:
+            number("keep_weight", float, 0)
+        if self.keep is None and (self.keep_tolerance is not None or self.keep_weight is not None):
+            name = "keep_tolerance" if self.keep_tolerance is not None else "keep_weight"
+            raise InputError(f"{option(name)} needs {option('keep')} (the examples the merge must keep)")
+        if self.keep_tolerance is not None and self.keep_weight is not None:
+            raise InputError(f"give {option('keep_tolerance')} or {option('keep_weight')}, not both")
+        self.layer_groups()
+        if self.search_space != "models" and not self.search:
+            raise InputError(f"{option('search_space')} {self.search_space} needs {option('search')}")
+
+    def layer_groups(self) -> Optional[int]:
+        """K of ``search_space: layers:K`` (``None`` for ``models``); a bad value is refused."""
+        if self.search_space == "models":
+            return None
+        match = LAYER_SPACE.fullmatch(self.search_space) if isinstance(self.search_space, str) else None
+        if match is None or int(match.group(1)) < 1:
+            raise InputError(f"{option('search_space')} must be 'models' or 'layers:K' with K a whole number of "
+                             f"at least 1 (e.g. layers:3), got {self.search_space!r}")
+        return int(match.group(1))
+
+    @property
+    def tolerance(self) -> Optional[float]:
+        """How far the keep loss may rise above the best input's (``None``: a trade-off weight instead)."""
+        if self.keep is None or self.keep_weight is not None:
+            return None
+        return DEFAULT_KEEP_TOLERANCE if self.keep_tolerance is None else float(self.keep_tolerance)
 
 
 #: The keys of ``weights_from``, in the order of the dataclass.

@@ -57,8 +57,9 @@ def test_sweep_middle_matches_a_merge_written_to_disk(sweep_inputs, tmp_path):
 
 def test_cli_sweep_table_json_and_plot(sweep_inputs, tmp_path):
     a, b, beir, sts = sweep_inputs
-    plot = tmp_path / "curve.png"
-    result = run_cli("sweep", "--models", a, b, "--data", beir, sts, "--steps", "3", "--plot", plot, "--json")
+    plot, frontier = tmp_path / "curve.png", tmp_path / "frontier.png"
+    result = run_cli("sweep", "--models", a, b, "--data", beir, sts, "--steps", "3", "--plot", plot, "--json",
+                     "--frontier-plot", frontier)
     assert result.returncode == 0, result
     data = json.loads(result.stdout)
     assert data["models"] == [str(a), str(b)] and data["weights"] == [0.0, 0.5, 1.0]
@@ -67,6 +68,14 @@ def test_cli_sweep_table_json_and_plot(sweep_inputs, tmp_path):
         (w, str(d), m) for w in (0.0, 0.5, 1.0)
         for d, ms in ((beir, ("ndcg@10", "mrr@10", "recall@10", "recall@100")), (sts, ("spearman",))) for m in ms}
     assert_png(plot)
+    assert_png(frontier)
+    (curve,) = data["frontier"]  # the target (first data set) against the general one, a point per weight
+    assert (curve["target"], curve["target_metric"], curve["general"], curve["general_metric"]) == (
+        str(beir), "ndcg@10", str(sts), "spearman")
+    for point in curve["points"]:
+        assert point["y"] == scores(data["rows"], weight=point["weight"])[(str(beir), "ndcg@10")]
+        assert point["x"] == scores(data["rows"], weight=point["weight"])[(str(sts), "spearman")]
+    assert [p["weight"] for p in curve["points"]] == [0.0, 0.5, 1.0]
 
     table = run_cli("sweep", "--models", a, b, "--data", sts, "--steps", "2", "--quiet")
     assert table.returncode == 0, table
@@ -77,6 +86,7 @@ def test_cli_sweep_table_json_and_plot(sweep_inputs, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--steps", "1"], "a sweep needs at least 2 steps"),
     (["--plot", "curve.pdf"], "--plot writes a PNG"),
+    (["--frontier-plot", "f.png"], "--frontier-plot needs at least 2 --data sets"),
 ])
 def test_cli_sweep_bad_arguments(sweep_inputs, tmp_path, args, message):
     a, b, beir, sts = sweep_inputs
