@@ -22,6 +22,7 @@ import torch
 
 from cocktail.errors import InputError
 from cocktail.io import safetensors_format as st_format
+from cocktail.io.containment import inside
 from cocktail.io.hashing import file_hashes
 
 TRANSFORMER = "transformer"  # key of the main weights; sentence-transformers modules use their folder
@@ -116,6 +117,8 @@ class Component:
     rel_dir: str  # folder, relative to the model root, that holds these weights ("" for the root)
     layout: str
     files: list = field(default_factory=list)
+    weight_map: Optional[dict] = None  # a shard index's tensor name -> shard file name
+    index: Optional[Path] = None  # the shard index file
     _where: dict = field(default_factory=dict)  # tensor name -> file object
     _infos: dict = field(default_factory=dict)
 
@@ -123,8 +126,14 @@ class Component:
         if not self._infos:
             for f in self.files:
                 for name, info in f.infos().items():
+                    if name in self._where:
+                        raise InputError(f"tensor {name!r} is in two shards, {self._where[name].path.name} and "
+                                         f"{f.path.name} ({self.index}): which one transformers loads is undefined")
                     self._infos[name] = info
                     self._where[name] = f
+            for name, shard in (self.weight_map or {}).items():
+                if name not in self._where or self._where[name].path.name != Path(shard).name:
+                    raise InputError(f"{self.index}: weight_map puts tensor {name!r} in {shard}, which does not hold it")
         return self._infos
 
     def read(self, name: str) -> torch.Tensor:
@@ -135,30 +144,52 @@ class Component:
         return [f.path for f in self.files]
 
 
-def find_weights(folder: Path, key: str, rel_dir: str, required: bool) -> Component | None:
-    def from_index(index_name: str, layout: str) -> Component:
-        index_path = folder / index_name
-        try:
-            weight_map = json.loads(index_path.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"{index_path}: not a valid shard index ({exc})") from None
-        shard_names = list(dict.fromkeys(weight_map.values()))
-        missing = [s for s in shard_names if not (folder / s).is_file()]
-        if missing:
-            raise InputError(f"{index_path}: lists shard {missing[0]} which is not in the folder")
-        return Component(key, rel_dir, layout, [_open_weight_file(folder / s) for s in shard_names])
+def _read_index(index_path: Path) -> dict[str, str]:
+    """A shard index's ``weight_map``: tensor name -> shard file name, both strings."""
+    index = read_json(index_path, dict, "a JSON object (a shard index)")
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise InputError(f"{index_path}: not a valid shard index (weight_map must be a mapping of tensor names "
+                         f"to shard files, got {type(weight_map).__name__})")
+    bad = next((k for k, v in weight_map.items() if not isinstance(v, str)), None)
+    if bad is not None:
+        raise InputError(f"{index_path}: weight_map names {weight_map[bad]!r} as the shard of {bad!r}: "
+                         f"expected a file name")
+    return weight_map
 
-    if (folder / SAFE_INDEX).is_file():
-        return from_index(SAFE_INDEX, "sharded safetensors")
+
+def _sharded(folder: Path, index_name: str, key: str, rel_dir: str, layout: str) -> Component:
+    """The weights of a shard index: each tensor is read from the shard its ``weight_map`` names."""
+    index_path = folder / index_name
+    weight_map = _read_index(index_path)
+    shards = {}
+    for name in dict.fromkeys(weight_map.values()):
+        path = inside(folder, name, "shard", index_path)
+        if not path.is_file():
+            raise InputError(f"{index_path}: lists shard {name} which is not in the folder")
+        shards[name] = _open_weight_file(path)
+    return Component(key, rel_dir, layout, list(shards.values()), weight_map=weight_map, index=index_path)
+
+
+def find_weights(folder: Path, key: str, rel_dir: str, required: bool, root: Optional[Path] = None) -> Component | None:
+    """The weights in ``folder``, chosen as transformers' ``from_pretrained`` chooses them: ``model.safetensors``,
+    then its shard index, then ``pytorch_model.bin``, then its index (``root``: the model folder they must stay in)."""
+    root = root or folder
+
+    def file(name: str) -> Path:
+        return inside(root, str((folder / name).relative_to(root)), "weight file", root)
+
     if (folder / SAFE_SINGLE).is_file():
-        return Component(key, rel_dir, "safetensors", [_SafetensorsFile(folder / SAFE_SINGLE)])
-    if (folder / BIN_INDEX).is_file():
-        return from_index(BIN_INDEX, "sharded pytorch .bin")
+        return Component(key, rel_dir, "safetensors", [_SafetensorsFile(file(SAFE_SINGLE))])
+    if (folder / SAFE_INDEX).is_file():
+        return _sharded(folder, SAFE_INDEX, key, rel_dir, "sharded safetensors")
     if (folder / BIN_SINGLE).is_file():
-        return Component(key, rel_dir, "pytorch .bin", [_TorchBinFile(folder / BIN_SINGLE)])
+        return Component(key, rel_dir, "pytorch .bin", [_TorchBinFile(file(BIN_SINGLE))])
+    if (folder / BIN_INDEX).is_file():
+        return _sharded(folder, BIN_INDEX, key, rel_dir, "sharded pytorch .bin")
     others = sorted(folder.glob("*.safetensors"))
     if len(others) == 1:
-        return Component(key, rel_dir, "safetensors", [_SafetensorsFile(others[0])])
+        return Component(key, rel_dir, "safetensors", [_SafetensorsFile(file(others[0].name))])
     if required:
         raise InputError(
             f"{folder}: no weights found (expected {SAFE_SINGLE}, {SAFE_INDEX}, {BIN_SINGLE} or {BIN_INDEX})"
@@ -249,20 +280,18 @@ class Checkpoint:
             config = read_config(path.parent / "config.json", required=False)
             components = {TRANSFORMER: Component(TRANSFORMER, "", "safetensors", [_SafetensorsFile(path)])}
             return cls(source, path.parent, config, components, sentence_transformers=False)
-        modules = _read_modules(path)
+        modules = read_modules(path)
         transformer_dir = ""
         extra: list[tuple[str, str]] = []
-        if modules is not None:
-            for module in modules:
-                module_path = str(module.get("path", ""))
-                if str(module.get("type", "")).endswith("Transformer"):
-                    transformer_dir = module_path
-                elif module_path and (path / module_path).is_dir():
-                    extra.append((module_path, module_path))
+        for module_type, module_path in modules or []:
+            if module_type.endswith("Transformer"):
+                transformer_dir = module_path
+            elif module_path and (path / module_path).is_dir():
+                extra.append((module_path, module_path))
         main_dir = path / transformer_dir
-        components = {TRANSFORMER: find_weights(main_dir, TRANSFORMER, transformer_dir, required=True)}
+        components = {TRANSFORMER: find_weights(main_dir, TRANSFORMER, transformer_dir, required=True, root=path)}
         for key, rel in extra:
-            found = find_weights(path / rel, key, rel, required=False)
+            found = find_weights(path / rel, key, rel, required=False, root=path)
             if found is not None:
                 components[key] = found
         config = read_config(main_dir / "config.json", required=True)
@@ -337,12 +366,24 @@ def read_config(path: Path, required: bool) -> dict:
 def transformer_dir(folder: Path) -> str:
     """Where a model folder keeps its transformer (config and weights), relative to the folder:
     the Transformer module's path of a sentence-transformers ``modules.json``, else ``""``."""
-    for module in _read_modules(folder) or []:
-        if isinstance(module, dict) and str(module.get("type", "")).endswith("Transformer"):
-            return str(module.get("path", ""))
+    for module_type, module_path in read_modules(folder) or []:
+        if module_type.endswith("Transformer"):
+            return module_path
     return ""
 
 
-def _read_modules(folder: Path) -> list | None:
+def read_modules(folder: Path) -> list[tuple[str, str]] | None:
+    """The ``(type, path)`` of each module a sentence-transformers ``modules.json`` lists (``None``
+    without one); every path is checked to stay inside ``folder``."""
     path = folder / "modules.json"
-    return read_json(path, list, "a list of modules") if path.is_file() else None
+    if not path.is_file():
+        return None
+    modules = []
+    for module in read_json(path, list, "a list of modules"):
+        if not isinstance(module, dict) or not isinstance(module.get("type", ""), str):
+            raise InputError(f"{path}: expected a list of modules (mappings with a type and a path), got {module!r}")
+        module_path = module.get("path", "")
+        if module_path:
+            inside(folder, module_path, "module path", path)
+        modules.append((module["type"] if "type" in module else "", module_path))
+    return modules
