@@ -181,7 +181,7 @@ def iter_merged(recipe: Recipe, *, objects: Optional[dict] = None,
 
 def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: bool = False, progress: bool = False,
         on_warning: Optional[Callable[[str], None]] = None, verify: bool = False,
-        objects: Optional[dict] = None) -> MergeResult:
+        objects: Optional[dict] = None, recipe_file: "Optional[str | os.PathLike]" = None) -> MergeResult:
     """Run ``recipe`` (a Recipe, or the path of a YAML recipe file): check everything, then stream the
     merge into its output folder.
 
@@ -189,9 +189,11 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
     is written. With ``verify`` the inputs' weight files are hashed first and compared with the
     recipe's provenance (a merged folder's ``cocktail_recipe.yaml``); any change refuses the run.
     Warnings go to ``on_warning`` (default: Python warnings). ``objects`` holds the in-memory models
-    named in the recipe (see :func:`open_checkpoints`).
+    named in the recipe (see :func:`open_checkpoints`); ``recipe_file`` is the file the recipe was read
+    from, which the output must not hold.
     """
     if isinstance(recipe, (str, os.PathLike)):
+        recipe_file = recipe
         recipe = Recipe.from_yaml(recipe)
     check_recipe(recipe)
     if verify:
@@ -205,7 +207,11 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
         if recipe.output:
             every = plan.checkpoints + ([plan.base] if plan.base else [])
             folders = [c.root for c in every] + [c.folder for c in every if isinstance(c, AdapterCheckpoint)]
-            target = check_output(recipe.output, folders, force, plan.output_bytes)
+            if recipe.config_from:
+                folders.append(side_file_source(recipe, plan))
+            examples = (recipe.weights_from or {}).get("examples")
+            files = [f for f in (recipe_file, examples) if isinstance(f, (str, os.PathLike))]
+            target = check_output(recipe.output, folders, force, plan.output_bytes, input_files=tuple(files))
 
     with prepare(recipe, objects=objects, on_warning=on_warning, progress=progress,
                  before_weights=check_target) as prepared:

@@ -174,7 +174,8 @@ def run_command(recipe_file, output, overrides, verify, force, dry_run, as_json,
         count = verify_inputs(recipe)
         if not as_json:
             click.echo(f"verified: {count} input weight files match the recipe's sha256", err=True)
-    result = run(recipe, force=force, dry_run=dry_run, progress=not quiet and not as_json, on_warning=warn)
+    result = run(recipe, force=force, dry_run=dry_run, progress=not quiet and not as_json, on_warning=warn,
+                 recipe_file=recipe_file)
     _print_result(result, as_json)
 
 

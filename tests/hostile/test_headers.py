@@ -119,7 +119,7 @@ def cocktail_reads(path: Path):
         return {k: read_tensor(f.fileno(), e) for k, e in entries.items()}
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(mutation(), min_size=1, max_size=3))
 def test_cocktail_refuses_exactly_the_headers_safetensors_refuses(mutations):
     with tempfile.TemporaryDirectory() as tmp:
