@@ -156,12 +156,14 @@ class OutputFolder:
             remove_stale(self.target)
             self.tmp = Path(tempfile.mkdtemp(prefix=f"{temp_stem(self.target)}.cocktail-{os.getpid()}-",
                                              dir=self.target.parent))
-        except OSError as exc:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary folder
+        except BaseException as exc:  # Ctrl-C or SIGTERM included: no __exit__ runs for a failed __enter__
             self._clean()
-            raise _writing(self.target, exc) from None
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary folder
+            if isinstance(exc, OSError):
+                raise _writing(self.target, exc) from None
+            raise
         return self
 
     def commit(self) -> Path:
