@@ -130,12 +130,14 @@ class Prepared:
 
 @contextmanager
 def prepare(recipe: Recipe, *, objects: Optional[dict] = None, on_warning: Optional[Callable[[str], None]] = None,
-            progress: bool = False, before_weights: Optional[Callable[[Plan], None]] = None) -> Iterator[Prepared]:
+            progress: bool = False, before_weights: Optional[Callable[[Plan], None]] = None,
+            compute_weights: bool = True) -> Iterator[Prepared]:
     """Check ``recipe``, open its models, plan, and resolve every weight (fixed, or from examples);
     the models stay open inside the ``with`` block.
 
     ``before_weights(plan)`` runs once the plan is known and before weights from examples are
-    computed (which takes time): :func:`run` checks the output location there.
+    computed (which takes time): :func:`run` checks the output location there. With
+    ``compute_weights=False`` weights from examples are not computed (:func:`check`).
     """
     warn = on_warning or warn_user
     method = check_recipe(recipe)
@@ -151,6 +153,9 @@ def prepare(recipe: Recipe, *, objects: Optional[dict] = None, on_warning: Optio
         check_config_from(recipe, plan)
         if before_weights is not None:
             before_weights(plan)
+        if few_shot is not None and not compute_weights:  # check() stops here: every input is checked
+            yield Prepared(recipe, method, plan, [], [], [])
+            return
         if few_shot is not None:  # computed on these (possibly in-memory) models
             weights, weight_warnings = few_shot.run(plan, progress=progress)
         settings, setting_warnings = resolve_settings(plan, method, weights, recipe.parameters, recipe.normalize)
@@ -169,6 +174,14 @@ def prepare(recipe: Recipe, *, objects: Optional[dict] = None, on_warning: Optio
     finally:
         for ckpt in checkpoints + ([base] if base else []):
             ckpt.close()
+
+
+def check(recipe: Recipe, *, on_warning: Optional[Callable[[str], None]] = None) -> None:
+    """Every check :func:`run` makes before it merges (models opened, plan built, weights checked),
+    without merging, writing or computing weights from examples: what ``cocktail recipe`` runs, so it
+    refuses what ``cocktail run`` would refuse."""
+    with prepare(recipe, on_warning=on_warning, compute_weights=False):
+        pass
 
 
 def iter_merged(recipe: Recipe, *, objects: Optional[dict] = None,
@@ -337,4 +350,4 @@ def _write_provenance(recipe: Recipe, plan: Plan, weights: list[float], hashes: 
     return [provenance.RECIPE_FILE, provenance.CARD_FILE]
 
 
-__all__ = ["run", "MergeResult", "iter_merged", "prepare"]
+__all__ = ["run", "check", "MergeResult", "iter_merged", "prepare"]

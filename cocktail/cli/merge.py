@@ -191,8 +191,10 @@ def _print_recipe_instead(recipe) -> bool:
     if not ctx.meta.get("cocktail.print_recipe"):
         return False
     from cocktail.recipe.schema import resolve_paths
+    from cocktail.runner import check
 
     recipe.check(os.getcwd())
+    check(recipe, on_warning=warn)  # refuse what `cocktail run` would refuse
     data = recipe.to_dict()
     if ctx.meta.get("cocktail.absolute_paths"):
         data = resolve_paths(data, os.getcwd())

@@ -360,7 +360,14 @@ def read_config(path: Path, required: bool) -> dict:
         if required:
             raise InputError(f"{path.parent}: no config.json (is this a transformers model folder?)")
         return {}
-    return read_json(path, dict, "a JSON object")
+    config = read_json(path, dict, "a JSON object")
+    model_type, architectures = config.get("model_type"), config.get("architectures")
+    if model_type is not None and not isinstance(model_type, str):
+        raise InputError(f"{path}: model_type must be a string, got {model_type!r}")
+    if architectures is not None and not (isinstance(architectures, list)
+                                          and all(isinstance(a, str) for a in architectures)):
+        raise InputError(f"{path}: architectures must be a list of class names, got {architectures!r}")
+    return config
 
 
 def transformer_dir(folder: Path) -> str:
