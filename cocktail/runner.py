@@ -28,6 +28,7 @@ from cocktail.merging.methods import Method, get_method
 from cocktail.merging.plan import Plan, PlannedTensor, build_plan
 from cocktail.merging.tensor_settings import check_method_use, has_weight_schedules, resolve_settings
 from cocktail.merging.weights import fixed_weights
+from cocktail.modeling.loading import embedding_rows
 from cocktail.recipe.choices import MODEL_TYPES
 from cocktail.recipe.recipe import Recipe
 from cocktail.version import __version__
@@ -68,6 +69,7 @@ def check_recipe(recipe: Recipe) -> Method:
     """Checks that need no file: model count, model type, method, dtype, shard size."""
     if not recipe.models:
         raise InputError("no models given")
+    check_paths(recipe)
     if recipe.model_type not in MODEL_TYPES:
         raise InputError(f"unknown model type {recipe.model_type!r} (choose from {', '.join(MODEL_TYPES)})")
     method = get_method(recipe.merge_method)
@@ -75,6 +77,27 @@ def check_recipe(recipe: Recipe) -> Method:
     output_dtype(recipe.dtype)
     parse_size(recipe.max_shard_size)
     return method
+
+
+def check_paths(recipe: Recipe) -> None:
+    """Every path of the recipe is a name cocktail can write into its recipe file: not empty, valid
+    UTF-8 (a path of invalid bytes fails here, not after the whole merge)."""
+    examples = (recipe.weights_from or {}).get("examples")
+    named = [("model", m.path) for m in recipe.models] + [("base", m.base) for m in recipe.models]
+    named += [("base model", recipe.base_model), ("config_from", recipe.config_from), ("output", recipe.output),
+              ("examples", examples if isinstance(examples, (str, os.PathLike)) else None)]
+    for what, path in named:
+        if path is None or not isinstance(path, (str, os.PathLike)):
+            continue
+        text = os.fspath(path)
+        if isinstance(text, bytes):
+            text = os.fsdecode(text)
+        if not text.strip():
+            raise InputError(f"the {what} path is empty")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"the {what} path {ascii(text)} is not valid UTF-8: rename it") from None
 
 
 def open_checkpoints(recipe: Recipe, objects: Optional[dict] = None
@@ -271,6 +294,12 @@ def side_file_source(recipe: Recipe, plan: Plan) -> Path:
     return source.parent if source.is_file() else source
 
 
+#: Config values that fix the shapes of the weights: a config_from must agree on each it has.
+CONFIG_FIT_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                   "intermediate_size", "vocab_size", "max_position_embeddings", "type_vocab_size", "n_embd",
+                   "n_layer", "n_head", "d_model", "head_dim", "tie_word_embeddings")
+
+
 def check_config_from(recipe: Recipe, plan: Plan) -> None:
     """Before anything is merged: ``config_from`` exists and has a valid ``config.json`` where the
     merged weights go (the first model's layout), so the output's config sits beside its weights."""
@@ -283,7 +312,20 @@ def check_config_from(recipe: Recipe, plan: Plan) -> None:
         where = lambda rel: f"in {rel}/" if rel else "in the top folder"  # noqa: E731
         raise InputError(f"config_from {recipe.config_from} keeps its config {where(theirs)}, but the merged "
                          f"weights go {where(ours)} like the first model's: give a config_from laid out the same way")
-    read_config(source / ours / "config.json", required=True)
+    config = read_config(source / ours / "config.json", required=True)
+    first = plan.checkpoints[0].config
+    differ = [f"{key} {config[key]!r} vs {first[key]!r}" for key in CONFIG_FIT_KEYS
+              if key in config and key in first and config[key] != first[key]]
+    rows = embedding_rows(plan)
+    embedding = next((t.shape for t in plan.tensors if t.component == TRANSFORMER and len(t.shape) == 2
+                      and t.shape[0] == rows), None)
+    if rows is not None and isinstance(config.get("vocab_size"), int) and config["vocab_size"] != rows:
+        differ.append(f"vocab_size {config['vocab_size']} vs {rows} embedding rows")
+    if embedding is not None and isinstance(config.get("hidden_size"), int) and config["hidden_size"] != embedding[1]:
+        differ.append(f"hidden_size {config['hidden_size']} vs embeddings of width {embedding[1]}")
+    if differ:
+        raise InputError(f"config_from {recipe.config_from} does not fit the merged weights: "
+                         f"{few_names(list(dict.fromkeys(differ)))} (its config against the first model's)")
 
 
 def _write_side_files(recipe: Recipe, plan: Plan, dest: Path) -> list[str]:

@@ -31,7 +31,7 @@ from cocktail.fewshot.search import search_weights
 from cocktail.io.adapters import bases_for, open_path
 from cocktail.merging.methods import get_method
 from cocktail.merging.plan import build_plan
-from cocktail.modeling.loading import load_tokenizer, resolve_device
+from cocktail.modeling.loading import embedding_rows, load_tokenizer, resolve_device
 from cocktail.modeling.pooling import LAST_TOKEN, read_pooling
 from cocktail.modeling.skeleton import Skeleton, model_folder
 from cocktail.recipe.choices import MODEL_TYPES
@@ -189,7 +189,7 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
     if model_type in ("encoder", "llm-embedder") and extra_modules:
         notes.append(f"sentence-transformers module(s) {', '.join(extra_modules)} are not applied in the loss "
                      "(the embedding is the pooled transformer output, as in LM-Cocktail)")
-    tokenizer = load_tokenizer(model_folder(fplan), trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(model_folder(fplan), trust_remote_code=trust_remote_code, rows=embedding_rows(fplan))
     pooling = {"encoder": lambda: read_pooling(first.root),
                "llm-embedder": lambda: read_pooling(first.root, LAST_TOKEN)}.get(model_type, lambda: None)()
     common = dict(batch_size=options.batch_size, max_length=max_length,

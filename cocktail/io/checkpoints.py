@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Protocol
@@ -77,15 +78,17 @@ class _TorchBinFile:
     def _load(self) -> dict[str, torch.Tensor]:
         if self._state is None:
             try:
-                try:
-                    state = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
-                except RuntimeError as exc:  # the pre-zip format cannot be memory-mapped
-                    if "mmap" not in str(exc):
-                        raise
-                    state = torch.load(self.path, map_location="cpu", weights_only=True)
+                with warnings.catch_warnings():  # torch's warnings are noise next to cocktail's one line
+                    warnings.simplefilter("ignore")
+                    try:
+                        state = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+                    except RuntimeError as exc:  # the pre-zip format cannot be memory-mapped
+                        if "mmap" not in str(exc):
+                            raise
+                        state = torch.load(self.path, map_location="cpu", weights_only=True)
             except Exception as exc:  # pickle errors come in many types
-                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise InputError(f"{self.path}: cannot be loaded safely as weights ({first_line})") from None
+                raise InputError(f"{self.path}: cannot be loaded safely as weights ({_load_failure(exc)}); "
+                                 f"a .safetensors file of the weights can be merged") from None
             if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
                 state = state["state_dict"]
             if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -101,6 +104,15 @@ class _TorchBinFile:
 
     def close(self) -> None:
         self._state = None
+
+
+def _load_failure(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, without torch's advice to load it unsafely."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        lines = [line for line in lines[1:] if not line.startswith(("Check the documentation", "Please file an issue"))]
+    reason = " ".join(line for line in lines if "weights_only" not in line)
+    return reason.replace("WeightsUnpickler error:", "").strip() or type(exc).__name__
 
 
 def _open_weight_file(path: Path):
@@ -203,9 +215,14 @@ def looks_like_hub_id(source: str) -> bool:
 
 def resolve(source: str) -> Path:
     """A local path for ``source``: the path itself, or the cached snapshot of a hub id."""
+    if not source.strip():
+        raise InputError("a model path is empty (give a folder, a .safetensors file or a hub id)")
     path = Path(source).expanduser()
     if path.exists():
         return path
+    if os.path.lexists(path):
+        raise InputError(f"model not found: {source} is a symlink that leads nowhere (its target is missing, "
+                         f"or it is a loop of symlinks)")
     if not looks_like_hub_id(source):
         raise InputError(f"model not found: {source} (no such file or folder)")
     try:
