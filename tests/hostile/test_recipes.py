@@ -15,13 +15,16 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(8))
 
 
-@pytest.mark.parametrize("case, text, line", [
+BOUNDS = [
     ("alias bomb", BOMB, 1),
     ("recursive alias", "models: [a, b]\nx: &a [*a]\n", 2),
     ("anchor", "models: &m\n  - ./a\n  - ./b\n", 1),
     ("alias of a model", "models:\n  - &one ./a\n  - *one\n", 2),
     ("deep nesting", "models: " + "[" * 2000 + "]" * 2000 + "\n", 1),
-])
+]
+
+
+@pytest.mark.parametrize("case, text, line", BOUNDS, ids=[case for case, _, _ in BOUNDS])
 def test_a_recipe_with_aliases_or_deep_nesting_is_one_error_line(tmp_path, case, text, line):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(text)
