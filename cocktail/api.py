@@ -32,7 +32,7 @@ ModelInput = Union[str, os.PathLike, "torch.nn.Module", Mapping[str, "torch.Tens
 
 
 def merge(models: Sequence[ModelInput], weights: Union[Sequence[float], str, None] = None,
-          output: Optional[PathLike] = None, *, model_type: str = "encoder", method: str = "linear",
+          output: Optional[PathLike] = None, *, model_type: Optional[str] = None, method: str = "linear",
           base: Optional[ModelInput] = None, parameters: Optional[dict] = None, dtype: Optional[str] = None,
           normalize: bool = False, max_shard_size: Union[str, int] = "5GB", config_from: Optional[PathLike] = None,
           force: bool = False, dry_run: bool = False, progress: bool = False, examples: Any = None,
@@ -53,7 +53,8 @@ def merge(models: Sequence[ModelInput], weights: Union[Sequence[float], str, Non
             ``{"filter": regex, "value": ...}`` entries (see the README).
         output: the folder to write; it must not exist unless ``force``. It is written exactly as
             ``cocktail merge`` writes it (weights, config and tokenizer files, recipe, model card).
-        model_type: ``encoder`` (embedding model), ``reranker`` or ``decoder``.
+        model_type: ``encoder`` (embedding model), ``reranker``, ``decoder``, ``llm-embedder`` or
+            ``llm-reranker`` (default: what the models' config.json says, ``encoder`` when none says).
         method: the merge method (``linear``: the weighted average; see ``cocktail.METHODS``).
         base: the base model (same kinds as ``models``), for methods that need one.
         parameters: the method's parameters, e.g. ``{"density": 0.5}``.
@@ -109,7 +110,7 @@ def merge(models: Sequence[ModelInput], weights: Union[Sequence[float], str, Non
 
 
 def prepare(models: Sequence[ModelInput], weights: Union[Sequence[float], str, None] = None,
-            output: Optional[PathLike] = None, *, model_type: str = "encoder", method: str = "linear",
+            output: Optional[PathLike] = None, *, model_type: Optional[str] = None, method: str = "linear",
             base: Optional[ModelInput] = None, parameters: Optional[dict] = None, dtype: Optional[str] = None,
             normalize: bool = False, max_shard_size: Union[str, int] = "5GB",
             config_from: Optional[PathLike] = None, examples: Any = None, tokenizer: Any = None,

@@ -40,7 +40,8 @@ class CocktailCallback(TrainerCallback):
             ``"save"``: at every checkpoint save, into ``output_dir/checkpoint-<step>``;
             ``("save", "train_end")``: both, the final one into ``output_dir/final``.
         examples: the few-shot examples for ``weights="examples"``.
-        model_type: ``encoder``, ``reranker`` or ``decoder`` (as for ``cocktail merge``).
+        model_type: ``encoder``, ``reranker``, ``decoder``, ... (default: read off the config, as for
+            ``cocktail merge``).
         method: the merge method (default ``linear``). A method that needs a base model (e.g.
             ``task_arithmetic``, ``ties``) gets ``base`` as its base too.
         parameters: the method's parameters.
@@ -57,7 +58,7 @@ class CocktailCallback(TrainerCallback):
 
     def __init__(self, base: Any, weights: Union[Sequence[float], str, None] = None,
                  output_dir: Optional[Union[str, os.PathLike]] = None, on: Union[str, Sequence[str]] = "train_end",
-                 *, examples: Any = None, model_type: str = "encoder", method: str = "linear",
+                 *, examples: Any = None, model_type: Optional[str] = None, method: str = "linear",
                  parameters: Optional[dict] = None, dtype: Optional[str] = None, force: bool = False,
                  max_shard_size: Union[str, int] = "5GB", trust_remote_code: bool = False):
         events = (on,) if isinstance(on, str) else tuple(on)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -30,6 +30,7 @@ from cocktail.merging.tensor_settings import check_method_use, has_weight_schedu
 from cocktail.merging.weights import fixed_weights
 from cocktail.modeling.loading import embedding_rows
 from cocktail.recipe.choices import MODEL_TYPES
+from cocktail.recipe.model_type import settle as settle_model_type
 from cocktail.recipe.recipe import Recipe
 from cocktail.version import __version__
 
@@ -70,7 +71,7 @@ def check_recipe(recipe: Recipe) -> Method:
     if not recipe.models:
         raise InputError("no models given")
     check_paths(recipe)
-    if recipe.model_type not in MODEL_TYPES:
+    if recipe.model_type is not None and recipe.model_type not in MODEL_TYPES:
         raise InputError(f"unknown model type {recipe.model_type!r} (choose from {', '.join(MODEL_TYPES)})")
     method = get_method(recipe.merge_method)
     check_method_use(method, [m.weight for m in recipe.models], recipe.base_model, recipe.parameters, recipe.seed)
@@ -164,14 +165,15 @@ def prepare(recipe: Recipe, *, objects: Optional[dict] = None, on_warning: Optio
     """
     warn = on_warning or warn_user
     method = check_recipe(recipe)
-    few_shot = None
-    if recipe.weights_from:  # options and examples are checked now, before any model is opened
-        few_shot = FewShotRequest(recipe, method)
-        weights, weight_warnings = [], []
-    else:
+    if not recipe.weights_from:
         weights, weight_warnings = resolve_weights(recipe, method)
     checkpoints, base = open_checkpoints(recipe, objects)
     try:
+        recipe = replace(recipe, model_type=settle_model_type(recipe.model_type, checkpoints[0]))
+        few_shot = None
+        if recipe.weights_from:  # options and examples are checked now, before any tensor is read
+            few_shot = FewShotRequest(recipe, method)
+            weights, weight_warnings = [], []
         plan = build_plan(checkpoints, base, output_dtype(recipe.dtype))
         check_config_from(recipe, plan)
         if before_weights is not None:
@@ -251,6 +253,7 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
 
     with prepare(recipe, objects=objects, on_warning=on_warning, progress=progress,
                  before_weights=check_target) as prepared:
+        recipe = prepared.recipe  # with its model type settled
         result = MergeResult(recipe, prepared.weights, prepared.plan, target, warnings=prepared.messages,
                              dry_run=dry_run, few_shot=prepared.few_shot, shards=prepared.shards)
         if not dry_run:

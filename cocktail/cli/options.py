@@ -19,8 +19,9 @@ DEFAULTS = FewShotOptions()
 
 def model_type_option(help: str):
     """``--model-type``, one of the recipe's model types."""
-    return click.option("--model-type", type=click.Choice(MODEL_TYPES), default="encoder", show_default=True,
-                        help=help)
+    return click.option("--model-type", type=click.Choice(MODEL_TYPES), default=None,
+                        help=f"{help} Default: what the models' config.json says (architectures), encoder when "
+                             "it names none; a type the config contradicts is refused.")
 
 
 def dtype_option(fn):

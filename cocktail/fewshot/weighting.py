@@ -35,6 +35,7 @@ from cocktail.modeling.loading import embedding_rows, load_tokenizer, resolve_de
 from cocktail.modeling.pooling import LAST_TOKEN, read_pooling
 from cocktail.modeling.skeleton import Skeleton, model_folder
 from cocktail.recipe.choices import MODEL_TYPES
+from cocktail.recipe.model_type import settle as settle_model_type
 from cocktail.recipe.weights_from import DEFAULT_SEARCH_BUDGET, FewShotOptions
 
 DEFAULT_MAX_LENGTH = {"encoder": 512, "reranker": 512, "decoder": 2048, "llm-embedder": 512, "llm-reranker": 512}
@@ -245,7 +246,8 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
     )
 
 
-def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: ExampleSource, model_type: str = "encoder",
+def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: ExampleSource,
+                    model_type: Optional[str] = None,
                     temperature: float = 5.0, query_instruction: Optional[str] = None, neg_number: int = 7,
                     batch_size: int = 2, max_length: Optional[int] = None, seed: int = 0,
                     device: Optional[str] = None, task: Union[str, Sequence[str], None] = None,
@@ -257,7 +259,8 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
     Args:
         models: model folders, ``.safetensors`` files or cached hub ids (one architecture).
         examples: a path to a JSONL / JSON list / task-keyed JSON file, or a list of example dicts.
-        model_type: ``encoder`` (embedder), ``reranker`` (one-logit cross-encoder) or ``decoder``.
+        model_type: ``encoder`` (embedder), ``reranker`` (one-logit cross-encoder), ``decoder``,
+            ``llm-embedder`` or ``llm-reranker`` (default: what the models' config.json says).
         temperature: the softmax temperature (LM-Cocktail's default 5.0).
         query_instruction: prepended to every query (unless the example has its own ``prompt``).
         neg_number: the most negatives used per query (fewer are fine).
@@ -282,15 +285,16 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
                              task=list(task) if isinstance(task, (list, tuple)) else task, seed=seed,
                              device=device, search=search, search_budget=search_budget, holdout=holdout)
     options.check()
-    if model_type not in MODEL_TYPES:
+    if model_type is not None and model_type not in MODEL_TYPES:
         raise InputError(f"unknown model type {model_type!r} (choose from {', '.join(MODEL_TYPES)})")
     if not models:
         raise InputError("no models given")
-    example_set = load_examples(options.examples, model_type, options.task)  # a bad file fails before any model is read
     opened = []
     try:
         for model, base in zip(models, bases_for(models, adapter_base)):
-            opened.append(open_path(model, base))
+            opened.append(open_path(model, base))  # configs and tensor headers only
+        model_type = settle_model_type(model_type, opened[0])
+        example_set = load_examples(options.examples, model_type, options.task)  # before any weight is read
         plan = build_plan(opened)
         return weights_for_plan(plan, model_type, options, progress=progress, example_set=example_set,
                                 trust_remote_code=trust_remote_code)
@@ -300,7 +304,7 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
 
 
 def weights_from_examples(models: Sequence[Union[str, os.PathLike]], examples: ExampleSource,
-                          model_type: str = "encoder", temperature: float = 5.0,
+                          model_type: Optional[str] = None, temperature: float = 5.0,
                           query_instruction: Optional[str] = None, neg_number: int = 7, batch_size: int = 2,
                           max_length: Optional[int] = None, seed: int = 0, device: Optional[str] = None,
                           **options) -> list[float]:

@@ -37,7 +37,7 @@ class ModelEntry:
 class Recipe:
     models: list[ModelEntry]
     output: Optional[str] = None
-    model_type: str = "encoder"
+    model_type: Optional[str] = None  # None: read off the models' config.json (encoder when none says)
     merge_method: str = "linear"
     base_model: Optional[str] = None
     weights_from: Optional[dict] = None

@@ -205,7 +205,7 @@ def _top_level_checks() -> dict[str, Check]:
     path_or_null = _expect(lambda v: isinstance(v, str) and v.strip() != "", "a path", nullable=True)
     return {
         "output": path_or_null,
-        "model_type": _choice(MODEL_TYPES),
+        "model_type": _choice(MODEL_TYPES, nullable=True),
         "merge_method": _expect(lambda v: isinstance(v, str), "the name of a merge method"),
         "base_model": path_or_null,
         "weights_from": _expect(lambda v: isinstance(v, dict), "a mapping (examples, temperature, ...)",

@@ -262,7 +262,7 @@ def test_bad_input_errors(tmp_path):
     a = make_bert(tmp_path / "a", seed=1)
     with pytest.raises(InputError, match="temperature must be more than 0"):
         few_shot_losses([a], EXAMPLES, temperature=0)
-    with pytest.raises(InputError, match="not a reranker .*BertModel.*check model_type="):
+    with pytest.raises(InputError, match="model_type= reranker contradicts .*BertModel, an encoder model"):
         few_shot_losses([a], [e for e in EXAMPLES if e["neg"]], model_type="reranker")
     reranker = make_bert(tmp_path / "r", seed=1, model_class="BertForSequenceClassification")
     headless = tmp_path / "headless"

@@ -167,7 +167,7 @@ BAD_RECIPES = {
         model_type: embedder
         models: [./a, ./b]
         """, "r.yaml:1: model_type: did you mean 'llm-embedder'? expected one of encoder, reranker, decoder, "
-             "llm-embedder, llm-reranker, got 'embedder'"),
+             "llm-embedder, llm-reranker or null, got 'embedder'"),
     "weights both fixed and from examples": ("""
         models:
           - path: ./a
