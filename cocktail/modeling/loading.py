@@ -93,7 +93,7 @@ def embedding_rows(plan) -> Optional[int]:
 def load_tokenizer(folder: Path, needed_for: str = "to score examples", trust_remote_code: bool = False,
                    rows: Optional[int] = None):
     """The tokenizer saved in ``folder``; an :class:`InputError` when there is none (never a made-up one),
-    or when it has more tokens than the model's embedding ``rows`` (its ids would fall off the matrix)."""
+    or when its vocabulary is larger than the model's embedding ``rows`` (its ids would fall off the matrix)."""
     from transformers import AutoTokenizer
 
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
@@ -106,9 +106,11 @@ def load_tokenizer(folder: Path, needed_for: str = "to score examples", trust_re
         if needs_remote_code(exc):
             raise InputError(f"{folder}: its tokenizer needs the code in the model folder; {REMOTE_CODE_HINT}") from None
         raise InputError(f"{folder}: cannot load its tokenizer, needed {needed_for} ({_first_line(exc)})") from None
-    if rows is not None and len(tokenizer) > rows:
-        raise InputError(f"{folder}: its tokenizer has {len(tokenizer)} tokens, but the model's embeddings have "
-                         f"{rows} rows: token ids from {rows} on have no embedding (a tokenizer of another model?)")
+    vocabulary = getattr(tokenizer, "vocab_size", None)  # without added tokens, which a model may leave unused
+    if rows is not None and isinstance(vocabulary, int) and vocabulary > rows:
+        raise InputError(f"{folder}: its tokenizer has a vocabulary of {vocabulary} tokens, but the model's "
+                         f"embeddings have {rows} rows: token ids from {rows} on have no embedding "
+                         f"(a tokenizer of another model?)")
     return tokenizer
 
 
