@@ -41,6 +41,8 @@ SPELLINGS = {
     "max_length": ("--max-length", "weights_from.max_length", "max_length="),
     "task": ("--task", "weights_from.task", "task="),
     "verify": ("--verify", "--verify", "verify=True"),
+    "temperature": ("--temperature", "weights_from.temperature", "temperature="),
+    "search": ("--search", "weights_from.search: true", "search=True"),
     "plot": ("--plot", "--plot", "plot_sweep()"),
 }
 

@@ -38,9 +38,11 @@ def eval_command(models, model_type, data, query_instruction, split, batch_size,
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the curves to this PNG file.")
 @click.option("--examples", type=click.Path(), help="Few-shot examples (query/pos/neg JSONL): mark the weight "
               "LM-Cocktail's few-shot weighting picks.")
+@click.option("--temperature", type=float, default=5.0, show_default=True,
+              help="The few-shot softmax temperature for --examples (lower: the losses decide more).")
 @encode_options
-def sweep_command(models, steps, plot, examples, data, query_instruction, split, batch_size, max_length, device,
-                  as_json, quiet, trust_remote_code, adapter_base):
+def sweep_command(models, steps, plot, examples, temperature, data, query_instruction, split, batch_size, max_length,
+                  device, as_json, quiet, trust_remote_code, adapter_base):
     """Merge two models in memory at weights 0..1 and score each merge: the trade-off curve."""
     from cocktail.evaluation.evaluate import format_table
     from cocktail.evaluation.sweep import plot_sweep, sweep_weights, table_rows
@@ -58,7 +60,7 @@ def sweep_command(models, steps, plot, examples, data, query_instruction, split,
     result = sweep_weights(list(models), list(data), steps, query_instruction, examples, split=split,
                            batch_size=batch_size, max_length=max_length, device=device,
                            progress=not quiet and not as_json, trust_remote_code=trust_remote_code,
-                           adapter_base=adapter_base)
+                           adapter_base=adapter_base, temperature=temperature)
     if plot:
         plot_sweep(result, plot)
     if as_json:

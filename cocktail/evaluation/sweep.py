@@ -57,10 +57,10 @@ def sweep_points(steps: int) -> list[float]:
 
 def few_shot_weights(models: Sequence[str], examples, query_instruction: Optional[str],
                      device: Optional[str], max_length: int = 512, trust_remote_code: bool = False,
-                     adapter_base: Optional[str] = None) -> list[float]:
+                     adapter_base: Optional[str] = None, temperature: float = 5.0) -> list[float]:
     """The weights LM-Cocktail's few-shot weighting gives ``models`` (``cocktail.weights_from_examples``)."""
     return [float(w) for w in weights_from_examples(list(models), examples, model_type="encoder",
-                                                    query_instruction=query_instruction, max_length=max_length,
+                                                    temperature=temperature, query_instruction=query_instruction, max_length=max_length,
                                                     device=device, trust_remote_code=trust_remote_code,
                                                     adapter_base=adapter_base)]
 
@@ -69,7 +69,7 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
                   query_instruction: Optional[str] = None, examples=None, *, split: str = "test",
                   batch_size: int = 32, max_length: int = 512, device: Optional[str] = None,
                   progress: bool = False, trust_remote_code: bool = False,
-                  adapter_base: Optional[str] = None) -> SweepResult:
+                  adapter_base: Optional[str] = None, temperature: float = 5.0) -> SweepResult:
     """Merge two models in memory at weights 0, 1/(steps-1), ..., 1 and score each merge on ``data``.
 
     Args:
@@ -79,6 +79,7 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
         query_instruction: put before the queries of the data given as paths.
         examples: few-shot examples (a file or a list of ``{query, pos, neg}``); the weight they give
             is scored too and reported as ``few_shot_weights``.
+        temperature: the few-shot softmax temperature (LM-Cocktail's default 5.0).
         split, batch_size, max_length, device, progress, trust_remote_code, adapter_base: as for
             ``evaluate_models``.
     """
@@ -89,7 +90,7 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
     tasks = make_tasks(data, query_instruction, split)
     bases = bases_for(models, adapter_base)
     shots = (few_shot_weights(models, examples, query_instruction, device, max_length, trust_remote_code,
-                              adapter_base) if examples is not None else None)
+                              adapter_base, temperature) if examples is not None else None)
     if shots is not None and all(abs(shots[0] - p) > 1e-9 for p in points):
         points = sorted(points + [shots[0]])
     linear = get_method("linear")

@@ -27,6 +27,7 @@ import torch
 from cocktail.errors import InputError
 from cocktail.fewshot import losses as L
 from cocktail.fewshot.examples import ExampleSet, ExampleSource, load_examples
+from cocktail.fewshot.hints import near_uniform_note, small_holdout_note
 from cocktail.fewshot.search import search_weights
 from cocktail.io.adapters import bases_for, open_path
 from cocktail.merging.methods import get_method
@@ -183,6 +184,7 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
         if count == 0:
             notes.append(f"no examples kept aside for the search ({len(chosen)} examples; "
                          f"the default holdout needs {MIN_FOR_DEFAULT_HOLDOUT}): watch for overfitting")
+        notes += filter(None, [small_holdout_note(count)])
     fit = [e for i, e in enumerate(chosen) if i not in holdout_idx]
     held = [e for i, e in enumerate(chosen) if i in holdout_idx]
 
@@ -211,6 +213,8 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
             held_losses.append(held_data.loss(skeleton.model))
         say(f"loss {loss:.6g}  {name}")
     start = softmax_weights(losses, options.temperature)
+    if not options.search:
+        notes += filter(None, [near_uniform_note(losses, start, options.temperature)])
     weights = start
     report = None
     if options.search:

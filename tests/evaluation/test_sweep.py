@@ -107,3 +107,17 @@ def test_sweep_marks_the_few_shot_weight(sweep_inputs, tmp_path):
     assert_png(plot_sweep(result, tmp_path / "marked.png"))
 
 
+
+
+def test_sweep_takes_the_few_shot_temperature(sweep_inputs, tmp_path):
+    a, b, beir, sts = sweep_inputs
+    examples = _write(tmp_path / "examples.jsonl", "".join(json.dumps(r) + "\n" for r in [
+        {"query": "red cat", "pos": ["the cat is red"], "neg": ["the dog is blue", "one two three"]},
+        {"query": "blue dog", "pos": ["the dog is blue"], "neg": ["the cat is red", "sun moon star"]},
+    ]))
+    res = run_cli("sweep", "--models", a, b, "--data", sts, "--steps", "2", "--examples", examples,
+                  "--temperature", "1e-7", "--json")
+    assert res.returncode == 0, res
+    expected = cocktail.weights_from_examples([str(a), str(b)], str(examples), temperature=1e-7)
+    assert json.loads(res.stdout)["few_shot_weights"] == pytest.approx(expected)
+    assert max(expected) > 0.99  # at this temperature the lower loss takes (almost) all

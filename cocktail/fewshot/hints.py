@@ -1,0 +1,36 @@
+"""What a user should hear about few-shot weights that are computed fine but may not mean much:
+weights the temperature flattens to uniform, a search checked on too few held-out examples."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from cocktail.errors import option
+
+#: every weight within this of 1/n: the examples made no difference worth a merge
+NEAR_UNIFORM = 0.01
+#: fewer held-out examples than this cannot tell a better merge from noise
+MIN_TRUSTED_HOLDOUT = 5
+
+
+def near_uniform_note(losses: Sequence[float], weights: Sequence[float], temperature: float) -> Optional[str]:
+    """A hint when ``softmax(-loss / temperature)`` is close to equal weights."""
+    n = len(weights)
+    if n < 2 or any(abs(w - 1 / n) > NEAR_UNIFORM for w in weights):
+        return None
+    return (f"the few-shot weights are nearly uniform ({', '.join(f'{w:.3f}' for w in weights)}): the losses "
+            f"({', '.join(f'{x:.3g}' for x in losses)}) differ by far less than the temperature {temperature:g}; "
+            f"a lower {option('temperature')} (e.g. {_lower(losses)}) or {option('search')} lets the examples decide")
+
+
+def _lower(losses: Sequence[float]) -> str:
+    """A temperature that turns the loss spread into a clear preference (weights ~ e^-3 apart)."""
+    spread = max(losses) - min(losses)
+    return f"{spread / 3:.2g}" if spread > 0 else "0.01"
+
+
+def small_holdout_note(count: int) -> Optional[str]:
+    if 0 < count < MIN_TRUSTED_HOLDOUT:
+        return (f"only {count} example{'' if count == 1 else 's'} kept aside to check the search: too few to trust "
+                f"its holdout loss (use more examples, {MIN_TRUSTED_HOLDOUT * 5} or so)")
+    return None
