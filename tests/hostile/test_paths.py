@@ -136,3 +136,17 @@ def test_a_hub_cache_snapshot_may_point_into_its_blobs(models, tmp_path):
     assert result.exit_code == 0, result
     merged, original = read_folder_tensors(tmp_path / "out"), read_folder_tensors(a)
     assert all(merged[k].equal(original[k]) for k in original)
+
+
+def test_adapter_weights_through_a_symlink_out_of_the_adapter_are_refused(models, tmp_path):
+    from conftest import make_lora
+    from peft import LoraConfig
+
+    a, b = models
+    lora = tmp_path / "lora"
+    make_lora(a, lora, LoraConfig(r=2, lora_alpha=4, target_modules=["query"]), "BertModel")
+    (tmp_path / "outside").mkdir()
+    shutil.move(lora / "adapter_model.safetensors", tmp_path / "outside" / "adapter_model.safetensors")
+    (lora / "adapter_model.safetensors").symlink_to(tmp_path / "outside" / "adapter_model.safetensors")
+    refuse(["merge", "--models", lora, b, "--adapter-base", a, "-o", tmp_path / "out", "--quiet"],
+           inputs=[a, b, lora, tmp_path / "outside"], outputs=[tmp_path / "out"], contains="adapter_model.safetensors")
