@@ -28,6 +28,7 @@ from cocktail.merging.methods import Method, get_method
 from cocktail.merging.plan import Plan, PlannedTensor, build_plan
 from cocktail.merging.tensor_settings import check_method_use, has_weight_schedules, resolve_settings
 from cocktail.merging.weights import fixed_weights
+from cocktail.modeling.loading import embedding_rows
 from cocktail.recipe.choices import MODEL_TYPES
 from cocktail.recipe.model_type import settle as settle_model_type
 from cocktail.recipe.recipe import Recipe
@@ -69,6 +70,7 @@ def check_recipe(recipe: Recipe) -> Method:
     """Checks that need no file: model count, model type, method, dtype, shard size."""
     if not recipe.models:
         raise InputError("no models given")
+    check_paths(recipe)
     if recipe.model_type is not None and recipe.model_type not in MODEL_TYPES:
         raise InputError(f"unknown model type {recipe.model_type!r} (choose from {', '.join(MODEL_TYPES)})")
     method = get_method(recipe.merge_method)
@@ -76,6 +78,27 @@ def check_recipe(recipe: Recipe) -> Method:
     output_dtype(recipe.dtype)
     parse_size(recipe.max_shard_size)
     return method
+
+
+def check_paths(recipe: Recipe) -> None:
+    """Every path of the recipe is a name cocktail can write into its recipe file: not empty, valid
+    UTF-8 (a path of invalid bytes fails here, not after the whole merge)."""
+    examples = (recipe.weights_from or {}).get("examples")
+    named = [("model", m.path) for m in recipe.models] + [("base", m.base) for m in recipe.models]
+    named += [("base model", recipe.base_model), ("config_from", recipe.config_from), ("output", recipe.output),
+              ("examples", examples if isinstance(examples, (str, os.PathLike)) else None)]
+    for what, path in named:
+        if path is None or not isinstance(path, (str, os.PathLike)):
+            continue
+        text = os.fspath(path)
+        if isinstance(text, bytes):
+            text = os.fsdecode(text)
+        if not text.strip():
+            raise InputError(f"the {what} path is empty")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"the {what} path {ascii(text)} is not valid UTF-8: rename it") from None
 
 
 def open_checkpoints(recipe: Recipe, objects: Optional[dict] = None
@@ -133,12 +156,14 @@ class Prepared:
 
 @contextmanager
 def prepare(recipe: Recipe, *, objects: Optional[dict] = None, on_warning: Optional[Callable[[str], None]] = None,
-            progress: bool = False, before_weights: Optional[Callable[[Plan], None]] = None) -> Iterator[Prepared]:
+            progress: bool = False, before_weights: Optional[Callable[[Plan], None]] = None,
+            compute_weights: bool = True) -> Iterator[Prepared]:
     """Check ``recipe``, open its models, plan, and resolve every weight (fixed, or from examples);
     the models stay open inside the ``with`` block.
 
     ``before_weights(plan)`` runs once the plan is known and before weights from examples are
-    computed (which takes time): :func:`run` checks the output location there.
+    computed (which takes time): :func:`run` checks the output location there. With
+    ``compute_weights=False`` weights from examples are not computed (:func:`check`).
     """
     warn = on_warning or warn_user
     method = check_recipe(recipe)
@@ -155,6 +180,9 @@ def prepare(recipe: Recipe, *, objects: Optional[dict] = None, on_warning: Optio
         check_config_from(recipe, plan)
         if before_weights is not None:
             before_weights(plan)
+        if few_shot is not None and not compute_weights:  # check() stops here: every input is checked
+            yield Prepared(recipe, method, plan, [], [], [])
+            return
         if few_shot is not None:  # computed on these (possibly in-memory) models
             weights, weight_warnings = few_shot.run(plan, progress=progress)
         settings, setting_warnings = resolve_settings(plan, method, weights, recipe.parameters, recipe.normalize)
@@ -175,6 +203,14 @@ def prepare(recipe: Recipe, *, objects: Optional[dict] = None, on_warning: Optio
             ckpt.close()
 
 
+def check(recipe: Recipe, *, on_warning: Optional[Callable[[str], None]] = None) -> None:
+    """Every check :func:`run` makes before it merges (models opened, plan built, weights checked),
+    without merging, writing or computing weights from examples: what ``cocktail recipe`` runs, so it
+    refuses what ``cocktail run`` would refuse."""
+    with prepare(recipe, on_warning=on_warning, compute_weights=False):
+        pass
+
+
 def iter_merged(recipe: Recipe, *, objects: Optional[dict] = None,
                 on_warning: Optional[Callable[[str], None]] = None) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
     """Run ``recipe`` in memory: the same checks as :func:`run`, then yield ``(planned, tensor)`` for
@@ -185,7 +221,7 @@ def iter_merged(recipe: Recipe, *, objects: Optional[dict] = None,
 
 def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: bool = False, progress: bool = False,
         on_warning: Optional[Callable[[str], None]] = None, verify: bool = False,
-        objects: Optional[dict] = None) -> MergeResult:
+        objects: Optional[dict] = None, recipe_file: "Optional[str | os.PathLike]" = None) -> MergeResult:
     """Run ``recipe`` (a Recipe, or the path of a YAML recipe file): check everything, then stream the
     merge into its output folder.
 
@@ -193,9 +229,11 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
     is written. With ``verify`` the inputs' weight files are hashed first and compared with the
     recipe's provenance (a merged folder's ``cocktail_recipe.yaml``); any change refuses the run.
     Warnings go to ``on_warning`` (default: Python warnings). ``objects`` holds the in-memory models
-    named in the recipe (see :func:`open_checkpoints`).
+    named in the recipe (see :func:`open_checkpoints`); ``recipe_file`` is the file the recipe was read
+    from, which the output must not hold.
     """
     if isinstance(recipe, (str, os.PathLike)):
+        recipe_file = recipe
         recipe = Recipe.from_yaml(recipe)
     check_recipe(recipe)
     if verify:
@@ -209,7 +247,11 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
         if recipe.output:
             every = plan.checkpoints + ([plan.base] if plan.base else [])
             folders = [c.root for c in every] + [c.folder for c in every if isinstance(c, AdapterCheckpoint)]
-            target = check_output(recipe.output, folders, force, plan.output_bytes)
+            if recipe.config_from:
+                folders.append(side_file_source(recipe, plan))
+            examples = (recipe.weights_from or {}).get("examples")
+            files = [f for f in (recipe_file, examples) if isinstance(f, (str, os.PathLike))]
+            target = check_output(recipe.output, folders, force, plan.output_bytes, input_files=tuple(files))
 
     with prepare(recipe, objects=objects, on_warning=on_warning, progress=progress,
                  before_weights=check_target) as prepared:
@@ -261,6 +303,12 @@ def side_file_source(recipe: Recipe, plan: Plan) -> Path:
     return sidefiles.side_file_folder(recipe.config_from, plan.checkpoints[0].root)
 
 
+#: Config values that fix the shapes of the weights: a config_from must agree on each it has.
+CONFIG_FIT_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                   "intermediate_size", "vocab_size", "max_position_embeddings", "type_vocab_size", "n_embd",
+                   "n_layer", "n_head", "d_model", "head_dim", "tie_word_embeddings")
+
+
 def check_config_from(recipe: Recipe, plan: Plan) -> None:
     """Before anything is merged: ``config_from`` exists and has a valid ``config.json`` where the
     merged weights go (the first model's layout), so the output's config sits beside its weights."""
@@ -273,7 +321,20 @@ def check_config_from(recipe: Recipe, plan: Plan) -> None:
         where = lambda rel: f"in {rel}/" if rel else "in the top folder"  # noqa: E731
         raise InputError(f"config_from {recipe.config_from} keeps its config {where(theirs)}, but the merged "
                          f"weights go {where(ours)} like the first model's: give a config_from laid out the same way")
-    read_config(source / ours / "config.json", required=True)
+    config = read_config(source / ours / "config.json", required=True)
+    first = plan.checkpoints[0].config
+    differ = [f"{key} {config[key]!r} vs {first[key]!r}" for key in CONFIG_FIT_KEYS
+              if key in config and key in first and config[key] != first[key]]
+    rows = embedding_rows(plan)
+    embedding = next((t.shape for t in plan.tensors if t.component == TRANSFORMER and len(t.shape) == 2
+                      and t.shape[0] == rows), None)
+    if rows is not None and isinstance(config.get("vocab_size"), int) and config["vocab_size"] != rows:
+        differ.append(f"vocab_size {config['vocab_size']} vs {rows} embedding rows")
+    if embedding is not None and isinstance(config.get("hidden_size"), int) and config["hidden_size"] != embedding[1]:
+        differ.append(f"hidden_size {config['hidden_size']} vs embeddings of width {embedding[1]}")
+    if differ:
+        raise InputError(f"config_from {recipe.config_from} does not fit the merged weights: "
+                         f"{few_names(list(dict.fromkeys(differ)))} (its config against the first model's)")
 
 
 def _write_side_files(recipe: Recipe, plan: Plan, dest: Path) -> tuple[list[str], dict[str, str]]:
@@ -344,4 +405,4 @@ def _write_provenance(recipe: Recipe, plan: Plan, weights: list[float], hashes: 
     return [provenance.RECIPE_FILE, provenance.CARD_FILE]
 
 
-__all__ = ["run", "MergeResult", "iter_merged", "prepare"]
+__all__ = ["run", "check", "MergeResult", "iter_merged", "prepare"]

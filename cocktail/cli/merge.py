@@ -182,7 +182,8 @@ def run_command(recipe_file, output, overrides, verify, force, dry_run, as_json,
         count = verify_inputs(recipe)
         if not as_json:
             click.echo(f"verified: {count} input files (weights, config, tokenizer) match the recipe's sha256", err=True)
-    result = run(recipe, force=force, dry_run=dry_run, progress=not quiet and not as_json, on_warning=warn)
+    result = run(recipe, force=force, dry_run=dry_run, progress=not quiet and not as_json, on_warning=warn,
+                 recipe_file=recipe_file)
     _print_result(result, as_json)
 
 
@@ -198,8 +199,10 @@ def _print_recipe_instead(recipe) -> bool:
     if not ctx.meta.get("cocktail.print_recipe"):
         return False
     from cocktail.recipe.schema import resolve_paths
+    from cocktail.runner import check
 
     recipe.check(os.getcwd())
+    check(recipe, on_warning=warn)  # refuse what `cocktail run` would refuse
     data = recipe.to_dict()
     if ctx.meta.get("cocktail.absolute_paths"):
         data = resolve_paths(data, os.getcwd())

@@ -248,6 +248,15 @@ def _string(item: dict, key: str, where: str, required: bool = True) -> Optional
     value = item[key]
     if not isinstance(value, str):
         raise InputError(f"{where}: field {key!r} must be a string, not {_kind(value)}")
+    return _text(value, where, key)
+
+
+def _text(value: str, where: str, key: str) -> str:
+    """``value`` if it is text a tokenizer can take: a lone surrogate (``"\\ud800"`` in JSON) is no character."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{where}: {key} holds a lone surrogate escape (not a character): {ascii(value)[:60]}") from None
     return value
 
 
@@ -262,6 +271,7 @@ def _strings(item: dict, key: str, where: str) -> tuple[str, ...]:
     for j, text in enumerate(value):
         if not isinstance(text, str):
             raise InputError(f"{where}: {key}[{j}] must be a string, not {_kind(text)}")
+        _text(text, where, f"{key}[{j}]")
     return tuple(value)
 
 

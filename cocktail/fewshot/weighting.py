@@ -36,7 +36,7 @@ from cocktail.io.head_files import is_head_file
 from cocktail.merging.methods import get_method
 from cocktail.merging.plan import build_plan
 from cocktail.merging.tensor_settings import TensorSettings, resolve_settings
-from cocktail.modeling.loading import load_tokenizer, resolve_device
+from cocktail.modeling.loading import embedding_rows, load_tokenizer, resolve_device
 from cocktail.modeling.pooling import LAST_TOKEN, read_pooling
 from cocktail.modeling.skeleton import Skeleton, model_folder
 from cocktail.recipe.choices import MODEL_TYPES
@@ -227,7 +227,7 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
     if heads:
         notes.append(f"the weights come from the dense loss: head file(s) {', '.join(heads)} (bge-m3's sparse and "
                      "ColBERT heads) are merged with them but not used in the loss, as in LM-Cocktail")
-    tokenizer = load_tokenizer(model_folder(fplan), trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(model_folder(fplan), trust_remote_code=trust_remote_code, rows=embedding_rows(fplan))
     pooling = {"encoder": lambda: read_pooling(first.root),
                "llm-embedder": lambda: read_pooling(first.root, LAST_TOKEN)}.get(model_type, lambda: None)()
     common = dict(batch_size=options.batch_size, max_length=max_length,

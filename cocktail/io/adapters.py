@@ -28,6 +28,7 @@ import torch
 
 from cocktail.errors import InputError, few_names
 from cocktail.io.checkpoints import TRANSFORMER, Checkpoint, TensorInfo, _open_weight_file, read_json, resolve
+from cocktail.io.containment import inside
 from cocktail.io.hashing import relative, sha256_file
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -194,7 +195,7 @@ class AdapterCheckpoint:
         try:
             if weights_path is None:
                 raise InputError(f"{source}: no adapter weights (expected {' or '.join(ADAPTER_WEIGHTS)})")
-            weights = _open_weight_file(weights_path)
+            weights = _open_weight_file(inside(folder, weights_path.name, "adapter weights", folder))
             patches = _plan_patches(source, config, weights.infos(), base_checkpoint.infos(TRANSFORMER))
         except BaseException:
             base_checkpoint.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Protocol
@@ -22,6 +23,7 @@ import torch
 
 from cocktail.errors import InputError
 from cocktail.io import safetensors_format as st_format
+from cocktail.io.containment import inside
 from cocktail.io.hashing import file_hashes
 from cocktail.io.head_files import head_file_names, tensor_prefix
 
@@ -77,15 +79,17 @@ class _TorchBinFile:
     def _load(self) -> dict[str, torch.Tensor]:
         if self._state is None:
             try:
-                try:
-                    state = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
-                except RuntimeError as exc:  # the pre-zip format cannot be memory-mapped
-                    if "mmap" not in str(exc):
-                        raise
-                    state = torch.load(self.path, map_location="cpu", weights_only=True)
+                with warnings.catch_warnings():  # torch's warnings are noise next to cocktail's one line
+                    warnings.simplefilter("ignore")
+                    try:
+                        state = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+                    except RuntimeError as exc:  # the pre-zip format cannot be memory-mapped
+                        if "mmap" not in str(exc):
+                            raise
+                        state = torch.load(self.path, map_location="cpu", weights_only=True)
             except Exception as exc:  # pickle errors come in many types
-                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise InputError(f"{self.path}: cannot be loaded safely as weights ({first_line})") from None
+                raise InputError(f"{self.path}: cannot be loaded safely as weights ({_load_failure(exc)}); "
+                                 f"a .safetensors file of the weights can be merged") from None
             if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
                 state = state["state_dict"]
             if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -101,6 +105,15 @@ class _TorchBinFile:
 
     def close(self) -> None:
         self._state = None
+
+
+def _load_failure(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, without torch's advice to load it unsafely."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        lines = [line for line in lines[1:] if not line.startswith(("Check the documentation", "Please file an issue"))]
+    reason = " ".join(line for line in lines if "weights_only" not in line)
+    return reason.replace("WeightsUnpickler error:", "").strip() or type(exc).__name__
 
 
 class _HeadFile(_TorchBinFile):
@@ -133,6 +146,8 @@ class Component:
     layout: str
     files: list = field(default_factory=list)
     head_file: Optional[str] = None  # the file name of a head saved with torch.save (``colbert_linear.pt``)
+    weight_map: Optional[dict] = None  # a shard index's tensor name -> shard file name
+    index: Optional[Path] = None  # the shard index file
     _where: dict = field(default_factory=dict)  # tensor name -> file object
     _infos: dict = field(default_factory=dict)
 
@@ -140,8 +155,14 @@ class Component:
         if not self._infos:
             for f in self.files:
                 for name, info in f.infos().items():
+                    if name in self._where:
+                        raise InputError(f"tensor {name!r} is in two shards, {self._where[name].path.name} and "
+                                         f"{f.path.name} ({self.index}): which one transformers loads is undefined")
                     self._infos[name] = info
                     self._where[name] = f
+            for name, shard in (self.weight_map or {}).items():
+                if name not in self._where or self._where[name].path.name != Path(shard).name:
+                    raise InputError(f"{self.index}: weight_map puts tensor {name!r} in {shard}, which does not hold it")
         return self._infos
 
     def read(self, name: str) -> torch.Tensor:
@@ -152,30 +173,52 @@ class Component:
         return [f.path for f in self.files]
 
 
-def find_weights(folder: Path, key: str, rel_dir: str, required: bool) -> Component | None:
-    def from_index(index_name: str, layout: str) -> Component:
-        index_path = folder / index_name
-        try:
-            weight_map = json.loads(index_path.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"{index_path}: not a valid shard index ({exc})") from None
-        shard_names = list(dict.fromkeys(weight_map.values()))
-        missing = [s for s in shard_names if not (folder / s).is_file()]
-        if missing:
-            raise InputError(f"{index_path}: lists shard {missing[0]} which is not in the folder")
-        return Component(key, rel_dir, layout, [_open_weight_file(folder / s) for s in shard_names])
+def _read_index(index_path: Path) -> dict[str, str]:
+    """A shard index's ``weight_map``: tensor name -> shard file name, both strings."""
+    index = read_json(index_path, dict, "a JSON object (a shard index)")
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise InputError(f"{index_path}: not a valid shard index (weight_map must be a mapping of tensor names "
+                         f"to shard files, got {type(weight_map).__name__})")
+    bad = next((k for k, v in weight_map.items() if not isinstance(v, str)), None)
+    if bad is not None:
+        raise InputError(f"{index_path}: weight_map names {weight_map[bad]!r} as the shard of {bad!r}: "
+                         f"expected a file name")
+    return weight_map
 
-    if (folder / SAFE_INDEX).is_file():
-        return from_index(SAFE_INDEX, "sharded safetensors")
+
+def _sharded(folder: Path, index_name: str, key: str, rel_dir: str, layout: str) -> Component:
+    """The weights of a shard index: each tensor is read from the shard its ``weight_map`` names."""
+    index_path = folder / index_name
+    weight_map = _read_index(index_path)
+    shards = {}
+    for name in dict.fromkeys(weight_map.values()):
+        path = inside(folder, name, "shard", index_path)
+        if not path.is_file():
+            raise InputError(f"{index_path}: lists shard {name} which is not in the folder")
+        shards[name] = _open_weight_file(path)
+    return Component(key, rel_dir, layout, list(shards.values()), weight_map=weight_map, index=index_path)
+
+
+def find_weights(folder: Path, key: str, rel_dir: str, required: bool, root: Optional[Path] = None) -> Component | None:
+    """The weights in ``folder``, chosen as transformers' ``from_pretrained`` chooses them: ``model.safetensors``,
+    then its shard index, then ``pytorch_model.bin``, then its index (``root``: the model folder they must stay in)."""
+    root = root or folder
+
+    def file(name: str) -> Path:
+        return inside(root, str((folder / name).relative_to(root)), "weight file", root)
+
     if (folder / SAFE_SINGLE).is_file():
-        return Component(key, rel_dir, "safetensors", [_SafetensorsFile(folder / SAFE_SINGLE)])
-    if (folder / BIN_INDEX).is_file():
-        return from_index(BIN_INDEX, "sharded pytorch .bin")
+        return Component(key, rel_dir, "safetensors", [_SafetensorsFile(file(SAFE_SINGLE))])
+    if (folder / SAFE_INDEX).is_file():
+        return _sharded(folder, SAFE_INDEX, key, rel_dir, "sharded safetensors")
     if (folder / BIN_SINGLE).is_file():
-        return Component(key, rel_dir, "pytorch .bin", [_TorchBinFile(folder / BIN_SINGLE)])
+        return Component(key, rel_dir, "pytorch .bin", [_TorchBinFile(file(BIN_SINGLE))])
+    if (folder / BIN_INDEX).is_file():
+        return _sharded(folder, BIN_INDEX, key, rel_dir, "sharded pytorch .bin")
     others = sorted(folder.glob("*.safetensors"))
     if len(others) == 1:
-        return Component(key, rel_dir, "safetensors", [_SafetensorsFile(others[0])])
+        return Component(key, rel_dir, "safetensors", [_SafetensorsFile(file(others[0].name))])
     if required:
         raise InputError(
             f"{folder}: no weights found (expected {SAFE_SINGLE}, {SAFE_INDEX}, {BIN_SINGLE} or {BIN_INDEX})"
@@ -189,9 +232,14 @@ def looks_like_hub_id(source: str) -> bool:
 
 def resolve(source: str) -> Path:
     """A local path for ``source``: the path itself, or the cached snapshot of a hub id."""
+    if not source.strip():
+        raise InputError("a model path is empty (give a folder, a .safetensors file or a hub id)")
     path = Path(source).expanduser()
     if path.exists():
         return path
+    if os.path.lexists(path):
+        raise InputError(f"model not found: {source} is a symlink that leads nowhere (its target is missing, "
+                         f"or it is a loop of symlinks)")
     if not looks_like_hub_id(source):
         raise InputError(f"model not found: {source} (no such file or folder)")
     try:
@@ -266,25 +314,23 @@ class Checkpoint:
             config = read_config(path.parent / "config.json", required=False)
             components = {TRANSFORMER: Component(TRANSFORMER, "", "safetensors", [_SafetensorsFile(path)])}
             return cls(source, path.parent, config, components, sentence_transformers=False)
-        modules = _read_modules(path)
+        modules = read_modules(path)
         transformer_dir = ""
         extra: list[tuple[str, str]] = []
-        if modules is not None:
-            for module in modules:
-                module_path = str(module.get("path", ""))
-                if str(module.get("type", "")).endswith("Transformer"):
-                    transformer_dir = module_path
-                elif module_path and (path / module_path).is_dir():
-                    extra.append((module_path, module_path))
+        for module_type, module_path in modules or []:
+            if module_type.endswith("Transformer"):
+                transformer_dir = module_path
+            elif module_path and (path / module_path).is_dir():
+                extra.append((module_path, module_path))
         main_dir = path / transformer_dir
-        components = {TRANSFORMER: find_weights(main_dir, TRANSFORMER, transformer_dir, required=True)}
+        components = {TRANSFORMER: find_weights(main_dir, TRANSFORMER, transformer_dir, required=True, root=path)}
         for key, rel in extra:
-            found = find_weights(path / rel, key, rel, required=False)
+            found = find_weights(path / rel, key, rel, required=False, root=path)
             if found is not None:
                 components[key] = found
         for name in head_file_names(main_dir):
-            components[name] = Component(name, transformer_dir, "torch head file", [_HeadFile(main_dir / name)],
-                                         head_file=name)
+            head = inside(path, str((main_dir / name).relative_to(path)), "head file", path)
+            components[name] = Component(name, transformer_dir, "torch head file", [_HeadFile(head)], head_file=name)
         config = read_config(main_dir / "config.json", required=True)
         return cls(source, path, config, components, sentence_transformers=modules is not None)
 
@@ -351,18 +397,37 @@ def read_config(path: Path, required: bool) -> dict:
         if required:
             raise InputError(f"{path.parent}: no config.json (is this a transformers model folder?)")
         return {}
-    return read_json(path, dict, "a JSON object")
+    config = read_json(path, dict, "a JSON object")
+    model_type, architectures = config.get("model_type"), config.get("architectures")
+    if model_type is not None and not isinstance(model_type, str):
+        raise InputError(f"{path}: model_type must be a string, got {model_type!r}")
+    if architectures is not None and not (isinstance(architectures, list)
+                                          and all(isinstance(a, str) for a in architectures)):
+        raise InputError(f"{path}: architectures must be a list of class names, got {architectures!r}")
+    return config
 
 
 def transformer_dir(folder: Path) -> str:
     """Where a model folder keeps its transformer (config and weights), relative to the folder:
     the Transformer module's path of a sentence-transformers ``modules.json``, else ``""``."""
-    for module in _read_modules(folder) or []:
-        if isinstance(module, dict) and str(module.get("type", "")).endswith("Transformer"):
-            return str(module.get("path", ""))
+    for module_type, module_path in read_modules(folder) or []:
+        if module_type.endswith("Transformer"):
+            return module_path
     return ""
 
 
-def _read_modules(folder: Path) -> list | None:
+def read_modules(folder: Path) -> list[tuple[str, str]] | None:
+    """The ``(type, path)`` of each module a sentence-transformers ``modules.json`` lists (``None``
+    without one); every path is checked to stay inside ``folder``."""
     path = folder / "modules.json"
-    return read_json(path, list, "a list of modules") if path.is_file() else None
+    if not path.is_file():
+        return None
+    modules = []
+    for module in read_json(path, list, "a list of modules"):
+        if not isinstance(module, dict) or not isinstance(module.get("type", ""), str):
+            raise InputError(f"{path}: expected a list of modules (mappings with a type and a path), got {module!r}")
+        module_path = module.get("path", "")
+        if module_path:
+            inside(folder, module_path, "module path", path)
+        modules.append((module["type"] if "type" in module else "", module_path))
+    return modules

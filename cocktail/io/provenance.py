@@ -18,6 +18,7 @@ import yaml
 
 from cocktail.errors import InputChangedError, InputError, few_names, option
 from cocktail.io.adapters import AdapterCheckpoint, open_path
+from cocktail.io.bounded_yaml import BoundedLoader
 from cocktail.io.checkpoints import CheckpointLike, looks_like_hub_id
 from cocktail.io.hashing import relative, sha256_file
 from cocktail.io.sidefiles import side_file_folder, side_file_hashes
@@ -87,9 +88,7 @@ def card_metadata(folder: Path) -> dict:
         return {}
     front = text[3:end]
     try:
-        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(front, Loader=yaml.SafeLoader)):
-            return {}
-        data = yaml.safe_load(front)
+        data = yaml.load(front, Loader=BoundedLoader)
     except yaml.YAMLError:
         return {}
     return data if isinstance(data, dict) else {}

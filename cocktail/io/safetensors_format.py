@@ -36,7 +36,13 @@ for _code, _name in (("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64")):
         DTYPE_FROM_CODE[_code] = getattr(torch, _name)
 CODE_FROM_DTYPE = {dtype: code for code, dtype in DTYPE_FROM_CODE.items()}
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+#: Every dtype code the safetensors format knows (``safe_open`` accepts these; cocktail reads
+#: those in ``DTYPE_FROM_CODE``), with its size in bits.
+FORMAT_BITS = {"BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8,
+               "F8_E8M0": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
+               "F64": 64, "C64": 64, "I64": 64, "U64": 64}
+MAX_HEADER_BYTES = 100_000_000  # as the safetensors library: a longer header is refused
+USIZE = 2**64  # safetensors reads offsets and shapes as 64-bit unsigned integers
 
 
 @dataclass(frozen=True)
@@ -50,31 +56,103 @@ class TensorEntry:
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorEntry], dict[str, str]]:
-    """Parse a safetensors header: ``({name: TensorEntry}, metadata)``, tensors in file order."""
+    """Parse and check a safetensors header: ``({name: TensorEntry}, metadata)``, tensors in file order.
+
+    A header is accepted only if the ``safetensors`` library would accept it: a length that fits the
+    file, UTF-8 JSON holding an object of tensors (``__metadata__`` a mapping of strings), each with
+    a known dtype, a shape and two offsets that are non-negative integers, the tensors laid out one
+    after the other from the first data byte to the last, each as long as its dtype and shape say."""
     try:
         with open(path, "rb") as f:
             raw = f.read(8)
+            file_size = os.fstat(f.fileno()).st_size
             if len(raw) != 8:
                 raise InputError(f"{path}: not a safetensors file (too short)")
             (size,) = struct.unpack("<Q", raw)
             if size > MAX_HEADER_BYTES:
-                raise InputError(f"{path}: not a safetensors file (header of {size} bytes)")
-            header = json.loads(f.read(size))
-            file_size = os.fstat(f.fileno()).st_size
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read safetensors header ({exc})") from None
-    metadata = header.pop("__metadata__", None) or {}
-    data_start = 8 + size
+                raise InputError(f"{path}: not a safetensors file (header length {size} is over the "
+                                 f"{MAX_HEADER_BYTES}-byte limit)")
+            if 8 + size > file_size:
+                raise InputError(f"{path}: not a safetensors file (header length {size} runs past the end of "
+                                 f"the {file_size}-byte file)")
+            body = f.read(size)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read safetensors header ({exc.strerror or exc})") from None
+    try:
+        header = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: safetensors header is not UTF-8 text") from None
+    except ValueError as exc:
+        raise InputError(f"{path}: safetensors header is not valid JSON ({exc})") from None
+    return _check_header(header, path, 8 + size, file_size)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _lone_surrogate(text: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for c in text)
+
+
+def _check_header(header, path, data_start: int, file_size: int) -> tuple[dict[str, TensorEntry], dict[str, str]]:
+    bad = f"{path}: invalid safetensors header:"
+    if not isinstance(header, dict):
+        raise InputError(f"{bad} expected a JSON object of tensors, got {type(header).__name__}")
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) and not _lone_surrogate(k + v)
+                                                 for k, v in metadata.items()):
+        raise InputError(f"{bad} __metadata__ must map strings to strings")
+    layout = []
+    for name, info in header.items():
+        if _lone_surrogate(name):
+            raise InputError(f"{bad} tensor name {name!r} is not valid Unicode")
+        if not isinstance(info, dict):
+            raise InputError(f"{bad} tensor {name!r} is {type(info).__name__}, not an object with dtype, shape "
+                             f"and data_offsets")
+        missing = [key for key in ("dtype", "shape", "data_offsets") if key not in info]
+        if missing:
+            raise InputError(f"{bad} tensor {name!r} has no {missing[0]}")
+        code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if code not in FORMAT_BITS:
+            raise InputError(f"{bad} tensor {name!r} has unknown dtype {code!r}")
+        if not isinstance(shape, list) or not all(_usize(d) for d in shape):
+            raise InputError(f"{bad} tensor {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_usize(o) for o in offsets)):
+            raise InputError(f"{bad} tensor {name!r}: data_offsets must be two non-negative integers, got {offsets!r}")
+        layout.append((tuple(offsets), name, code, tuple(shape)))
+    layout.sort(key=lambda item: item[0])  # as safetensors does: by (begin, end)
     entries = {}
-    for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
-        code = info.get("dtype")
+    position = 0
+    for (begin, end), name, code, shape in layout:
+        if begin != position or end < begin:
+            raise InputError(f"{bad} tensor {name!r} has data_offsets [{begin}, {end}]: tensors must follow one "
+                             f"another from offset 0 without gaps or overlaps (expected it to start at {position})")
+        count = 1
+        for dim in shape:
+            count *= dim
+            if count >= USIZE:
+                raise InputError(f"{bad} tensor {name!r} has an impossible shape {list(shape)}")
+        if count * FORMAT_BITS[code] >= USIZE or count * FORMAT_BITS[code] % 8:
+            raise InputError(f"{bad} tensor {name!r} has an impossible shape {list(shape)} for {code}")
+        if end - begin != count * FORMAT_BITS[code] // 8:
+            raise InputError(f"{bad} tensor {name!r} is {end - begin} bytes, but {code} {list(shape)} needs "
+                             f"{count * FORMAT_BITS[code] // 8}")
+        position = end
         if code not in DTYPE_FROM_CODE:
-            raise InputError(f"{path}: tensor {name!r} has unsupported dtype {code!r}")
-        begin, end = info["data_offsets"]
-        if data_start + end > file_size:
-            raise InputError(f"{path}: file is truncated (tensor {name!r} runs past its end)")
-        entries[name] = TensorEntry(DTYPE_FROM_CODE[code], tuple(info["shape"]), data_start + begin, end - begin)
+            raise InputError(f"{path}: tensor {name!r} has dtype {code}, which cocktail cannot merge")
+        entries[name] = TensorEntry(DTYPE_FROM_CODE[code], shape, data_start + begin, end - begin)
+    if data_start + position != file_size:
+        what = "is truncated" if data_start + position > file_size else "has bytes after its last tensor"
+        raise InputError(f"{path}: file {what} (the header covers {position} data bytes, the file holds "
+                         f"{file_size - data_start})")
     return entries, metadata
+
+
+def _usize(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < USIZE
 
 
 def read_tensor(fd: int, entry: TensorEntry) -> torch.Tensor:

@@ -17,7 +17,8 @@ from typing import Optional
 
 import torch
 
-from cocktail.io.checkpoints import resolve
+from cocktail.io.checkpoints import read_modules, resolve
+from cocktail.io.containment import check_write, inside
 from cocktail.io.hashing import sha256_file
 
 SIDE_SUFFIXES = {".json", ".txt", ".model", ".py", ".tiktoken", ".jinja", ".vocab"}
@@ -32,35 +33,26 @@ def _is_side_file(path: Path) -> bool:
     return path.is_file() and path.suffix in SIDE_SUFFIXES and path.name not in NOT_COPIED
 
 
-def _module_folders(folder: Path) -> list[str]:
-    modules_path = folder / "modules.json"
-    if not modules_path.is_file():
-        return []
-    try:
-        modules = json.loads(modules_path.read_text())
-    except ValueError:
-        return []
-    return [m["path"] for m in modules if isinstance(m, dict) and m.get("path")]
-
-
 def copy_side_files(source: Path, dest: Path) -> list[str]:
-    """Copy config, tokenizer and sentence-transformers files from ``source``; returns what was copied."""
+    """Copy config, tokenizer and sentence-transformers files from ``source``; returns what was copied.
+
+    Every file read stays inside ``source`` and every file written inside ``dest``; copies get the
+    user's ordinary file mode (a read-only input gives a writable output)."""
     copied = []
     for path in sorted(source.iterdir()):
         if _is_side_file(path):
-            shutil.copy2(path, dest / path.name)
+            _copy(inside(source, path.name, "file", source), dest / path.name, dest)
             copied.append(path.name)
-    for module in _module_folders(source):
+    for _, module in read_modules(source) or []:
         module_src = source / module
-        if not module_src.is_dir():
+        if not module or not module_src.is_dir():
             continue
         for path in sorted(module_src.rglob("*")):
             if path.is_dir() or path.suffix in WEIGHT_SUFFIXES or path.name in NOT_COPIED:
                 continue
-            target = dest / path.relative_to(source)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
-            copied.append(str(path.relative_to(source)))
+            rel = str(path.relative_to(source))
+            _copy(inside(source, rel, "file", source / module), dest / rel, dest)
+            copied.append(rel)
         (dest / module).mkdir(parents=True, exist_ok=True)  # e.g. 2_Normalize holds no files
     return copied
 
@@ -82,6 +74,12 @@ def side_file_hashes(source: Path) -> dict[str, str]:
     into a scratch folder and hashed there, so the selection is the merge's own."""
     with tempfile.TemporaryDirectory(prefix="cocktail-verify-") as scratch:
         return copied_hashes(Path(scratch), copy_side_files(source, Path(scratch)))
+
+
+def _copy(path: Path, target: Path, dest: Path) -> None:
+    """Copy the bytes of ``path`` to ``target`` inside ``dest``, as a new file of the user's normal mode."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, check_write(target, dest))
 
 
 def dtype_name(dtype: torch.dtype) -> str:

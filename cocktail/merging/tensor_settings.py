@@ -9,7 +9,6 @@ tensor unless normalised, parameters in range) so a bad recipe fails before the 
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -20,7 +19,7 @@ from cocktail.io.checkpoints import TRANSFORMER
 from cocktail.merging.methods import Method, parameter_problem
 from cocktail.merging.plan import MERGE, Plan, PlannedTensor
 from cocktail.merging.schedules import Schedule, TensorName, is_number, layer_count
-from cocktail.merging.weights import normalized, sums_to_one
+from cocktail.merging.weights import normalized, sums_to_one, weight_sum
 
 SHOW = 3  # tensors named in a message before "and N more"
 
@@ -159,7 +158,7 @@ def resolve_settings(plan: Plan, method: Method, weights: Optional[Sequence[Any]
     if sum_errors:
         name, values = sum_errors[0]
         more = f" (and {len(sum_errors) - 1} more tensors)" if len(sum_errors) > 1 else ""
-        raise InputError(f"weights for tensor {name} sum to {math.fsum(values):g}, not 1: {values}{more}; "
+        raise InputError(f"weights for tensor {name} sum to {weight_sum(values):g}, not 1: {values}{more}; "
                          f"adjust the weights or pass {option('normalize')} to divide them by their sum")
     warnings = []
     if negative:

@@ -23,7 +23,7 @@ from cocktail.io.adapters import open_path
 from cocktail.io.checkpoints import read_json
 from cocktail.merging.methods import Method
 from cocktail.merging.plan import Plan, build_plan
-from cocktail.modeling.loading import load_tokenizer, resolve_device
+from cocktail.modeling.loading import embedding_rows, load_tokenizer, resolve_device
 from cocktail.modeling.pooling import Pooling, read_pooling
 from cocktail.modeling.skeleton import Skeleton, model_folder
 
@@ -66,7 +66,8 @@ class Encoder:
         st_config = self.root / "sentence_bert_config.json"
         st = read_json(st_config) if st_config.is_file() else {}
         self.lowercase = bool(st.get("do_lower_case", False))
-        self.tokenizer = load_tokenizer(self.transformer_dir, "to embed texts", trust_remote_code)
+        self.tokenizer = load_tokenizer(self.transformer_dir, "to embed texts", trust_remote_code,
+                                        embedding_rows(plan))
         if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
             self.tokenizer.pad_token = self.tokenizer.eos_token  # decoders: padding is masked out anyway
         self.tokenizer.padding_side = "right"  # pool() finds the last token of right-padded rows

@@ -22,7 +22,7 @@ from cocktail.errors import InputError
 from cocktail.io.adapters import open_path
 from cocktail.merging.methods import Method
 from cocktail.merging.plan import Plan, build_plan
-from cocktail.modeling.loading import load_tokenizer, pad_token_id, resolve_device
+from cocktail.modeling.loading import embedding_rows, load_tokenizer, pad_token_id, resolve_device
 from cocktail.modeling.skeleton import Skeleton, model_folder
 
 DEFAULT_PROMPT = ("Given a query A and a passage B, determine whether the passage contains an answer to the query "
@@ -108,7 +108,7 @@ class LLMReranker:
         self.device = str(resolve_device(device))
         self.batch_size = batch_size
         self.max_length = max_length
-        self.tokenizer = load_tokenizer(model_folder(plan), "to score pairs", trust_remote_code)
+        self.tokenizer = load_tokenizer(model_folder(plan), "to score pairs", trust_remote_code, embedding_rows(plan))
         self.yes_id = yes_token(self.tokenizer)
         layerwise_layer(first.config)  # refuse a layerwise head it cannot score before building anything
         self.skeleton = Skeleton(plan, "llm-reranker", torch.device(self.device), trust_remote_code=trust_remote_code)

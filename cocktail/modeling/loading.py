@@ -78,8 +78,22 @@ def load_config(folder: Path, trust_remote_code: bool = False):
         raise InputError(f"{folder}: cannot read the model config ({_first_line(exc)})") from None
 
 
-def load_tokenizer(folder: Path, needed_for: str = "to score examples", trust_remote_code: bool = False):
-    """The tokenizer saved in ``folder``; an :class:`InputError` when there is none (never a made-up one)."""
+EMBEDDING_NAMES = ("word_embeddings.weight", "embed_tokens.weight", "wte.weight", "tok_embeddings.weight",
+                   "shared.weight")
+
+
+def embedding_rows(plan) -> Optional[int]:
+    """Rows of the plan's input embedding matrix (how many token ids the model knows), if it has one."""
+    for planned in plan.tensors:
+        if planned.component == "transformer" and planned.name.endswith(EMBEDDING_NAMES) and len(planned.shape) == 2:
+            return planned.shape[0]
+    return None
+
+
+def load_tokenizer(folder: Path, needed_for: str = "to score examples", trust_remote_code: bool = False,
+                   rows: Optional[int] = None):
+    """The tokenizer saved in ``folder``; an :class:`InputError` when there is none (never a made-up one),
+    or when its vocabulary is larger than the model's embedding ``rows`` (its ids would fall off the matrix)."""
     from transformers import AutoTokenizer
 
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
@@ -87,11 +101,17 @@ def load_tokenizer(folder: Path, needed_for: str = "to score examples", trust_re
         raise InputError(f"{folder}: cannot load its tokenizer, needed {needed_for} (no tokenizer files: "
                          f"expected one of {', '.join(TOKENIZER_FILES[:3])}, ...)")
     try:
-        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises many kinds when no tokenizer is there
         if needs_remote_code(exc):
             raise InputError(f"{folder}: its tokenizer needs the code in the model folder; {REMOTE_CODE_HINT}") from None
         raise InputError(f"{folder}: cannot load its tokenizer, needed {needed_for} ({_first_line(exc)})") from None
+    vocabulary = getattr(tokenizer, "vocab_size", None)  # without added tokens, which a model may leave unused
+    if rows is not None and isinstance(vocabulary, int) and vocabulary > rows:
+        raise InputError(f"{folder}: its tokenizer has a vocabulary of {vocabulary} tokens, but the model's "
+                         f"embeddings have {rows} rows: token ids from {rows} on have no embedding "
+                         f"(a tokenizer of another model?)")
+    return tokenizer
 
 
 def pad_token_id(tokenizer) -> int:

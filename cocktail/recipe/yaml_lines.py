@@ -1,6 +1,7 @@
 """Recipe YAML read with the line of every key, and ``--set KEY.PATH=VALUE`` overrides applied to it.
 
-The loader is PyYAML's safe loader (no tags that build objects), reading floats the YAML 1.2 way.
+The loader is PyYAML's safe loader (no tags that build objects), bounded (no anchors or aliases, no
+deep nesting: see ``io/bounded_yaml.py``), reading floats the YAML 1.2 way.
 Each key path (``("models", 1, "weight")``) maps to its line, so every check can say where it failed.
 """
 
@@ -12,12 +13,14 @@ from typing import Any
 import yaml
 
 from cocktail.errors import RecipeError
+from cocktail.io.bounded_yaml import BoundedLoader, YAMLLimitError
 
 KeyPath = tuple  # ("models", 1, "weight")
 SET = "--set"  # the "line" of a value given on the command line
 
-class RecipeLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading floats the YAML 1.2 way (``1e-3`` is a number, not a string)."""
+class RecipeLoader(BoundedLoader):
+    """PyYAML's safe loader, bounded (no aliases, no deep nesting), reading floats the YAML 1.2 way
+    (``1e-3`` is a number, not a string)."""
 
 
 RecipeLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
@@ -62,6 +65,8 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}" if mark else source
+        if isinstance(exc, YAMLLimitError):
+            raise RecipeError(f"{where}: {exc.problem}") from None
         raise RecipeError(f"{where}: not valid YAML ({exc.problem or exc.context})") from None
     except yaml.YAMLError as exc:
         raise RecipeError(f"{source}: not valid YAML ({exc})") from None

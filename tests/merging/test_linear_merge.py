@@ -408,7 +408,7 @@ def test_negative_weights_extrapolate_with_a_warning(two_berts, tmp_path):
 
 def test_existing_output_is_refused_unless_force(two_berts, tmp_path):
     a, b = two_berts
-    (tmp_path / "out").mkdir()
+    cocktail.merge([a, b], [0.3, 0.7], tmp_path / "out")  # a previous merge: the only folder force replaces
     (tmp_path / "out" / "keep.txt").write_text("mine")
     with pytest.raises(OutputError, match=r"already exists \(use force=True to replace it\)"):
         cocktail.merge([a, b], [0.5, 0.5], tmp_path / "out")

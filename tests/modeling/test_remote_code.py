@@ -110,3 +110,20 @@ def test_a_recipe_says_trust_remote_code_itself(custom, env, tmp_path, trusted):
     assert Path(env["COCKTAIL_TEST_MARKER"]).exists() == trusted
     if trusted:
         assert "trust_remote_code: true" in (tmp_path / "out" / "cocktail_recipe.yaml").read_text()
+
+
+def test_a_tokenizer_that_names_its_own_code_never_runs_it_nor_asks(tmp_path, env):
+    """Only ``tokenizer_config.json`` names code (``auto_map``): transformers' own tokenizer class is used
+    instead, whatever stdin answers; the folder's code never runs."""
+    models = []
+    for name, seed in (("a", 1), ("b", 2)):
+        folder = make_bert(tmp_path / name, seed=seed)
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        config["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", None]}
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+        (folder / "evil.py").write_text(EVIL + "\nfrom transformers import BertTokenizerFast as EvilTokenizer\n")
+        models.append(folder)
+    examples, _ = data_files(tmp_path)
+    result = run_cli("weights", "--models", *models, "--examples", examples, "--quiet", env=env, stdin="y\ny\ny\n")
+    assert not Path(env["COCKTAIL_TEST_MARKER"]).exists(), result
+    assert result.returncode == 0 and result.stderr == "", result
