@@ -19,8 +19,8 @@ MODEL_TYPE_HELP = ("encoder: BERT-style embedder (bge-m3, with its colbert_linea
 @cli.command("eval", cls=VariadicCommand)
 @click.option("--models", "-m", "models", multiple=True, required=True, metavar="PATH...",
               help="Embedding models or rerankers to score: folders or cached hub ids.")
-@click.option("--model-type", type=click.Choice(EVAL_MODEL_TYPES), default="encoder", show_default=True,
-              help=MODEL_TYPE_HELP)
+@click.option("--model-type", type=click.Choice(EVAL_MODEL_TYPES), default=None,
+              help=MODEL_TYPE_HELP + " Default: what each model's config.json says.")
 @click.option("--candidates", type=click.Path(dir_okay=False), metavar="RUN",
               help="Rerankers on a BEIR folder: each query's candidates from this TREC run file "
                    "(qid Q0 docid rank score tag).")
@@ -53,8 +53,8 @@ def eval_command(models, model_type, candidates, retriever, top_k, data, query_i
               "LM-Cocktail's few-shot weighting picks (from the dense loss, for bge-m3).")
 @click.option("--temperature", type=float, default=5.0, show_default=True,
               help="The few-shot softmax temperature for --examples (lower: the losses decide more).")
-@click.option("--model-type", type=click.Choice(EVAL_MODEL_TYPES), default="encoder", show_default=True,
-              help=MODEL_TYPE_HELP)
+@click.option("--model-type", type=click.Choice(EVAL_MODEL_TYPES), default=None,
+              help=MODEL_TYPE_HELP + " Default: what each model's config.json says.")
 @click.option("--mode", type=click.Choice(("dense", "sparse", "colbert", "hybrid")), default=None,
               help="The retrieval mode --plot draws for bge-m3 (default: dense; the table shows every mode).")
 @encode_options

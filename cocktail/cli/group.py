@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import re
 import sys
+import warnings
 
 import click
 
-from cocktail.errors import DOOR, CocktailError
+from cocktail.errors import DOOR, CocktailError, CocktailWarning
 from cocktail.version import __version__
 
 NUMBER = re.compile(r"^-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
@@ -58,6 +59,8 @@ class CocktailGroup(click.Group):
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         _interrupt_on_sigterm()
         door = DOOR.set("cli")  # messages name options as flags (--force), not as Python arguments
+        shown = warnings.showwarning
+        warnings.showwarning = _one_line(shown)
         try:
             code = super().main(args=argv, prog_name=prog_name or "cocktail", standalone_mode=False, **extra)
         except click.UsageError as exc:
@@ -75,9 +78,20 @@ class CocktailGroup(click.Group):
             if debug:
                 raise
             fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
-        finally:  # a caller that runs the CLI in-process (a test, a notebook) keeps its own door
+        finally:  # a caller that runs the CLI in-process (a test, a notebook) keeps its own door and warnings
             DOOR.reset(door)
+            warnings.showwarning = shown
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _one_line(shown):
+    """cocktail's own warnings as ``warning: ...`` lines, like its errors; others as Python shows them."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, CocktailWarning):
+            warn(str(message))
+        else:
+            shown(message, category, filename, lineno, file, line)
+    return show
 
 
 def _interrupt_on_sigterm() -> None:

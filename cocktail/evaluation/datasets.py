@@ -36,8 +36,10 @@ STS_SECOND = ("sentence2", "sentence_2", "sentence b", "sentence_b", "sentenceb"
               "sent2", "hypothesis", "document")
 STS_SCORE = ("score", "similarity", "relatedness_score", "relatedness", "label", "gold", "gold_score", "sim")
 DELIMITED = (".tsv", ".csv", ".txt")
-SPLIT_COLUMN = "semeval_set"  # SICK.txt: which split each pair belongs to
-SICK_SPLITS = {"test": "TEST", "train": "TRAIN", "dev": "TRIAL", "trial": "TRIAL", "validation": "TRIAL"}
+SPLIT_COLUMNS = ("semeval_set", "split")  # which split each pair belongs to: SICK.txt's, or a plain "split" column
+#: the values a split column holds for each split asked for (compared without case)
+SPLIT_VALUES = {"test": ("test",), "train": ("train",), "dev": ("dev", "trial", "validation"),
+                "trial": ("dev", "trial", "validation"), "validation": ("dev", "trial", "validation")}
 
 
 class DataError(InputError):
@@ -280,15 +282,16 @@ def _tab_separated(path: Path) -> bool:
     return True
 
 
-def _split_filter(path: Path, header: list[str], split: str) -> Optional[tuple[int, str]]:
-    """``(column, value)`` that rows of ``split`` hold, for a file with a split column (SICK.txt)."""
-    column = _column(header, (SPLIT_COLUMN,))
+def _split_filter(path: Path, header: list[str], split: str) -> Optional[tuple[int, tuple[str, ...]]]:
+    """``(column, values)`` that rows of ``split`` hold (lower case), for a file with a split column
+    (SICK.txt's ``SemEval_set``, or a ``split`` column): a file that mixes splits gives only the one asked for."""
+    column = _column(header, SPLIT_COLUMNS)
     if column is None:
         return None
-    if split.lower() not in SICK_SPLITS:
+    if split.lower() not in SPLIT_VALUES:
         raise DataError(f"{path}: has a {header[column].strip()} column, and split {split!r} is none of "
-                        f"{', '.join(sorted(SICK_SPLITS))}")
-    return column, SICK_SPLITS[split.lower()]
+                        f"{', '.join(sorted(SPLIT_VALUES))}")
+    return column, SPLIT_VALUES[split.lower()]
 
 
 def read_sts(path: Path, name: Optional[str] = None, split: str = "test") -> STSSet:
@@ -296,12 +299,13 @@ def read_sts(path: Path, name: Optional[str] = None, split: str = "test") -> STS
     tabs; quotes are plain characters) or comma-separated (``.csv``). Columns come from a header row
     naming ``sentence1``, ``sentence2`` and ``score`` (also ``sentence_A``/``sentence_B``/
     ``relatedness_score`` as in SICK), or, without a header, from three columns ``sentence1,
-    sentence2, score`` or the STS Benchmark layout. A file with SICK's ``SemEval_set`` column gives the
-    pairs of ``split`` (``test``: TEST, ``train``: TRAIN, ``dev``: TRIAL)."""
+    sentence2, score`` or the STS Benchmark layout. A file with SICK's ``SemEval_set`` column or a
+    ``split`` column gives the pairs of ``split`` only (``test``, ``train``, ``dev``: also TRIAL or
+    validation; any case)."""
     tab = _tab_separated(path)
     pairs: list[tuple[str, str, float]] = []
     columns: Optional[tuple[int, int, int]] = None
-    keep: Optional[tuple[int, str]] = None
+    keep: Optional[tuple[int, tuple[str, ...]]] = None
     try:
         with _open_text(path) as handle:
             reader = csv.reader(handle, delimiter="\t" if tab else ",",
@@ -321,7 +325,7 @@ def read_sts(path: Path, name: Optional[str] = None, split: str = "test") -> STS
                 if len(row) <= needed:
                     raise DataError(f"{path}, line {number}: expected at least {needed + 1} "
                                     f"{'tab' if tab else 'comma'}-separated columns, got {len(row)}")
-                if keep and row[keep[0]].strip() != keep[1]:
+                if keep and row[keep[0]].strip().lower() not in keep[1]:
                     continue
                 score_text = row[s].strip()
                 if not _is_number(score_text):
@@ -336,7 +340,7 @@ def read_sts(path: Path, name: Optional[str] = None, split: str = "test") -> STS
         raise DataError(f"{path}: not valid {'TSV' if tab else 'CSV'} ({exc})") from None
     except (OSError, EOFError) as exc:
         raise DataError(f"{path}: cannot be read ({exc})") from None
-    where = f" of split {keep[1]}" if keep else ""
+    where = f" of split {split}" if keep else ""
     if len(pairs) < 2:
         raise DataError(f"{path}: needs at least 2 sentence pairs{where}, found {len(pairs)}")
     if len({score for _, _, score in pairs}) < 2:

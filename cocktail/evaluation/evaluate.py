@@ -19,12 +19,13 @@ modes); :func:`format_table` prints them.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence, Union
 
 import torch
 
-from cocktail.errors import InputError, option
+from cocktail.errors import InputError, option, warn
 from cocktail.evaluation.datasets import Dataset, RetrievalSet, STSSet, load_dataset
 from cocktail.evaluation.metrics import RETRIEVAL_METRICS, retrieval_scores, spearman
 from cocktail.evaluation.rerankers import TOP_K, read_run, with_candidates
@@ -35,6 +36,7 @@ from cocktail.modeling.encoder import Encoder
 from cocktail.modeling.llm_embedder import LLMEmbedder
 from cocktail.modeling.llm_reranker import LLMReranker
 from cocktail.modeling.m3 import M3Encoder, has_m3_heads
+from cocktail.recipe.model_type import settle as settle_model_type
 
 QUERY_CHUNK = 1024
 # the scorer of each model type; an encoder with bge-m3's head files gets M3Encoder (see scorer_class)
@@ -79,6 +81,45 @@ def scorer_class(model_type: str, plan: Plan) -> type:
         raise InputError(f"cocktail eval scores {', '.join(SCORERS)} models, not {model_type!r}")
     chosen = SCORERS[model_type]
     return M3Encoder if chosen is Encoder and has_m3_heads(plan) else chosen
+
+
+def eval_model_type(given: Optional[str], source: str, adapter_base: Optional[str] = None) -> str:
+    """The type ``source`` is scored as: ``given`` if its config does not contradict it, else what its
+    config.json says (a causal LM is scored as a decoder reranker or embedder only when told which)."""
+    with open_path(str(source), adapter_base) as checkpoint:
+        settled = settle_model_type(given, checkpoint)
+    if settled not in SCORERS:
+        raise InputError(f"{source} is a {settled} model (a causal LM), which cocktail eval scores as "
+                         f"{option('model_type')} llm-reranker (the logit of 'Yes') or llm-embedder (last token): "
+                         "say which")
+    return settled
+
+
+def describe_scorer(model_type: str, scorer) -> str:
+    """How a model is scored, for the progress lines: its type and pooling (embedders), or its score."""
+    pooling = getattr(scorer, "pooling", None)
+    if pooling is not None:
+        modes = ", ".join(modes_of(scorer)) if len(modes_of(scorer)) > 1 else None
+        return (f"{model_type}, pooling {'+'.join(pooling.modes)} ({pooling.source})"
+                + (f", modes {modes}" if modes else ""))
+    return f"{model_type}, one score per (query, passage) pair"
+
+
+def trivial_queries(data: RetrievalSet) -> int:
+    """How many queries have nothing but relevant passages to rank (their metrics are 1 whatever the model)."""
+    if data.candidates is None:
+        return 0
+    return sum(1 for q in data.qrels
+               if all(data.qrels[q].get(d, 0) > 0 for d in data.candidates.get(q, ())))
+
+
+def warn_degenerate(tasks: Sequence[Task]) -> None:
+    for task in tasks:
+        if isinstance(task.data, RetrievalSet):
+            count, total = trivial_queries(task.data), len(task.data.qrels)
+            if count:
+                warn(f"{task.name}: {count} of {total} queries have no negatives (only relevant passages to rank), "
+                     f"so every model scores 1 on them: add 'neg' passages to rank against")
 
 
 def open_scorer(model_type: str, source: str, adapter_base: Optional[str] = None, **options):
@@ -217,7 +258,7 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
                     query_instruction: Optional[str] = None, *, split: str = "test", batch_size: int = 32,
                     max_length: int = 512, device: Optional[str] = None, progress: bool = False,
                     labels: Optional[Sequence[str]] = None, trust_remote_code: bool = False,
-                    model_type: str = "encoder", adapter_base: Optional[str] = None,
+                    model_type: Optional[str] = None, adapter_base: Optional[str] = None,
                     candidates: Optional[str] = None, retriever: Optional[str] = None,
                     top_k: int = TOP_K) -> list[dict]:
     """Score every model on every data set.
@@ -229,12 +270,14 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
         query_instruction: put before every query of the data given as paths (not before passages).
         split: the BEIR qrels split to use.
         batch_size, max_length, device: how to encode (default device: CUDA when present).
-        progress: progress bars on stderr for long encodes.
+        progress: a line on stderr per model (how it is scored: type, pooling) and per data set, and
+            progress bars for long encodes.
         labels: names to show for the models (default: the paths as given).
         trust_remote_code: let a model folder's own code (``auto_map``) run; refused otherwise.
         model_type: ``encoder`` (BERT-style embedder; bge-m3 is scored in each of its modes),
             ``llm-embedder`` (decoder embedder), ``reranker`` (cross-encoder) or ``llm-reranker``
-            (decoder reranker); for a decoder reranker the instruction is its prompt.
+            (decoder reranker); for a decoder reranker the instruction is its prompt. Default: what each
+            model's config.json says (``…ForSequenceClassification``: reranker), as for merging.
         adapter_base: the base of the LoRA adapter folders among ``models`` (default: each one's config's).
         candidates: for rerankers on BEIR folders, a TREC run file giving each query's candidates.
         retriever: for rerankers on BEIR folders, an embedder whose ``top_k`` results are the candidates
@@ -244,21 +287,29 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
     Returns:
         Rows ``{"model": ..., "data": ..., "metric": ..., "value": ...}`` (and ``"mode"`` for bge-m3).
     """
-    if model_type not in SCORERS:
+    if model_type is not None and model_type not in SCORERS:
         raise InputError(f"cocktail eval scores {', '.join(SCORERS)} models, not {model_type!r}")
-    if (candidates or retriever) and model_type not in RERANKERS:
-        raise InputError(f"{option('candidates') if candidates else option('retriever')} is for rerankers "
-                         f"({option('model_type')} {' or '.join(RERANKERS)})")
     tasks = make_tasks(data, query_instruction, split)
     labels = list(labels) if labels is not None else [str(m) for m in models]
+    bases = bases_for(models, adapter_base)
+    types = [eval_model_type(model_type, str(m), base) for m, base in zip(models, bases)]
+    if (candidates or retriever) and not any(t in RERANKERS for t in types):
+        raise InputError(f"{option('candidates') if candidates else option('retriever')} is for rerankers "
+                         f"({option('model_type')} {' or '.join(RERANKERS)})")
     options = dict(device=device, batch_size=batch_size, max_length=max_length, progress=progress,
                    trust_remote_code=trust_remote_code)
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
     rows: list[dict] = []
-    if model_type in RERANKERS:
-        tasks, rows = first_stage(tasks, candidates, retriever, top_k, options)
-    for model, label, base in zip(models, labels, bases_for(models, adapter_base)):
-        scorer = open_scorer(model_type, str(model), base, label=label, **options)
-        rows += score_encoder(scorer, tasks, label)
+    reranked = tasks  # what rerankers score: BEIR folders get their candidates first
+    if any(t in RERANKERS for t in types):
+        reranked, rows = first_stage(tasks, candidates, retriever, top_k, options)
+    warn_degenerate(reranked)
+    for i, (model, label, base, kind) in enumerate(zip(models, labels, bases, types), 1):
+        scorer = open_scorer(kind, str(model), base, label=label, **options)
+        say(f"eval [{i}/{len(models)}] {label}: {describe_scorer(kind, scorer)}")
+        for j, task in enumerate(reranked if kind in RERANKERS else tasks, 1):
+            say(f"  [{j}/{len(tasks)}] {task.name}")
+            rows += score_encoder(scorer, [task], label)
         del scorer
     return rows
 

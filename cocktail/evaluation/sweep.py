@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from cocktail.errors import InputError, option
-from cocktail.evaluation.evaluate import SCORERS, Task, make_tasks, score_encoder, scorer_class
+from cocktail.evaluation.evaluate import SCORERS, Task, eval_model_type, make_tasks, score_encoder, scorer_class
 from cocktail.fewshot.weighting import weights_from_examples
 from cocktail.io.adapters import bases_for, open_path
 from cocktail.io.figure import check_target, pareto_front, pyplot, save_png
@@ -74,7 +74,7 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
                   query_instruction: Optional[str] = None, examples=None, *, split: str = "test",
                   batch_size: int = 32, max_length: int = 512, device: Optional[str] = None,
                   progress: bool = False, trust_remote_code: bool = False,
-                  adapter_base: Optional[str] = None, model_type: str = "encoder",
+                  adapter_base: Optional[str] = None, model_type: Optional[str] = None,
                   temperature: float = 5.0) -> SweepResult:
     """Merge two models in memory at weights 0, 1/(steps-1), ..., 1 and score each merge on ``data``.
 
@@ -93,8 +93,9 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
     models = [str(m) for m in models]
     if len(models) != 2:
         raise InputError(f"a sweep needs exactly 2 models, got {len(models)}")
-    if model_type not in SCORERS:
+    if model_type is not None and model_type not in SCORERS:
         raise InputError(f"cocktail sweep scores {', '.join(SCORERS)} models, not {model_type!r}")
+    model_type = eval_model_type(model_type, models[0], bases_for(models, adapter_base)[0])
     points = sweep_points(steps)
     tasks = make_tasks(data, query_instruction, split)
     bases = bases_for(models, adapter_base)

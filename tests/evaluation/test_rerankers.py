@@ -129,12 +129,14 @@ def test_a_bad_run_file_is_refused_naming_its_line(tmp_path, line, message):
 def test_reranker_options_are_checked(tmp_path, reranker):
     beir = str(make_beir(tmp_path / "beir"))
     cases = [(dict(model_type="reranker"), "give candidates= (a TREC run file) or retriever="),
-             (dict(candidates="run.trec"), "candidates= is for rerankers"),
              (dict(model_type="reranker", candidates=str(tmp_path / "none.trec")), "candidates file not found"),
              (dict(model_type="reranker", candidates="x", retriever="y"), "give candidates= or retriever=, not both")]
     for options, message in cases:
         with pytest.raises(InputError, match=re.escape(message)):
             evaluate_models([str(reranker)], [beir], **options)
+    embedder = make_bert(tmp_path / "embedder", seed=3)  # its config says it is no reranker
+    with pytest.raises(InputError, match=re.escape("candidates= is for rerankers")):
+        evaluate_models([str(embedder)], [beir], candidates="run.trec")
     run = tmp_path / "run.trec"
     run.write_text("q1 Q0 d1 1 3.0 x\nq1 Q0 d9 2 1.0 x\n")
     before = run.read_bytes()
