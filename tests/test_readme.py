@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_bert, make_decoder, make_lora
+from conftest import REPO, make_bert, make_decoder, make_lora, make_m3
 
 README = REPO / "README.md"
 LANGUAGES = ("bash", "yaml", "python")
@@ -36,7 +36,9 @@ def snippets() -> list:
     return found
 
 
-ENCODERS = ["bge-with-inst", "bge-no-inst", "ft-a", "ft-b", "base", "ft", "a", "b", "c", "fine-tuned"]
+ENCODERS = ["bge-with-inst", "bge-no-inst", "ft-a", "ft-b", "base", "ft", "a", "b", "c", "fine-tuned", "bge-small"]
+RERANKERS = ["rr-ft", "bge-reranker-base"]
+M3 = ["m3-ft-a", "m3-ft-b"]
 DECODERS = ["base", "gemma-ft", "bge-reranker-v2-gemma", "icl-a", "icl-b"]
 ADAPTERS = ["lora-ft", "lora-a", "lora-b"]
 
@@ -45,11 +47,12 @@ def _data(world: Path) -> None:
     """Few-shot examples, a BEIR folder and an STS file under the names the README uses."""
     rows = [{"query": f"red cat {i}", "pos": [f"the cat is red {i}"], "neg": ["the dog is blue", "sun moon star"]}
             for i in range(6)]
-    (world / "few.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name in ("few.jsonl", "target.jsonl", "keep.jsonl", "dev.jsonl"):
+        (world / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     sts = "".join(f"{a}\t{b}\t{s}\n" for a, b, s in [("the cat is red", "a red cat", 4), ("the dog", "sun moon", 1),
                                                     ("red", "blue", 2), ("one two three", "one two", 3.5),
                                                     ("fire", "water", 0.5)])
-    for name in ("sts.tsv", "general.tsv"):
+    for name in ("sts.tsv", "general.tsv", "sick.tsv"):
         (world / name).write_text(sts)
     for name in ("scifact", "target"):
         folder = world / name
@@ -62,6 +65,8 @@ def _data(world: Path) -> None:
                                                       for k, v in queries.items()))
         (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\nq3\td4\t1\n")
     (world / "my.yaml").write_text("models:\n  - {path: ./a, weight: 0.7}\n  - {path: ./b, weight: 0.3}\noutput: ./merged\n")
+    (world / "run.trec").write_text("q1 Q0 d1 1 2.0 bm25\nq1 Q0 d3 2 1.0 bm25\nq2 Q0 d2 1 2.0 bm25\n"
+                                    "q2 Q0 d4 2 1.0 bm25\nq3 Q0 d4 1 2.0 bm25\nq3 Q0 d1 2 1.0 bm25\n")
     shutil.copytree(REPO / "recipes", world / "recipes")
     (world / "examples").mkdir()
     os.symlink(REPO / "examples" / "data", world / "examples" / "data")
@@ -73,6 +78,10 @@ def worlds(tmp_path_factory) -> dict[str, Path]:
     encoder = tmp_path_factory.mktemp("encoder-world")
     for seed, name in enumerate(ENCODERS):
         make_bert(encoder / name, seed=seed)
+    for seed, name in enumerate(RERANKERS):
+        make_bert(encoder / name, seed=seed, model_class="BertForSequenceClassification")
+    for seed, name in enumerate(M3):
+        make_m3(encoder / name, seed=seed)
     _data(encoder)
     decoder = tmp_path_factory.mktemp("decoder-world")
     for seed, name in enumerate(DECODERS):
