@@ -14,15 +14,15 @@ from typing import Optional, Sequence
 
 import torch
 
-from cocktail.merging.methods import Method
 from cocktail.merging.plan import Plan
-from cocktail.modeling.loading import load_tokenizer, resolve_device
+from cocktail.modeling.loading import embedding_rows, load_tokenizer
+from cocktail.modeling.scorer import PlanScorer
 from cocktail.modeling.skeleton import Skeleton, model_folder
 
 POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "xlm-roberta-xl": 2}
 
 
-class CrossEncoder:
+class CrossEncoder(PlanScorer):
     """A cross-encoder ready to score pairs: ``score(pairs)`` gives one logit per pair.
 
     ``CrossEncoder(plan)`` builds the sequence classifier of the plan's first checkpoint; fill it with
@@ -31,13 +31,9 @@ class CrossEncoder:
 
     def __init__(self, plan: Plan, device: Optional[str] = None, batch_size: int = 32, max_length: int = 512,
                  progress: bool = False, label: Optional[str] = None, trust_remote_code: bool = False):
+        super().__init__(plan, device, batch_size, label)
         first = plan.checkpoints[0]
-        self.plan = plan
-        self.source = str(first.source)
-        self.label = label or self.source
-        self.device = str(resolve_device(device))
-        self.batch_size = batch_size
-        self.tokenizer = load_tokenizer(model_folder(plan), "to score pairs", trust_remote_code)
+        self.tokenizer = load_tokenizer(model_folder(plan), "to score pairs", trust_remote_code, embedding_rows(plan))
         self.skeleton = Skeleton(plan, "reranker", torch.device(self.device), trust_remote_code=trust_remote_code)
         self.model = self.skeleton.model
         limits = [max_length]
@@ -45,12 +41,6 @@ class CrossEncoder:
         if positions:
             limits.append(positions - POSITION_OFFSET.get(first.config.get("model_type"), 0))
         self.max_length = min(int(x) for x in limits if x)
-
-    def fill_from_checkpoint(self, index: int) -> None:
-        self.skeleton.fill_from_checkpoint(index)
-
-    def fill_from_merge(self, method: Method, weights: list[float], parameters: Optional[dict] = None) -> None:
-        self.skeleton.fill_from_merge(method, weights, parameters)
 
     def _query(self, query: str) -> str:
         """The query, cut to 3/4 of the length as FlagReranker cuts it (its tokens, decoded back)."""

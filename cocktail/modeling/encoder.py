@@ -19,12 +19,12 @@ import torch
 from tqdm import tqdm
 
 from cocktail.errors import InputError
-from cocktail.io.adapters import open_path
 from cocktail.io.checkpoints import read_json
 from cocktail.merging.methods import Method
-from cocktail.merging.plan import Plan, build_plan
-from cocktail.modeling.loading import embedding_rows, load_tokenizer, resolve_device
+from cocktail.merging.plan import Plan
+from cocktail.modeling.loading import embedding_rows, load_tokenizer
 from cocktail.modeling.pooling import Pooling, read_pooling
+from cocktail.modeling.scorer import PlanScorer
 from cocktail.modeling.skeleton import Skeleton, model_folder
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -38,7 +38,7 @@ POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "xlm-roberta-
 PROGRESS_MIN_TEXTS = 512  # shorter encodes get no progress bar
 
 
-class Encoder:
+class Encoder(PlanScorer):
     """A model ready to embed texts: ``encode(texts)`` gives a ``(n, dim)`` float32 CPU tensor, rows of norm 1.
 
     ``Encoder(plan)`` builds the model of the plan's first checkpoint (its config, tokenizer, pooling and
@@ -52,12 +52,8 @@ class Encoder:
 
     def __init__(self, plan: Plan, device: Optional[str] = None, batch_size: int = 32, max_length: int = 512,
                  progress: bool = False, label: Optional[str] = None, trust_remote_code: bool = False):
+        super().__init__(plan, device, batch_size, label)
         first = plan.checkpoints[0]
-        self.plan = plan
-        self.source = str(first.source)
-        self.label = label or self.source
-        self.device = str(resolve_device(device))
-        self.batch_size = batch_size
         self.progress = progress
         self.root = first.root
         self.transformer_dir = model_folder(plan)
@@ -83,15 +79,6 @@ class Encoder:
         self.max_length = min(int(x) for x in limits if x)
         self._cache: dict[str, torch.Tensor] = {}
 
-    @classmethod
-    def open(cls, source: str, adapter_base: Optional[str] = None, **options) -> "Encoder":
-        """The encoder of one model (a folder, cached hub id, or LoRA adapter folder on ``adapter_base`` or
-        its config's base), filled with its weights."""
-        with open_path(str(source), adapter_base) as checkpoint:
-            encoder = cls(build_plan([checkpoint], dtype=torch.float32), **options)
-            encoder.fill_from_checkpoint(0)
-        return encoder
-
     def query_text(self, query: str, instruction: Optional[str]) -> str:
         """What is encoded for a query: the instruction, if any, put before it (BGE's retrieval instruction)."""
         return (instruction or "") + query
@@ -107,12 +94,12 @@ class Encoder:
     # -- weights -----------------------------------------------------------------------------------
     def fill_from_checkpoint(self, index: int) -> None:
         """Use the weights of model ``index`` of the plan (and forget cached embeddings)."""
-        self.skeleton.fill_from_checkpoint(index)
+        super().fill_from_checkpoint(index)
         self._cache.clear()
 
     def fill_from_merge(self, method: Method, weights: list[float], parameters: Optional[dict] = None) -> None:
         """Use the merge of the plan's models with ``weights`` (and forget cached embeddings)."""
-        self.skeleton.fill_from_merge(method, weights, parameters)
+        super().fill_from_merge(method, weights, parameters)
         self._cache.clear()
 
     # -- sentence-transformers Dense modules -------------------------------------------------------

@@ -19,10 +19,9 @@ from typing import Optional, Sequence
 import torch
 
 from cocktail.errors import InputError
-from cocktail.io.adapters import open_path
-from cocktail.merging.methods import Method
-from cocktail.merging.plan import Plan, build_plan
-from cocktail.modeling.loading import embedding_rows, load_tokenizer, pad_token_id, resolve_device
+from cocktail.merging.plan import Plan
+from cocktail.modeling.loading import embedding_rows, load_tokenizer, pad_token_id
+from cocktail.modeling.scorer import PlanScorer
 from cocktail.modeling.skeleton import Skeleton, model_folder
 
 DEFAULT_PROMPT = ("Given a query A and a passage B, determine whether the passage contains an answer to the query "
@@ -91,7 +90,7 @@ def pad_rows(rows: Sequence[list[int]], pad_id: int, device) -> dict[str, torch.
             "attention_mask": torch.tensor([[1] * len(r) + [0] * (longest - len(r)) for r in rows], device=device)}
 
 
-class LLMReranker:
+class LLMReranker(PlanScorer):
     """A decoder reranker ready to score pairs: ``score(pairs, prompt)`` gives one float per pair.
 
     ``LLMReranker(plan)`` builds the causal LM of the plan's first checkpoint; fill it with
@@ -101,33 +100,14 @@ class LLMReranker:
     def __init__(self, plan: Plan, device: Optional[str] = None, batch_size: int = PAIR_CHUNK,
                  max_length: int = 512, progress: bool = False, label: Optional[str] = None,
                  trust_remote_code: bool = False):
+        super().__init__(plan, device, batch_size, label)
         first = plan.checkpoints[0]
-        self.plan = plan
-        self.source = str(first.source)
-        self.label = label or self.source
-        self.device = str(resolve_device(device))
-        self.batch_size = batch_size
         self.max_length = max_length
         self.tokenizer = load_tokenizer(model_folder(plan), "to score pairs", trust_remote_code, embedding_rows(plan))
         self.yes_id = yes_token(self.tokenizer)
         layerwise_layer(first.config)  # refuse a layerwise head it cannot score before building anything
         self.skeleton = Skeleton(plan, "llm-reranker", torch.device(self.device), trust_remote_code=trust_remote_code)
         self.model = self.skeleton.model
-
-    @classmethod
-    def open(cls, source: str, adapter_base: Optional[str] = None, **options) -> "LLMReranker":
-        """The reranker of one model (a folder, cached hub id, or LoRA adapter folder on ``adapter_base`` or
-        its config's base), filled with its weights."""
-        with open_path(str(source), adapter_base) as checkpoint:
-            reranker = cls(build_plan([checkpoint], dtype=torch.float32), **options)
-            reranker.fill_from_checkpoint(0)
-        return reranker
-
-    def fill_from_checkpoint(self, index: int) -> None:
-        self.skeleton.fill_from_checkpoint(index)
-
-    def fill_from_merge(self, method: Method, weights: list[float], parameters: Optional[dict] = None) -> None:
-        self.skeleton.fill_from_merge(method, weights, parameters)
 
     @torch.inference_mode()
     def score(self, pairs: Sequence[tuple[str, str]], prompt: Optional[str] = None) -> list[float]:
