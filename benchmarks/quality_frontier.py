@@ -111,17 +111,6 @@ def sick_entailment(split: str = "TRAIN") -> list[tuple[str, str, list[str]]]:
             if labels.get("ENTAILMENT")]
 
 
-def shrink(data: RetrievalSet, queries: int, distractors: int) -> RetrievalSet:
-    if not queries:
-        return data
-    chosen = list(data.qrels)[:queries]
-    qrels = {q: data.qrels[q] for q in chosen}
-    relevant = {d for rel in qrels.values() for d in rel}
-    others = [d for d in data.corpus if d not in relevant][:distractors]
-    corpus = {d: data.corpus[d] for d in data.corpus if d in relevant or d in others}
-    return RetrievalSet(data.name, {q: data.queries[q] for q in chosen}, corpus, qrels)
-
-
 def train_pairs(train: RetrievalSet) -> list[tuple[str, str]]:
     """Each SciFact train query with its first positive document ("title text")."""
     return [(train.queries[q], train.corpus[next(iter(rel))]) for q, rel in train.qrels.items()]
@@ -325,7 +314,7 @@ def main() -> None:
 
 def run(work: Path, base: Path, settings: Settings, plot: Path) -> None:
     train = read_beir(DATA / "scifact", "train", "SciFact train")
-    test = shrink(read_beir(DATA / "scifact", "test", "SciFact"), settings.test_queries, settings.distractors)
+    test = read_beir(DATA / "scifact", "test", "SciFact").shrunk(settings.test_queries, settings.distractors)
     limit = settings.sts_pairs or None
     tasks = [Task(test), Task(STSSet("STS-B", sts_pairs("stsb", "test")[:limit])),
              Task(STSSet("SICK", sts_pairs("sick", "test")[:limit]))]

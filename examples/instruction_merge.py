@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 import cocktail  # noqa: E402
-from cocktail.evaluation.datasets import RetrievalSet, load_dataset  # noqa: E402
+from cocktail.evaluation.datasets import load_dataset  # noqa: E402
 from cocktail.evaluation.evaluate import Task, evaluate_models  # noqa: E402
 from cocktail.evaluation.sweep import plot_sweep, sweep_weights, table_rows  # noqa: E402
 from cocktail.modeling.loading import float32_kwargs  # noqa: E402
@@ -90,18 +90,6 @@ def few_shot_examples(pairs: list[tuple[str, str]], negatives: int = 7, seed: in
     held_out = pairs[:FEW_SHOT_EXAMPLES]
     pool = [p for _, p in pairs[FEW_SHOT_EXAMPLES:]]
     return [{"query": q, "pos": [p], "neg": rng.sample(pool, negatives)} for q, p in held_out]
-
-
-def shrink(data: RetrievalSet, queries: int, distractors: int) -> RetrievalSet:
-    """The first ``queries`` queries, their relevant documents and ``distractors`` others (for --quick)."""
-    if not queries:
-        return data
-    keep = list(data.qrels)[:queries]
-    qrels = {q: data.qrels[q] for q in keep}
-    relevant = {d for rel in qrels.values() for d in rel}
-    others = [d for d in data.corpus if d not in relevant][:distractors]
-    corpus = {d: data.corpus[d] for d in data.corpus if d in relevant or d in others}
-    return RetrievalSet(data.name, {q: data.queries[q] for q in keep}, corpus, qrels)
 
 
 # -- fine-tuning -----------------------------------------------------------------------------------------
@@ -212,7 +200,7 @@ def run(work: Path, settings: Settings, plot, kept: bool) -> None:
                  "--normalize", "--output", str(merged_few), "--force", "--quiet")
     models.append((str(merged_few), f"merged {weights[0]:.2f} / {weights[1]:.2f} (few-shot)"))
 
-    scifact = shrink(load_dataset(DATA / "scifact", name="scifact"), settings.eval_queries, settings.eval_distractors)
+    scifact = load_dataset(DATA / "scifact", name="scifact").shrunk(settings.eval_queries, settings.eval_distractors)
     sts = load_dataset(DATA / "sts-test-400.tsv", name="sts")
     if settings.sts_pairs:
         sts.pairs = sts.pairs[:settings.sts_pairs]

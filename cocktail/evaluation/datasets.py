@@ -65,6 +65,19 @@ class RetrievalSet:
         pool = f"{len(self.corpus)} documents" if self.candidates is None else "its own passages each"
         return f"{len(self.qrels)} queries, {pool}"
 
+    def shrunk(self, queries: int, distractors: int) -> "RetrievalSet":
+        """The first ``queries`` queries with their relevant documents and the first ``distractors``
+        others, for a quick run of a script (``queries`` 0: the whole set)."""
+        if not queries:
+            return self
+        kept = list(self.qrels)[:queries]
+        qrels = {q: self.qrels[q] for q in kept}
+        relevant = {d for rel in qrels.values() for d in rel}
+        others = [d for d in self.corpus if d not in relevant][:distractors]
+        corpus = {d: self.corpus[d] for d in self.corpus if d in relevant or d in others}
+        candidates = None if self.candidates is None else {q: self.candidates[q] for q in kept}
+        return RetrievalSet(self.name, {q: self.queries[q] for q in kept}, corpus, qrels, candidates)
+
 
 @dataclass
 class STSSet:

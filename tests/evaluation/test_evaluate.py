@@ -333,3 +333,12 @@ def test_cli_eval_bad_model_or_device_is_one_line(tmp_path, case):
     assert result.returncode == 2, result
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and ("tokenizer" in lines[0] or "device" in lines[0]), result
+
+
+def test_a_shrunk_retrieval_set_keeps_the_first_queries_their_documents_and_some_distractors(tmp_path):
+    data = load_dataset(make_beir(tmp_path / "b"))
+    small = data.shrunk(2, 1)
+    assert list(small.qrels) == list(data.qrels)[:2] and set(small.queries) == set(small.qrels)
+    relevant = {d for rel in small.qrels.values() for d in rel}
+    assert relevant <= set(small.corpus) and len(set(small.corpus) - relevant) == 1
+    assert data.shrunk(0, 1) is data
