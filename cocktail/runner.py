@@ -23,7 +23,14 @@ from cocktail.io.checkpoints import TRANSFORMER, CheckpointLike, read_config, tr
 from cocktail.io.memory import MemoryCheckpoint, open_any, share_model_type
 from cocktail.io.output import OutputFolder, check_output
 from cocktail.io.writer import parse_size
-from cocktail.merging.engine import merged_tensors, nonfinite_message, output_dtype, shard_counts, write_tensors
+from cocktail.merging.engine import (
+    all_finite,
+    merged_tensors,
+    nonfinite_message,
+    output_dtype,
+    shard_counts,
+    write_tensors,
+)
 from cocktail.merging.methods import Method, get_method
 from cocktail.merging.plan import Plan, PlannedTensor, build_plan
 from cocktail.merging.tensor_settings import check_method_use, has_weight_schedules, resolve_settings
@@ -214,9 +221,23 @@ def check(recipe: Recipe, *, on_warning: Optional[Callable[[str], None]] = None)
 def iter_merged(recipe: Recipe, *, objects: Optional[dict] = None,
                 on_warning: Optional[Callable[[str], None]] = None) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
     """Run ``recipe`` in memory: the same checks as :func:`run`, then yield ``(planned, tensor)`` for
-    every output tensor, in plan order, one at a time (no folder is written; ``output`` is ignored)."""
+    every output tensor, in plan order, one at a time (no folder is written; ``output`` is ignored).
+
+    Every float tensor is checked for NaN and infinity as :func:`run` checks what it writes: without
+    ``allow_nonfinite`` the first one holding them ends the yielding, the rest are still checked, and
+    an :class:`InputError` names them all; with it they are yielded and a warning names them."""
+    nonfinite: list[str] = []
     with prepare(recipe, objects=objects, on_warning=on_warning) as prepared:
-        yield from prepared.tensors()
+        for planned, tensor in prepared.tensors():
+            if not all_finite(tensor):
+                nonfinite.append(planned.name)
+            if recipe.allow_nonfinite or not nonfinite:
+                yield planned, tensor
+    if nonfinite and not recipe.allow_nonfinite:
+        raise InputError(f"{nonfinite_message(nonfinite)}; nothing was returned "
+                         f"({option('allow_nonfinite')} returns them anyway)")
+    if nonfinite:
+        (on_warning or warn_user)(f"{nonfinite_message(nonfinite)}; returned as {option('allow_nonfinite')} asks")
 
 
 def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: bool = False, progress: bool = False,

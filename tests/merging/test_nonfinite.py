@@ -140,3 +140,32 @@ def test_integer_buffers_and_a_clean_merge_raise_nothing(two_berts, tmp_path):
         warnings.simplefilter("error")
         result = cocktail.merge([a, b], [0.5, 0.5], tmp_path / "out", dtype="float16")
     assert result.warnings == []
+
+
+def test_a_merge_held_in_memory_is_checked_too(two_berts):
+    """No output folder, nothing written: a merged state dict or model holding NaN is refused all the same."""
+    a, b = (load_file(str(folder / "model.safetensors")) for folder in two_berts)
+    b["pooler.dense.bias"][0] = float("inf")
+    b["encoder.layer.0.output.dense.weight"][1, 2] = float("nan")
+    kept = {name: tensor.clone() for name, tensor in b.items()}
+    with pytest.raises(cocktail.InputError, match=r"^2 output tensors would hold NaN or infinite values: "
+                                                  r".*encoder.layer.0.output.dense.weight.*pooler.dense.bias.*"
+                                                  r"nothing was returned \(allow_nonfinite=True"):
+        cocktail.merge_state_dicts([a, b], [0.5, 0.5])
+    torch.testing.assert_close(b, kept, rtol=0, atol=0, equal_nan=True)  # the input is untouched
+    with pytest.warns(cocktail.CocktailWarning, match=r"2 output tensors .*returned as allow_nonfinite=True asks"):
+        merged = cocktail.merge([a, b], [0.5, 0.5], allow_nonfinite=True)
+    assert torch.isinf(merged["pooler.dense.bias"][0]) and torch.isnan(merged["encoder.layer.0.output.dense.weight"][1, 2])
+
+
+def test_a_loaded_model_merged_in_memory_is_checked(two_berts):
+    import transformers
+
+    a, b = (transformers.AutoModel.from_pretrained(str(folder)) for folder in two_berts)
+    with torch.no_grad():
+        b.pooler.dense.bias[0] = float("nan")
+    with pytest.raises(cocktail.InputError, match=r"^1 output tensor would hold NaN .*: pooler.dense.bias"):
+        cocktail.merge([a, b], [0.5, 0.5])
+    with pytest.warns(cocktail.CocktailWarning, match="pooler.dense.bias"):
+        merged = cocktail.merge([a, b], [0.5, 0.5], allow_nonfinite=True)
+    assert torch.isnan(merged.pooler.dense.bias[0]) and not torch.isnan(a.pooler.dense.bias).any()
