@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -257,30 +257,24 @@ def prepare(examples: Sequence[Example], model_type: str, tokenizer, *, batch_si
         return EncoderExamples(_chunks_by_length(rows, pad_id, device), len(rows), loss_groups, pooling or Pooling(),
                                model_type=model_type)
     if model_type == "reranker":
-        firsts, seconds, loss_groups = [], [], []
-        for group in groups:
-            query_pairs = []
-            for example in group:
-                query = _query_text(example, query_instruction)
-                passages = [example.pos[0], *example.neg]
-                query_pairs.append(list(range(len(firsts), len(firsts) + len(passages))))
-                firsts += [query] * len(passages)
-                seconds += passages
-            loss_groups.append(query_pairs)
-        rows = _tokenize(tokenizer, firsts, seconds, max_length)
+        pairs: list[tuple[str, str]] = []
+
+        def add_pair(example: Example, passage: str) -> int:
+            pairs.append((_query_text(example, query_instruction), passage))
+            return len(pairs) - 1
+
+        loss_groups = _pair_groups(groups, add_pair)
+        rows = _tokenize(tokenizer, [q for q, _ in pairs], [p for _, p in pairs], max_length)
         return RerankerExamples(_chunks_by_length(rows, pad_id, device), len(rows), loss_groups)
     if model_type == "llm-reranker":
-        rows, loss_groups = [], []
-        for group in groups:
-            query_pairs = []
-            for example in group:
-                prompt = _instruction(example, query_instruction)
-                passages = [example.pos[0], *example.neg]
-                query_pairs.append(list(range(len(rows), len(rows) + len(passages))))
-                for passage in passages:
-                    ids = pair_ids(tokenizer, example.query, passage, prompt, max_length)
-                    rows.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
-            loss_groups.append(query_pairs)
+        rows = []
+
+        def add_row(example: Example, passage: str) -> int:
+            ids = pair_ids(tokenizer, example.query, passage, _instruction(example, query_instruction), max_length)
+            rows.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
+            return len(rows) - 1
+
+        loss_groups = _pair_groups(groups, add_row)
         return LLMRerankerExamples(_chunks_by_length(rows, pad_id, device), len(rows), loss_groups,
                                    yes_id=yes_token(tokenizer))
     if model_type == "decoder":
@@ -290,6 +284,13 @@ def prepare(examples: Sequence[Example], model_type: str, tokenizer, *, batch_si
             batches.append(_pad(rows, pad_id, device))
         return DecoderExamples(batches)
     raise InputError(f"unknown model type {model_type!r}")
+
+
+def _pair_groups(groups: list[list[Example]], add: Callable[[Example, str], int]) -> list[list[list[int]]]:
+    """The scored rows of a cross-encoder's loss: per group, per example, the indices ``add(example,
+    passage)`` gives its positive, then each negative (``add`` stores the row and says where)."""
+    return [[[add(example, passage) for passage in (example.pos[0], *example.neg)] for example in group]
+            for group in groups]
 
 
 def _decoder_row(tokenizer, example: Example, max_length: int) -> dict:
