@@ -71,11 +71,15 @@ def sweep_command(models, steps, plot, frontier_plot, examples, temperature, mod
     check_png_option("--frontier-plot", frontier_plot)
     if frontier_plot and len(data) < 2:
         raise click.UsageError("--frontier-plot needs at least 2 --data sets: the target first, then general ones")
+    if mode and not (plot or frontier_plot):
+        raise click.UsageError("--mode picks the retrieval mode --plot or --frontier-plot draws (the table shows "
+                               "every mode): give one of them")
     quiet_transformers()
     result = sweep_weights(list(models), list(data), steps, query_instruction, examples, split=split,
                            batch_size=batch_size, max_length=max_length, device=device,
                            progress=not quiet and not as_json, trust_remote_code=trust_remote_code,
-                           adapter_base=adapter_base, model_type=model_type, temperature=temperature)
+                           adapter_base=adapter_base, model_type=model_type, temperature=temperature,
+                           mode=mode)
     if plot:
         plot_sweep(result, plot, mode=mode)
     if frontier_plot:

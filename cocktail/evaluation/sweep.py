@@ -75,7 +75,7 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
                   batch_size: int = 32, max_length: int = 512, device: Optional[str] = None,
                   progress: bool = False, trust_remote_code: bool = False,
                   adapter_base: Optional[str] = None, model_type: Optional[str] = None,
-                  temperature: float = 5.0) -> SweepResult:
+                  temperature: float = 5.0, mode: Optional[str] = None) -> SweepResult:
     """Merge two models in memory at weights 0, 1/(steps-1), ..., 1 and score each merge on ``data``.
 
     Args:
@@ -86,6 +86,8 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
         examples: few-shot examples (a file or a list of ``{query, pos, neg}``); the weight they give
             is scored too and reported as ``few_shot_weights``.
         temperature: the few-shot softmax temperature (LM-Cocktail's default 5.0).
+        mode: the retrieval mode a plot of the result will draw; checked against the models (sparse,
+            colbert and hybrid need a bge-m3 pair) before anything is scored.
         split, batch_size, max_length, device, progress, trust_remote_code, adapter_base, model_type: as
             for ``evaluate_models`` (a bge-m3 pair is scored in each mode; a reranker ranks each query's own
             passages of query/pos/neg data).
@@ -99,17 +101,18 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
     points = sweep_points(steps)
     tasks = make_tasks(data, query_instruction, split)
     bases = bases_for(models, adapter_base)
-    shots = (few_shot_weights(models, examples, query_instruction, device, max_length, trust_remote_code,
-                              adapter_base, model_type, temperature) if examples is not None else None)
-    if shots is not None and all(abs(shots[0] - p) > 1e-9 for p in points):
-        points = sorted(points + [shots[0]])
     linear = get_method("linear")
     checkpoints = [open_path(m, base) for m, base in zip(models, bases)]
     try:
         plan = build_plan(checkpoints, dtype=torch.float32)
-        encoder = scorer_class(model_type, plan)(plan, device=device, batch_size=batch_size, max_length=max_length,
-                                                 progress=progress, label="merge",
-                                                 trust_remote_code=trust_remote_code)
+        scorer = scorer_class(model_type, plan)
+        check_mode(mode, getattr(scorer, "modes", ("dense",)))
+        shots = (few_shot_weights(models, examples, query_instruction, device, max_length, trust_remote_code,
+                                  adapter_base, model_type, temperature) if examples is not None else None)
+        if shots is not None and all(abs(shots[0] - p) > 1e-9 for p in points):
+            points = sorted(points + [shots[0]])
+        encoder = scorer(plan, device=device, batch_size=batch_size, max_length=max_length, progress=progress,
+                         label="merge", trust_remote_code=trust_remote_code)
         rows: list[dict] = []
         for weight in _progress(points, progress):
             encoder.fill_from_merge(linear, [weight, 1.0 - weight])
@@ -221,10 +224,15 @@ def _names(result: SweepResult, labels: Optional[Sequence[str]]) -> list[str]:
 def drawn_mode(result: SweepResult, mode: Optional[str]) -> Optional[str]:
     """The retrieval mode a plot draws: ``None`` for models scored one way, else ``mode`` (default dense)."""
     modes = list(dict.fromkeys(r["mode"] for r in result.rows if r.get("mode")))
-    if mode is not None and mode != "dense" and mode not in modes:
-        raise InputError(f"{option('mode')} {mode}: these models are scored in {', '.join(modes) or 'dense'} only "
-                         "(sparse, colbert and hybrid are bge-m3's, with its colbert_linear.pt and sparse_linear.pt)")
+    check_mode(mode, modes or ["dense"])
     return (mode or "dense") if modes else None
+
+
+def check_mode(mode: Optional[str], modes: Sequence[str]) -> None:
+    """Refuse a retrieval ``mode`` the models are not scored in (``modes``)."""
+    if mode is not None and mode not in modes:
+        raise InputError(f"{option('mode')} {mode}: these models are scored in {', '.join(modes)} only "
+                         "(sparse, colbert and hybrid are bge-m3's, with its colbert_linear.pt and sparse_linear.pt)")
 
 
 def _curve(result: SweepResult, task: Task, mode: Optional[str] = None) -> list[tuple[float, float]]:

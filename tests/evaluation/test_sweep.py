@@ -9,6 +9,7 @@ from conftest import assert_png, make_bert, run_cli
 from test_evaluate import _write, make_beir
 
 import cocktail
+from cocktail.errors import InputError
 
 
 @pytest.fixture
@@ -87,6 +88,8 @@ def test_cli_sweep_table_json_and_plot(sweep_inputs, tmp_path):
     (["--steps", "1"], "a sweep needs at least 2 steps"),
     (["--plot", "curve.pdf"], "--plot writes a PNG"),
     (["--frontier-plot", "f.png"], "--frontier-plot needs at least 2 --data sets"),
+    (["--mode", "dense"], "--mode picks the retrieval mode --plot or --frontier-plot draws"),
+    (["--mode", "sparse", "--plot", "c.png"], "--mode sparse: these models are scored in dense only"),
 ])
 def test_cli_sweep_bad_arguments(sweep_inputs, tmp_path, args, message):
     a, b, beir, sts = sweep_inputs
@@ -131,3 +134,15 @@ def test_sweep_takes_the_few_shot_temperature(sweep_inputs, tmp_path):
     expected = cocktail.weights_from_examples([str(a), str(b)], str(examples), temperature=1e-7)
     assert json.loads(res.stdout)["few_shot_weights"] == pytest.approx(expected)
     assert max(expected) > 0.99  # at this temperature the lower loss takes (almost) all
+
+
+def test_a_mode_the_models_lack_is_refused_before_anything_is_scored(sweep_inputs, tmp_path, monkeypatch):
+    from cocktail.evaluation import sweep
+
+    a, b, beir, sts = sweep_inputs
+    examples = _write(tmp_path / "examples.jsonl", json.dumps(
+        {"query": "red cat", "pos": ["the cat is red"], "neg": ["the dog is blue"]}) + "\n")
+    for name in ("score_encoder", "few_shot_weights"):
+        monkeypatch.setattr(sweep, name, lambda *a, _name=name, **k: pytest.fail(f"{_name} ran"))
+    with pytest.raises(InputError, match="mode= colbert: these models are scored in dense only"):
+        sweep.sweep_weights([a, b], [sts], 2, examples=examples, mode="colbert")
