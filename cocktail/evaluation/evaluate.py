@@ -35,7 +35,7 @@ from cocktail.modeling.cross_encoder import CrossEncoder
 from cocktail.modeling.encoder import Encoder
 from cocktail.modeling.llm_embedder import LLMEmbedder
 from cocktail.modeling.llm_reranker import LLMReranker
-from cocktail.modeling.m3 import M3Encoder, has_m3_heads
+from cocktail.modeling.m3 import COLBERT_FILE, SPARSE_FILE, M3Encoder, has_m3_heads
 from cocktail.recipe.model_type import settle as settle_model_type
 
 QUERY_CHUNK = 1024
@@ -80,7 +80,16 @@ def scorer_class(model_type: str, plan: Plan) -> type:
     if model_type not in SCORERS:
         raise InputError(f"cocktail eval scores {', '.join(SCORERS)} models, not {model_type!r}")
     chosen = SCORERS[model_type]
-    return M3Encoder if chosen is Encoder and has_m3_heads(plan) else chosen
+    if chosen is not Encoder:
+        return chosen
+    if has_m3_heads(plan):
+        return M3Encoder
+    heads = [name for name in (COLBERT_FILE, SPARSE_FILE) if name in plan.components]
+    if heads:  # half a bge-m3: say why only dense is scored
+        lacking = SPARSE_FILE if heads[0] == COLBERT_FILE else COLBERT_FILE
+        warn(f"{plan.checkpoints[0].source} has bge-m3's {heads[0]} but not its {lacking}: scored dense only "
+             "(the sparse, colbert and hybrid modes need both head files)")
+    return Encoder
 
 
 def eval_model_type(given: Optional[str], source: str, adapter_base: Optional[str] = None) -> str:

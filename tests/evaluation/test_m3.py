@@ -103,3 +103,16 @@ def test_colbert_scores_in_blocks_equal_the_pair_by_pair_definition(monkeypatch)
     torch.testing.assert_close(m3.colbert_scores(queries, docs), expected, atol=1e-6, rtol=0)
     lexical = m3.lexical_scores([{1: 0.5, 2: 2.0}, {7: 1.0}], [{2: 3.0, 9: 1.0}, {1: 1.0, 2: 1.0}, {}])
     torch.testing.assert_close(lexical, torch.tensor([[6.0, 2.5, 0.0], [0.0, 0.0, 0.0]]))
+
+
+@pytest.mark.parametrize("kept", ["colbert_linear", "sparse_linear"])
+def test_half_a_bge_m3_is_scored_dense_only_and_says_so(tmp_path, data, kept):
+    half = make_m3(tmp_path / "half", seed=0, heads=(kept,))
+    lacking = ({"colbert_linear", "sparse_linear"} - {kept}).pop()
+    result = run_cli("eval", "--models", half, "--data", data, "--json", "--quiet")
+    assert result.returncode == 0, result
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and f"has bge-m3's {kept}.pt but not its {lacking}.pt: scored dense only" in warnings[0]
+    assert all("mode" not in r for r in json.loads(result.stdout))
+    whole = run_cli("eval", "--models", make_m3(tmp_path / "whole", seed=0), "--data", data, "--json", "--quiet")
+    assert "warning: " not in whole.stderr and {r["mode"] for r in json.loads(whole.stdout)} == set(MODES)
