@@ -59,9 +59,16 @@ class _SafetensorsFile:
         return {name: TensorInfo(e.dtype, e.shape) for name, e in self.entries.items()}
 
     def read(self, name: str) -> torch.Tensor:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        return st_format.read_tensor(self._fd, self.entries[name])
+        """Tensor ``name``; a file that fails or shrinks while it is read is an error naming it (an
+        input's fault, not the output's)."""
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            return st_format.read_tensor(self._fd, self.entries[name])
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot read tensor {name}: {exc.strerror or exc}") from None
+        except InputError as exc:
+            raise InputError(f"{self.path}: tensor {name}: {exc} (did the file change while it was read?)") from None
 
     def close(self) -> None:
         if self._fd is not None:

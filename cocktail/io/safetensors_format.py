@@ -164,7 +164,7 @@ def read_tensor(fd: int, entry: TensorEntry) -> torch.Tensor:
         while done < entry.nbytes:
             got = os.preadv(fd, [view[done:]], entry.start + done)
             if got <= 0:
-                raise InputError(f"unexpected end of file while reading a tensor at byte {entry.start + done}")
+                raise InputError(f"the file ends at byte {entry.start + done}, before the tensor does")
             done += got
     return buffer.view(entry.dtype).reshape(entry.shape)
 

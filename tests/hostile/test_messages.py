@@ -141,3 +141,31 @@ def test_a_config_from_that_fits_is_used(models, tmp_path):
     assert result.exit_code == 0, result
     assert json.loads((tmp_path / "out" / "config.json").read_text())["id2label"] == {"0": "FITS"}
     assert read_folder_tensors(tmp_path / "out").keys() == read_folder_tensors(a).keys()
+
+
+def test_an_input_that_fails_while_it_is_read_is_named_not_the_output(models, tmp_path, monkeypatch):
+    """A disk error or a file cut short in the middle of a merge is the input's fault: the error names the
+    file and the tensor, not 'cannot write the output'."""
+    import errno
+
+    from cocktail.io import safetensors_format
+
+    a, b = models
+    real = os.preadv
+    spoiled = os.path.realpath(b / "model.safetensors")
+
+    def failing(fd, buffers, offset):
+        if os.path.realpath(f"/proc/self/fd/{fd}") == spoiled:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(safetensors_format.os, "preadv", failing)
+    out = tmp_path / "out"
+    line = refuse(["merge", "--models", a, b, "-o", out, "--quiet"], inputs=[a, b], outputs=[out],
+                  contains="Input/output error").line
+    assert f"{b / 'model.safetensors'}: cannot read tensor " in line and "cannot write" not in line
+    monkeypatch.setattr(safetensors_format.os, "preadv", lambda fd, buffers, offset: (
+        0 if os.path.realpath(f"/proc/self/fd/{fd}") == spoiled else real(fd, buffers, offset)))
+    line = refuse(["merge", "--models", a, b, "-o", out, "--quiet"], inputs=[a, b], outputs=[out],
+                  contains="before the tensor does (did the file change while it was read?)").line
+    assert line.startswith(f"error: {b / 'model.safetensors'}: tensor ")
