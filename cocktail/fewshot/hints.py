@@ -1,5 +1,6 @@
 """What a user should hear about few-shot weights that are computed fine but may not mean much:
-weights the temperature flattens to uniform, a search checked on too few held-out examples."""
+weights the temperature flattens to uniform, a search checked on too few held-out examples, a keep
+tolerance wider than the inputs' keep losses are apart."""
 
 from __future__ import annotations
 
@@ -34,3 +35,17 @@ def small_holdout_note(count: int) -> Optional[str]:
         return (f"only {count} example{'' if count == 1 else 's'} kept aside to check the search: too few to trust "
                 f"its holdout loss (use more examples, {MIN_TRUSTED_HOLDOUT * 5} or so)")
     return None
+
+
+def loose_tolerance_note(keep_losses: Sequence[float], tolerance: float) -> Optional[str]:
+    """A hint when the keep limit (best input's keep loss + ``tolerance``) lets in every input: the keep
+    set then holds back only merges worse on it than every input, and the search walks to the target."""
+    if len(keep_losses) < 2:
+        return None
+    best, worst = min(keep_losses), max(keep_losses)
+    spread = worst - best
+    if spread <= 0 or tolerance < spread:
+        return None
+    return (f"the keep tolerance {tolerance:g} lets in every input's keep loss ({best:.4g} to {worst:.4g}): it holds "
+            f"back only merges worse on the keep set than every input; a {option('keep_tolerance')} below "
+            f"{spread:.2g} (e.g. {spread / 4:.2g}) makes the search trade target loss for keep loss")

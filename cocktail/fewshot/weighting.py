@@ -28,7 +28,7 @@ from cocktail.errors import InputError
 from cocktail.fewshot import layer_groups
 from cocktail.fewshot import losses as L
 from cocktail.fewshot.examples import ExampleSet, ExampleSource, load_examples
-from cocktail.fewshot.hints import near_uniform_note, small_holdout_note
+from cocktail.fewshot.hints import loose_tolerance_note, near_uniform_note, small_holdout_note
 from cocktail.fewshot.objective import Objective
 from cocktail.fewshot.search import search_group_weights
 from cocktail.io.adapters import bases_for, open_path
@@ -257,6 +257,8 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
         notes += filter(None, [near_uniform_note(losses, start, options.temperature)])
     weights: list = start
     report = None
+    if options.search and keep_losses and options.keep_weight is None:
+        notes += filter(None, [loose_tolerance_note(keep_losses, options.tolerance)])
     if options.search:
         report = _search(skeleton, data, options, method or get_method("linear"), dict(parameters or {}), start,
                          per_model, say)

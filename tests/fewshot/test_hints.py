@@ -38,3 +38,12 @@ def test_a_search_checked_on_two_held_out_examples_warns(tmp_path):
     assert any("only 2 examples kept aside to check the search: too few to trust" in n for n in result.notes)
     result = few_shot_losses([a, b], EXAMPLES, search=True, search_budget=3, holdout=6)
     assert not any("kept aside" in n for n in result.notes)
+
+
+def test_the_benchmark_keep_losses_at_the_default_tolerance_are_called_loose():
+    from cocktail.fewshot.hints import loose_tolerance_note
+
+    note = loose_tolerance_note([0.2541, 0.2284], 0.05)  # quality_frontier's graded keep set: fine-tune, base
+    assert "lets in every input's keep loss (0.2284 to 0.2541)" in note and "below 0.026 (e.g. 0.0064)" in note
+    assert loose_tolerance_note([0.2541, 0.2284], 0.01) is None
+    assert loose_tolerance_note([0.3, 0.3], 0.05) is None and loose_tolerance_note([0.3], 0.05) is None

@@ -302,3 +302,18 @@ def test_recipe_keys_are_checked_and_the_keep_path_is_relative_to_the_recipe(bas
         (tmp_path / "sub" / "bad.yaml").write_text(text)
         with pytest.raises(InputError, match=message):
             cocktail.Recipe.from_yaml(tmp_path / "sub" / "bad.yaml")
+
+
+def test_a_tolerance_that_lets_in_every_input_is_called_out(base_and_tuned):
+    base, tuned, target, keep = base_and_tuned
+    common = dict(examples=str(target), keep=str(keep), search=True, search_budget=2, holdout=0)
+    first = few_shot_losses([tuned, base], **common, keep_tolerance=0.0)
+    spread = max(first.keep_losses) - min(first.keep_losses)
+    assert spread > 0 and not any("lets in every input" in n for n in first.notes)
+    loose = few_shot_losses([tuned, base], **common, keep_tolerance=2 * spread)
+    note = next(n for n in loose.notes if "lets in every input" in n)
+    assert f"a keep_tolerance= below {spread:.2g}" in note
+    tight = few_shot_losses([tuned, base], **common, keep_tolerance=spread / 2)
+    assert not any("lets in every input" in n for n in tight.notes)
+    traded = few_shot_losses([tuned, base], **common, keep_weight=1.0)  # no tolerance: nothing to call loose
+    assert not any("lets in every input" in n for n in traded.notes)
