@@ -7,9 +7,11 @@ Reproduces the measurement of issue 15 on the data in ../shared/data:
    max length 64 (queries) / 256 (passages), seed 0;
 2. merge the fine-tune with the base: linear at fixed weights (the linear line), TIES and DARE at
    density 0.2, and cocktail's searched merges from examples alone: 32 SciFact train examples as the
-   target and a keep set of 32 examples from no test split (16 SICK train entailment pairs, 16 STS
-   Benchmark train pairs scored 4 or more), with the linear search, the layer-group search for
-   K = 2, 3, 6 and a searched dare_linear;
+   target, with the linear search, the layer-group search for K = 2, 3, 6 and a searched dare_linear,
+   against two keep sets of 32 examples from no test split: the *easy* one (16 SICK train entailment
+   pairs, 16 STS Benchmark train pairs scored 4 or more, random sentences as negatives) at the default
+   tolerance, and the *graded* one (SICK train premises, their most related hypothesis against
+   hypotheses of the same premise rated a point or more less related) at tolerance 0.01;
 3. score every model with its own mean pooling on SciFact test (300 queries, the full 5,183-document
    corpus, nDCG@10 x 100), STS-B test and SICK test (Spearman x 100);
 4. print the table, each merge's distance to the linear line (SICK at equal SciFact, SciFact at
@@ -21,6 +23,9 @@ Reproduces the measurement of issue 15 on the data in ../shared/data:
 ``--quick`` runs the same steps on a tiny slice (a few training steps, 16 test queries against 200
 documents, 64 STS pairs, 8 examples, small search budgets): its numbers mean nothing. The models go
 to a temporary folder unless ``--workdir`` is given (then they, ``results.json`` and the plot stay).
+A second run in the same workdir keeps the fine-tune, every merge whose arguments did not change
+(``merges.json``) and its scores (``scores.json``): adding a configuration costs only its own merge and
+evaluation. Delete the workdir to start over (the fine-tune is kept whatever the settings).
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ class Settings:
     examples: int = 32
     keep: int = 32
     negatives: int = 3
+    graded_tolerance: float = 0.01  # --keep-tolerance of the searches on the graded keep set
     budget: int = 30  # the linear search; layer groups get budget + per_group * K
     per_group: int = 8
     linear: tuple = (0.3, 0.5, 0.7, 0.85)
@@ -143,6 +149,27 @@ def keep_examples(count: int, negatives: int, seed: int = 0) -> list[dict]:
     return out
 
 
+def graded_keep_examples(count: int, negatives: int, seed: int = 0) -> list[dict]:
+    """SICK train premises, each with its most related hypothesis (relatedness 4 or more) as the
+    positive and, as negatives, hypotheses of the same premise rated at least 1 point less related:
+    near misses, which a model that forgot fine-grained similarity ranks wrong."""
+    with gzip.open(DATA / "sick" / "SICK.txt.gz", "rt", encoding="utf-8") as f:
+        header, *rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
+    col = {name: i for i, name in enumerate(header)}
+    by_a: dict[str, list[tuple[float, str]]] = {}
+    for r in rows:
+        if r[col["SemEval_set"]] == "TRAIN":
+            by_a.setdefault(r[col["sentence_A"]], []).append((float(r[col["relatedness_score"]]), r[col["sentence_B"]]))
+    pool = []
+    for a, pairs in sorted(by_a.items()):
+        pairs.sort(reverse=True)
+        top, best = pairs[0]
+        near = [b for score, b in pairs[1:] if score <= top - 1.0][:negatives]
+        if top >= 4.0 and near:
+            pool.append({"query": a, "pos": [best], "neg": near})
+    return random.Random(seed).sample(pool, count)
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
@@ -202,19 +229,17 @@ def cocktail(*args: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def merges(work: Path, tuned: Path, base: Path, target: Path, keep: Path, settings: Settings) -> list[dict]:
-    """Every merge of the table: ``{"label", "path", "kind", "summary"}``."""
-    out = []
+def merge_specs(tuned: Path, base: Path, target: Path, keep: Path, graded: Path, settings: Settings
+                ) -> list[tuple[str, str, list[str]]]:
+    """Every merge of the table: ``(label, kind, cocktail merge arguments)``."""
+    specs = []
 
-    def add(label: str, kind: str, *args: str) -> None:
-        folder = work / re.sub(r"[^A-Za-z0-9.]+", "-", label).strip("-")
-        started = time.perf_counter()
-        summary = cocktail("merge", "--models", tuned, base, "--output", folder, "--force", *args)
-        out.append({"label": label, "path": folder, "kind": kind, "summary": summary,
-                    "seconds": time.perf_counter() - started})
+    def add(label: str, kind: str, *args) -> None:
+        specs.append((label, kind, ["--models", str(tuned), str(base), *map(str, args)]))
 
     few = ["--examples", target, "--neg-number", settings.negatives, "--max-length", settings.passage_length]
     keep_args = ["--keep", keep]
+    graded_args = ["--keep", graded, "--keep-tolerance", settings.graded_tolerance]
     for w in settings.linear:
         add(f"linear {w:g} / {1 - w:g}", "linear", "--weights", w, 1 - w)
     add("ties, density 0.2", "fixed", "--method", "ties", "--base", base, "--param", "density=0.2")
@@ -227,6 +252,34 @@ def merges(work: Path, tuned: Path, base: Path, target: Path, keep: Path, settin
             "--search-budget", settings.budget + settings.per_group * k)
     add("dare_linear 0.2, search + keep", "searched", *few, *keep_args, "--search", "--search-budget",
         settings.budget, "--method", "dare_linear", "--base", base, "--param", "density=0.2")
+    add("search + graded keep", "searched", *few, *graded_args, "--search", "--search-budget", settings.budget)
+    for k in settings.groups:
+        add(f"search + graded keep, layers:{k}", "searched", *few, *graded_args, "--search", "--search-space",
+            f"layers:{k}", "--search-budget", settings.budget + settings.per_group * k)
+    return specs
+
+
+def folder_of(work: Path, label: str) -> Path:
+    return work / re.sub(r"[^A-Za-z0-9.]+", "-", label).strip("-")
+
+
+def merges(work: Path, specs: list[tuple[str, str, list[str]]], cache: dict) -> list[dict]:
+    """Run every merge of ``specs`` (``{"label", "path", "kind", "summary", "seconds"}`` each); one whose
+    folder and ``cache`` entry hold the same arguments (an earlier run in this workdir) is not redone."""
+    out = []
+    for label, kind, args in specs:
+        folder = folder_of(work, label)
+        known = cache.get(label)
+        if known and known["args"] == args and (folder / "cocktail_recipe.yaml").is_file():
+            print(f"  (kept from an earlier run) {label}", flush=True)
+            summary, seconds = known["summary"], known["seconds"]
+        else:
+            started = time.perf_counter()
+            summary = cocktail("merge", *args, "--output", folder, "--force")
+            seconds = time.perf_counter() - started
+            cache[label] = {"args": args, "summary": summary, "seconds": seconds}
+            (work / "merges.json").write_text(json.dumps(cache, indent=2))
+        out.append({"label": label, "path": folder, "kind": kind, "summary": summary, "seconds": seconds})
     return out
 
 
@@ -321,11 +374,14 @@ def run(work: Path, base: Path, settings: Settings, plot: Path) -> None:
     pairs = train_pairs(train)[:settings.train_queries or None]
     target = write_jsonl(work / "target.jsonl", target_examples(train, settings.examples, settings.negatives))
     keep = write_jsonl(work / "keep.jsonl", keep_examples(settings.keep, settings.negatives))
+    graded = write_jsonl(work / "graded_keep.jsonl", graded_keep_examples(settings.keep, settings.negatives))
     print(f"fine-tuning on {len(pairs)} SciFact train pairs ({settings.epochs} epochs)", flush=True)
     tuned = work / "fine-tuned"
-    if not (tuned / "model.safetensors").exists():
+    fresh_tune = not (tuned / "model.safetensors").exists()
+    if fresh_tune:
         fine_tune(base, pairs, tuned, settings)
-    made = merges(work, tuned, base, target, keep, settings)
+    cache = json.loads((work / "merges.json").read_text()) if (work / "merges.json").is_file() and not fresh_tune else {}
+    made = merges(work, merge_specs(tuned, base, target, keep, graded, settings), cache)
     for item in made:
         few = item["summary"].get("weights_from")
         if few and few.get("search"):
@@ -335,13 +391,33 @@ def run(work: Path, base: Path, settings: Settings, plot: Path) -> None:
                   + f"; weights {s.get('group_weights') or s['weights']}")
     labels = ["base", "fine-tuned"] + [m["label"] for m in made]
     folders = [base, tuned] + [m["path"] for m in made]
-    print(f"scoring {len(folders)} models on {', '.join(t.name for t in tasks)}", flush=True)
-    rows = evaluate_models([str(f) for f in folders], tasks, labels=labels, max_length=settings.passage_length)
+    keys = ["base", "fine-tuned"] + [json.dumps(cache[m["label"]]["args"]) for m in made]
+    rows = scores(work, labels, folders, keys, tasks, settings, reuse=not fresh_tune)
     linear_labels = ["base"] + [m["label"] for m in made if m["kind"] == "linear"] + ["fine-tuned"]
     summary = report(rows, labels, linear_labels, plot)
     (work / "results.json").write_text(json.dumps({"table": summary, "merges": [
         {"label": m["label"], "seconds": m["seconds"], "weights_from": m["summary"].get("weights_from")}
         for m in made]}, indent=2, default=str))
+
+
+def scores(work: Path, labels: list[str], folders: list[Path], keys: list[str], tasks: list[Task],
+           settings: Settings, reuse: bool) -> list[dict]:
+    """Every model's rows on ``tasks``; a model scored by an earlier run in this workdir, from the same
+    merge of the same fine-tune on the same slice, keeps its rows (``scores.json``)."""
+    path = work / "scores.json"
+    known = json.loads(path.read_text()) if reuse and path.is_file() else {}
+    slice_key = json.dumps([settings.test_queries, settings.distractors, settings.sts_pairs, settings.passage_length])
+    todo = [(label, folder, key) for label, folder, key in zip(labels, folders, keys)
+            if known.get(label, {}).get("key") != [key, slice_key]]
+    print(f"scoring {len(todo)} models on {', '.join(t.name for t in tasks)}"
+          + (f" ({len(labels) - len(todo)} scored by an earlier run)" if len(todo) < len(labels) else ""), flush=True)
+    if todo:
+        fresh = evaluate_models([str(f) for _, f, _ in todo], tasks, labels=[label for label, _, _ in todo],
+                                max_length=settings.passage_length)
+        for label, _, key in todo:
+            known[label] = {"key": [key, slice_key], "rows": [r for r in fresh if r["model"] == label]}
+        path.write_text(json.dumps(known, indent=2))
+    return [row for label in labels for row in known[label]["rows"]]
 
 
 if __name__ == "__main__":
