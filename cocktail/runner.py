@@ -24,7 +24,7 @@ from cocktail.io.memory import MemoryCheckpoint, open_any, share_model_type
 from cocktail.io.output import OutputFolder, check_output
 from cocktail.io.writer import parse_size
 from cocktail.merging.engine import (
-    all_finite,
+    finite_checked,
     merged_tensors,
     nonfinite_message,
     output_dtype,
@@ -228,11 +228,7 @@ def iter_merged(recipe: Recipe, *, objects: Optional[dict] = None,
     an :class:`InputError` names them all; with it they are yielded and a warning names them."""
     nonfinite: list[str] = []
     with prepare(recipe, objects=objects, on_warning=on_warning) as prepared:
-        for planned, tensor in prepared.tensors():
-            if not all_finite(tensor):
-                nonfinite.append(planned.name)
-            if recipe.allow_nonfinite or not nonfinite:
-                yield planned, tensor
+        yield from finite_checked(prepared.tensors(), recipe.allow_nonfinite, nonfinite)
     if nonfinite and not recipe.allow_nonfinite:
         raise InputError(f"{nonfinite_message(nonfinite)}; nothing was returned "
                          f"({option('allow_nonfinite')} returns them anyway)")

@@ -131,6 +131,19 @@ def all_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
 
 
+def finite_checked(tensors: Iterator[tuple[PlannedTensor, torch.Tensor]], allow_nonfinite: bool,
+                   nonfinite: list[str]) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
+    """``tensors``, each float one checked for NaN and inf on its way: the name of each holding them is
+    added to ``nonfinite``. Without ``allow_nonfinite`` nothing is passed on after the first such tensor,
+    but the rest are still checked, so the error can name them all."""
+    for planned, tensor in tensors:
+        if not all_finite(tensor):
+            nonfinite.append(planned.name)
+        if allow_nonfinite or not nonfinite:
+            yield planned, tensor
+        del tensor  # before the next tensor is made: one merged tensor alive at a time
+
+
 def nonfinite_message(names: list[str]) -> str:
     """What a merge whose output would hold NaN or infinite values says, naming the tensors."""
     one = len(names) == 1
@@ -168,11 +181,8 @@ def write_tensors(plan: Plan, tensors: Callable[[Callable[[PlannedTensor], None]
         # leaves the other cores to the input hashing running beside it.
         torch.set_num_threads(1)
     try:
-        for planned, tensor in tensors(lambda t: bar.update(t.nbytes)):
-            if not all_finite(tensor):
-                nonfinite.append(planned.name)
-            if allow_nonfinite or not nonfinite:
-                writers[planned.component][1].write(planned.name, tensor)
+        for planned, tensor in finite_checked(tensors(lambda t: bar.update(t.nbytes)), allow_nonfinite, nonfinite):
+            writers[planned.component][1].write(planned.name, tensor)
             del tensor
         if nonfinite and not allow_nonfinite:
             raise InputError(f"{nonfinite_message(nonfinite)}; nothing was written ({option('allow_nonfinite')} "
