@@ -19,7 +19,15 @@ import torch
 from tqdm import tqdm
 
 from cocktail.errors import InputError, option
-from cocktail.evaluation.evaluate import SCORERS, Task, eval_model_type, make_tasks, score_encoder, scorer_class
+from cocktail.evaluation.evaluate import (
+    SCORERS,
+    Task,
+    eval_model_type,
+    make_tasks,
+    modes_of,
+    score_encoder,
+    scorer_class,
+)
 from cocktail.fewshot.weighting import weights_from_examples
 from cocktail.io.adapters import bases_for, open_path
 from cocktail.io.figure import check_target, pareto_front, pyplot, save_png
@@ -106,7 +114,7 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
     try:
         plan = build_plan(checkpoints, dtype=torch.float32)
         scorer = scorer_class(model_type, plan)
-        check_mode(mode, getattr(scorer, "modes", ("dense",)))
+        check_mode(mode, modes_of(scorer))
         shots = (few_shot_weights(models, examples, query_instruction, device, max_length, trust_remote_code,
                                   adapter_base, model_type, temperature) if examples is not None else None)
         if shots is not None and all(abs(shots[0] - p) > 1e-9 for p in points):
