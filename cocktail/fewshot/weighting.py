@@ -257,9 +257,9 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
         notes += filter(None, [near_uniform_note(losses, start, options.temperature)])
     weights: list = start
     report = None
-    if options.search and keep_losses and options.keep_weight is None:
-        notes += filter(None, [loose_tolerance_note(keep_losses, options.tolerance)])
     if options.search:
+        if keep_losses and options.tolerance is not None:  # tolerance mode, not a trade-off weight
+            notes += filter(None, [loose_tolerance_note(keep_losses, options.tolerance)])
         report = _search(skeleton, data, options, method or get_method("linear"), dict(parameters or {}), start,
                          per_model, say)
         report.fit_examples, report.holdout_examples = len(fit), len(held)
