@@ -98,23 +98,21 @@ def sts_pairs(kind: str, split: str) -> list[tuple[str, str, float]]:
             text = tar.extractfile(f"stsbenchmark/sts-{split}.csv").read().decode("utf-8")
         rows = [line.split("\t") for line in text.splitlines() if line.strip()]
         return [(r[5], r[6], float(r[4])) for r in rows]
+    return [(r["sentence_A"], r["sentence_B"], float(r["relatedness_score"])) for r in sick_rows(split.upper())]
+
+
+def sick_rows(split: str) -> list[dict[str, str]]:
+    """The SICK pairs of one split (``TRAIN``, ``TRIAL``, ``TEST``), each ``{column: value}``."""
     with gzip.open(DATA / "sick" / "SICK.txt.gz", "rt", encoding="utf-8") as f:
         header, *rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
-    col = {name: i for i, name in enumerate(header)}
-    return [(r[col["sentence_A"]], r[col["sentence_B"]], float(r[col["relatedness_score"]]))
-            for r in rows if r[col["SemEval_set"]] == split.upper()]
+    return [row for row in (dict(zip(header, r)) for r in rows) if row["SemEval_set"] == split]
 
 
 def sick_entailment(split: str = "TRAIN") -> list[tuple[str, str, list[str]]]:
     """SICK ``(A, an entailed B, contradicted Bs of the same A)`` from one split."""
-    with gzip.open(DATA / "sick" / "SICK.txt.gz", "rt", encoding="utf-8") as f:
-        header, *rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
-    col = {name: i for i, name in enumerate(header)}
     by_a: dict[str, dict[str, list[str]]] = {}
-    for r in rows:
-        if r[col["SemEval_set"]] == split:
-            by_a.setdefault(r[col["sentence_A"]], {}).setdefault(r[col["entailment_label"]], []).append(
-                r[col["sentence_B"]])
+    for r in sick_rows(split):
+        by_a.setdefault(r["sentence_A"], {}).setdefault(r["entailment_label"], []).append(r["sentence_B"])
     return [(a, labels["ENTAILMENT"][0], labels.get("CONTRADICTION", [])) for a, labels in by_a.items()
             if labels.get("ENTAILMENT")]
 
@@ -155,13 +153,9 @@ def graded_keep_examples(count: int, negatives: int, seed: int = 0) -> list[dict
     """SICK train premises, each with its most related hypothesis (relatedness 4 or more) as the
     positive and, as negatives, hypotheses of the same premise rated at least 1 point less related:
     near misses, which a model that forgot fine-grained similarity ranks wrong."""
-    with gzip.open(DATA / "sick" / "SICK.txt.gz", "rt", encoding="utf-8") as f:
-        header, *rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
-    col = {name: i for i, name in enumerate(header)}
     by_a: dict[str, list[tuple[float, str]]] = {}
-    for r in rows:
-        if r[col["SemEval_set"]] == "TRAIN":
-            by_a.setdefault(r[col["sentence_A"]], []).append((float(r[col["relatedness_score"]]), r[col["sentence_B"]]))
+    for r in sick_rows("TRAIN"):
+        by_a.setdefault(r["sentence_A"], []).append((float(r["relatedness_score"]), r["sentence_B"]))
     pool = []
     for a, pairs in sorted(by_a.items()):
         pairs.sort(reverse=True)
