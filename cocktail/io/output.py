@@ -5,7 +5,8 @@ left by a process that was killed (``kill -9``) is removed by the next run into 
 An existing output is refused unless ``force``, and even then only an empty folder or a previous
 cocktail output (it holds ``cocktail_recipe.yaml``) is replaced. An output that is, holds, or lies
 inside an input folder, that holds an input file (examples, recipe), or that is or holds the
-current folder is always refused, so no input can be touched.
+current folder is always refused, so no input can be touched. An output path that is a symlink is
+refused (whatever it points to), and the clean-up never follows a link.
 """
 
 from __future__ import annotations
@@ -54,12 +55,15 @@ def check_output(target: str | os.PathLike, inputs: list[Path], force: bool, siz
     here = Path(os.path.realpath(os.getcwd()))
     if resolved == here or resolved in here.parents:
         raise OutputError(f"output {target} is {'' if resolved == here else 'above '}the current folder")
-    if target.exists() or target.is_symlink():
+    if target.is_symlink():
+        raise OutputError(f"output {target} is a symlink (to {os.readlink(target)}): give the folder itself; "
+                          f"cocktail neither writes through nor replaces a link")
+    if target.exists():
         if not target.is_dir():
             raise OutputError(f"output {target} exists and is not a folder")
         if not force:
             raise OutputError(f"output {target} already exists (use {option('force')} to replace it)")
-        if not target.is_symlink() and any(target.iterdir()) and not (target / RECIPE_FILE).is_file():
+        if any(target.iterdir()) and not (target / RECIPE_FILE).is_file():
             raise OutputError(f"output {target} is not empty and is not a cocktail output (no {RECIPE_FILE}): "
                               f"{option('force')} only replaces a previous merge; choose another output")
     existing = target.parent
@@ -113,7 +117,11 @@ def remove_stale(target: Path) -> list[Path]:
 
 
 def _rmtree(path: Path) -> None:
-    """Remove ``path`` whole, read-only folders inside it included."""
+    """Remove ``path`` whole, read-only folders inside it included; a link is never followed (one at
+    ``path`` itself is removed as a link)."""
+    if os.path.islink(path):
+        os.unlink(path)
+        return
     for folder, _, _ in os.walk(path):
         mode = os.lstat(folder).st_mode
         if not stat.S_ISLNK(mode) and mode & 0o700 != 0o700:
