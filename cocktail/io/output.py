@@ -1,7 +1,8 @@
 """The output folder: built in a temporary folder beside the target, renamed into place at the end.
 
 On any failure the temporary folder is removed, so an output is written whole or not at all; one
-left by a process that was killed (``kill -9``) is removed by the next run into the same output.
+left by a process that was killed (``kill -9``) is cleaned up by the next run into the same output,
+which puts back a previous output the killed run had moved aside (see :mod:`cocktail.io.temp_folders`).
 An existing output is refused unless ``force``, and even then only an empty folder or a previous
 cocktail output (it holds ``cocktail_recipe.yaml``) is replaced. An output that is, holds, or lies
 inside an input folder, that holds an input file (examples, recipe), or that is or holds the
@@ -12,19 +13,16 @@ refused (whatever it points to), and the clean-up never follows a link.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
-import re
 import shutil
-import stat
 import tempfile
 from pathlib import Path
 
 from cocktail.errors import OutputError, option
 from cocktail.io.provenance import RECIPE_FILE  # what marks a folder as a previous cocktail output
+from cocktail.io.temp_folders import BUILT, aside_name, recover, remove_work, rmtree, work_prefix, write_marker
 
 NAME_MAX = 255  # bytes in one file name on common file systems
-TEMP_KINDS = ("cocktail", "old")  # .<name>.cocktail-<pid>-* (being built), .<name>.old-<pid>-* (being replaced)
 
 
 def check_output(target: str | os.PathLike, inputs: list[Path], force: bool, size: int = 0,
@@ -55,6 +53,7 @@ def check_output(target: str | os.PathLike, inputs: list[Path], force: bool, siz
     here = Path(os.path.realpath(os.getcwd()))
     if resolved == here or resolved in here.parents:
         raise OutputError(f"output {target} is {'' if resolved == here else 'above '}the current folder")
+    recover(target)  # a run killed while replacing this output gets its previous output back first
     if target.is_symlink():
         raise OutputError(f"output {target} is a symlink (to {os.readlink(target)}): give the folder itself; "
                           f"cocktail neither writes through nor replaces a link")
@@ -78,57 +77,6 @@ def check_output(target: str | os.PathLike, inputs: list[Path], force: bool, siz
     return target
 
 
-def temp_stem(target: Path) -> str:
-    """The start of the temporary names beside ``target``: ``.<name>`` (a digest of a long name, so the
-    temporary name fits in a file name too)."""
-    name = target.name
-    if len(os.fsencode(name)) > 150:
-        name = hashlib.sha256(os.fsencode(name)).hexdigest()[:32]
-    return f".{name}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def remove_stale(target: Path) -> list[Path]:
-    """Remove the temporary folders beside ``target`` left by dead processes; returns what went."""
-    stem = re.escape(temp_stem(target))
-    pattern = re.compile(rf"^{stem}\.(?:{'|'.join(TEMP_KINDS)})-(\d+)-[A-Za-z0-9_]+$")
-    removed = []
-    try:
-        names = os.listdir(target.parent)
-    except OSError:
-        return removed
-    for name in names:
-        match = pattern.match(name)
-        path = target.parent / name
-        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
-            if path.is_dir() and not path.is_symlink():
-                _rmtree(path)
-                removed.append(path)
-    return removed
-
-
-def _rmtree(path: Path) -> None:
-    """Remove ``path`` whole, read-only folders inside it included; a link is never followed (one at
-    ``path`` itself is removed as a link)."""
-    if os.path.islink(path):
-        os.unlink(path)
-        return
-    for folder, _, _ in os.walk(path):
-        mode = os.lstat(folder).st_mode
-        if not stat.S_ISLNK(mode) and mode & 0o700 != 0o700:
-            os.chmod(folder, mode | 0o700)
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def _writing(target: Path, exc: OSError) -> OutputError:
     """An OS error met while writing the output, as one line."""
     why = {errno.ENOSPC: "the disk is full", errno.EFBIG: "a file grew past the size limit (ulimit -f)",
@@ -139,14 +87,20 @@ def _writing(target: Path, exc: OSError) -> OutputError:
 
 
 class OutputFolder:
-    """``with OutputFolder(target, force) as tmp: ...write into tmp...; commit()`` renames it into place.
+    """``with OutputFolder(target, force) as folder: ...write into folder.tmp...; folder.commit()`` puts
+    it in place.
 
-    An ``OSError`` while writing (a full disk, a file size limit, no permission) becomes an
-    :class:`OutputError`, with nothing left behind."""
+    ``folder.tmp`` lies in a work folder beside the target that a marker names as this process's (see
+    :mod:`cocktail.io.temp_folders`). ``commit`` moves an existing output aside (its new name written
+    into the marker first), renames the new one into place, and only then removes the old one: a run
+    killed at any point leaves either the old output or the new one in place, or a work folder from
+    which the next run puts the old one back. An ``OSError`` while writing (a full disk, a file size
+    limit, no permission) becomes an :class:`OutputError`, with nothing left behind."""
 
     def __init__(self, target: Path, force: bool = False):
         self.target = Path(target)
         self.force = force
+        self.work: Path | None = None
         self.tmp: Path | None = None
         self._made_parents: list[Path] = []
         self.committed = False
@@ -161,12 +115,11 @@ class OutputFolder:
             for folder in reversed(missing):
                 folder.mkdir()
                 self._made_parents.append(folder)
-            remove_stale(self.target)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f"{temp_stem(self.target)}.cocktail-{os.getpid()}-",
-                                             dir=self.target.parent))
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary folder
+            recover(self.target)
+            self.work = Path(tempfile.mkdtemp(prefix=work_prefix(self.target), dir=self.target.parent))
+            write_marker(self.work)
+            self.tmp = self.work / BUILT
+            self.tmp.mkdir()  # the user's ordinary folder mode (mkdtemp's is private)
         except BaseException as exc:  # Ctrl-C or SIGTERM included: no __exit__ runs for a failed __enter__
             self._clean()
             if isinstance(exc, OSError):
@@ -175,31 +128,40 @@ class OutputFolder:
         return self
 
     def commit(self) -> Path:
-        old = None
-        if self.target.exists() or self.target.is_symlink():
-            if not self.force:
-                raise OutputError(f"output {self.target} already exists (use {option('force')} to replace it)")
-            # beside the target (a rename inside one folder works even when the old output is read-only)
-            old = self.target.parent / f"{temp_stem(self.target)}.old-{os.getpid()}-{os.urandom(4).hex()}"
-            try:
-                os.rename(self.target, old)
-            except OSError as exc:
-                raise OutputError(f"cannot replace the output {self.target}: {exc.strerror or exc}; "
-                                  f"nothing was changed") from None
+        aside = self._move_aside() if os.path.lexists(self.target) else None
+        self._put_in_place(aside)
+        self.committed = True
+        if aside is not None:
+            rmtree(aside)
+        if aside is None or not os.path.lexists(aside):  # else the marker stays: the next run finishes the job
+            remove_work(self.work)
+        return self.target
+
+    def _move_aside(self) -> Path:
+        """Rename the existing output to a fresh name beside it (a rename inside one folder works even
+        when the old output is read-only), once the marker names it."""
+        if not self.force:
+            raise OutputError(f"output {self.target} already exists (use {option('force')} to replace it)")
+        aside = self.target.parent / aside_name(self.target)
+        write_marker(self.work, aside.name)  # first: the next run puts it back if this one dies
+        try:
+            os.rename(self.target, aside)
+        except OSError as exc:
+            raise OutputError(f"cannot replace the output {self.target}: {exc.strerror or exc}; "
+                              f"nothing was changed") from None
+        return aside
+
+    def _put_in_place(self, aside: Path | None) -> None:
         try:
             os.rename(self.tmp, self.target)
         except OSError as exc:
-            if old is not None:
-                os.rename(old, self.target)  # put the previous output back
+            if aside is not None:
+                os.rename(aside, self.target)  # put the previous output back
             raise _writing(self.target, exc) from None
-        self.committed = True
-        if old is not None:
-            _rmtree(old)
-        return self.target
 
     def _clean(self) -> None:
-        if self.tmp is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.work is not None:
+            remove_work(self.work)
         for folder in reversed(self._made_parents):
             try:
                 folder.rmdir()
