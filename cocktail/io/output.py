@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 from cocktail.errors import OutputError, option
 from cocktail.io.provenance import RECIPE_FILE  # what marks a folder as a previous cocktail output
@@ -26,11 +27,12 @@ NAME_MAX = 255  # bytes in one file name on common file systems
 
 
 def check_output(target: str | os.PathLike, inputs: list[Path], force: bool, size: int = 0,
-                 input_files: tuple = ()) -> Path:
+                 read: Sequence = ()) -> Path:
     """Refuse outputs that would lose data or cannot fit; returns the absolute target path.
 
-    ``inputs`` are folders (models, base, config source) and ``input_files`` files (examples, the
-    recipe) that the output must leave alone."""
+    ``inputs`` are the model folders opened (models, adapters, bases, config source): the output may
+    not be, hold or lie inside one. ``read`` is every other path the run reads, as the recipe names
+    it (``Recipe.read_paths``, and the recipe file): the output may not be or hold one."""
     target = Path(target).expanduser().absolute()
     if len(os.fsencode(target.name)) > NAME_MAX:
         raise OutputError(f"output name {target.name[:40]}... is {len(os.fsencode(target.name))} bytes long; "
@@ -46,10 +48,13 @@ def check_output(target: str | os.PathLike, inputs: list[Path], force: bool, siz
             raise OutputError(f"output {target} contains the input model {source}")
         if source in resolved.parents:
             raise OutputError(f"output {target} lies inside the input model {source}")
-    for file in input_files:
-        real = Path(os.path.realpath(file))
+    for path in read:
+        if not os.path.lexists(path):  # a hub id, or a name the run found missing
+            continue
+        real = Path(os.path.realpath(path))
         if resolved == real or resolved in real.parents:
-            raise OutputError(f"output {target} holds the input file {file}")
+            raise OutputError(f"output {target} {'is' if resolved == real else 'holds'} the input "
+                              f"{'folder' if real.is_dir() else 'file'} {os.fsdecode(path)}")
     here = Path(os.path.realpath(os.getcwd()))
     if resolved == here or resolved in here.parents:
         raise OutputError(f"output {target} is {'' if resolved == here else 'above '}the current folder")
