@@ -333,7 +333,7 @@ def check_config_from(recipe: Recipe, plan: Plan) -> None:
         where = lambda rel: f"in {rel}/" if rel else "in the top folder"  # noqa: E731
         raise InputError(f"config_from {recipe.config_from} keeps its config {where(theirs)}, but the merged "
                          f"weights go {where(ours)} like the first model's: give a config_from laid out the same way")
-    config = read_config(source / ours / "config.json", required=True)
+    config = read_config(source / ours / "config.json", required=True, root=source)
     first = plan.checkpoints[0].config
     differ = [f"{key} {config[key]!r} vs {first[key]!r}" for key in CONFIG_FIT_KEYS
               if key in config and key in first and config[key] != first[key]]

@@ -23,7 +23,7 @@ import torch
 
 from cocktail.errors import InputError
 from cocktail.io import safetensors_format as st_format
-from cocktail.io.containment import inside
+from cocktail.io.containment import inside, read_inside
 from cocktail.io.hashing import file_hashes
 from cocktail.io.head_files import head_file_names, tensor_prefix
 
@@ -180,9 +180,10 @@ class Component:
         return [f.path for f in self.files]
 
 
-def _read_index(index_path: Path) -> dict[str, str]:
-    """A shard index's ``weight_map``: tensor name -> shard file name, both strings."""
-    index = read_json(index_path, dict, "a JSON object (a shard index)")
+def _read_index(index_path: Path, root: Path) -> dict[str, str]:
+    """A shard index's ``weight_map`` (tensor name -> shard file name, both strings), read from the
+    model folder ``root``."""
+    index = read_json(index_path, dict, "a JSON object (a shard index)", root=root)
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise InputError(f"{index_path}: not a valid shard index (weight_map must be a mapping of tensor names "
@@ -194,10 +195,10 @@ def _read_index(index_path: Path) -> dict[str, str]:
     return weight_map
 
 
-def _sharded(folder: Path, index_name: str, key: str, rel_dir: str, layout: str) -> Component:
+def _sharded(folder: Path, index_name: str, key: str, rel_dir: str, layout: str, root: Path) -> Component:
     """The weights of a shard index: each tensor is read from the shard its ``weight_map`` names."""
     index_path = folder / index_name
-    weight_map = _read_index(index_path)
+    weight_map = _read_index(index_path, root)
     shards = {}
     for name in dict.fromkeys(weight_map.values()):
         path = inside(folder, name, "shard", index_path)
@@ -218,11 +219,11 @@ def find_weights(folder: Path, key: str, rel_dir: str, required: bool, root: Opt
     if (folder / SAFE_SINGLE).is_file():
         return Component(key, rel_dir, "safetensors", [_SafetensorsFile(file(SAFE_SINGLE))])
     if (folder / SAFE_INDEX).is_file():
-        return _sharded(folder, SAFE_INDEX, key, rel_dir, "sharded safetensors")
+        return _sharded(folder, SAFE_INDEX, key, rel_dir, "sharded safetensors", root)
     if (folder / BIN_SINGLE).is_file():
         return Component(key, rel_dir, "pytorch .bin", [_TorchBinFile(file(BIN_SINGLE))])
     if (folder / BIN_INDEX).is_file():
-        return _sharded(folder, BIN_INDEX, key, rel_dir, "sharded pytorch .bin")
+        return _sharded(folder, BIN_INDEX, key, rel_dir, "sharded pytorch .bin", root)
     others = sorted(folder.glob("*.safetensors"))
     if len(others) == 1:
         return Component(key, rel_dir, "safetensors", [_SafetensorsFile(file(others[0].name))])
@@ -318,7 +319,7 @@ class Checkpoint:
         if path.is_file():
             if path.suffix != ".safetensors":
                 raise InputError(f"{source}: a single weight file must be .safetensors (or give its folder)")
-            config = read_config(path.parent / "config.json", required=False)
+            config = read_config(path.parent / "config.json", required=False, root=path.parent)
             components = {TRANSFORMER: Component(TRANSFORMER, "", "safetensors", [_SafetensorsFile(path)])}
             return cls(source, path.parent, config, components, sentence_transformers=False)
         modules = read_modules(path)
@@ -338,7 +339,7 @@ class Checkpoint:
         for name in head_file_names(main_dir):
             head = inside(path, str((main_dir / name).relative_to(path)), "head file", path)
             components[name] = Component(name, transformer_dir, "torch head file", [_HeadFile(head)], head_file=name)
-        config = read_config(main_dir / "config.json", required=True)
+        config = read_config(main_dir / "config.json", required=True, root=path)
         return cls(source, path, config, components, sentence_transformers=modules is not None)
 
     # -- facts -----------------------------------------------------------------------------------
@@ -388,23 +389,28 @@ class Checkpoint:
         return f"Checkpoint({self.source!r}, {self.layout})"
 
 
-def read_json(path: Path, kind: type = object, what: str = "JSON"):
-    """A JSON file's value; unreadable, invalid or not of ``kind`` is a one-line InputError."""
+def read_json(path: Path, kind: type = object, what: str = "JSON", root: Optional[Path] = None):
+    """A JSON file's value, read as :func:`~cocktail.io.containment.read_inside` reads a file of the model
+    folder ``root`` (default: the file's folder); unreadable, outside, not a regular file, invalid or
+    not of ``kind`` is a one-line InputError."""
+    data = read_inside(path, root or path.parent)
     try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        value = json.loads(data)
+    except ValueError as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(value, kind):
         raise InputError(f"{path}: expected {what}")
     return value
 
 
-def read_config(path: Path, required: bool) -> dict:
-    if not path.is_file():
+def read_config(path: Path, required: bool, root: Optional[Path] = None) -> dict:
+    """The ``config.json`` at ``path`` in the model folder ``root`` (``{}`` when there is none and it is
+    not ``required``)."""
+    if not os.path.lexists(path):
         if required:
             raise InputError(f"{path.parent}: no config.json (is this a transformers model folder?)")
         return {}
-    config = read_json(path, dict, "a JSON object")
+    config = read_json(path, dict, "a JSON object", root=root)
     model_type, architectures = config.get("model_type"), config.get("architectures")
     if model_type is not None and not isinstance(model_type, str):
         raise InputError(f"{path}: model_type must be a string, got {model_type!r}")
@@ -427,10 +433,10 @@ def read_modules(folder: Path) -> list[tuple[str, str]] | None:
     """The ``(type, path)`` of each module a sentence-transformers ``modules.json`` lists (``None``
     without one); every path is checked to stay inside ``folder``."""
     path = folder / "modules.json"
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
     modules = []
-    for module in read_json(path, list, "a list of modules"):
+    for module in read_json(path, list, "a list of modules", root=folder):
         if not isinstance(module, dict) or not isinstance(module.get("type", ""), str):
             raise InputError(f"{path}: expected a list of modules (mappings with a type and a path), got {module!r}")
         module_path = module.get("path", "")
