@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from cocktail.errors import InputError
+from cocktail.io.containment import open_regular
 
 DTYPE_FROM_CODE = {
     "F64": torch.float64,
@@ -63,7 +64,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorEntry], dict[s
     a known dtype, a shape and two offsets that are non-negative integers, the tensors laid out one
     after the other from the first data byte to the last, each as long as its dtype and shape say."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # a FIFO would block an ordinary open forever
             raw = f.read(8)
             file_size = os.fstat(f.fileno()).st_size
             if len(raw) != 8:

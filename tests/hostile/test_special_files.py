@@ -54,7 +54,7 @@ def assert_refused(result, named: str, inputs, out: Path, before) -> None:
 
 
 @pytest.mark.parametrize("name", ["config.json", "tokenizer_config.json", "vocab.txt", "modules.json",
-                                  "1_Pooling/config.json"])
+                                  "1_Pooling/config.json", "model.safetensors"])
 def test_a_fifo_in_a_model_folder_is_refused(models, tmp_path, name):
     a, b = models
     pooling_module(a)
