@@ -21,7 +21,7 @@ from typing import Optional, Protocol
 
 import torch
 
-from cocktail.errors import InputError
+from cocktail.errors import InputError, cut, few_names, quoted, warn
 from cocktail.io import safetensors_format as st_format
 from cocktail.io.containment import inside, read_inside
 from cocktail.io.hashing import file_hashes
@@ -159,17 +159,26 @@ class Component:
     _infos: dict = field(default_factory=dict)
 
     def infos(self) -> dict[str, TensorInfo]:
+        """Every tensor's dtype and shape; with a shard index, only the tensors its ``weight_map`` lists
+        (transformers ignores the others, and so does cocktail, with a warning)."""
         if not self._infos:
+            unlisted = []
             for f in self.files:
                 for name, info in f.infos().items():
+                    if self.weight_map is not None and name not in self.weight_map:
+                        unlisted.append(name)
+                        continue
                     if name in self._where:
-                        raise InputError(f"tensor {name!r} is in two shards, {self._where[name].path.name} and "
+                        raise InputError(f"tensor {quoted(name)} is in two shards, {self._where[name].path.name} and "
                                          f"{f.path.name} ({self.index}): which one transformers loads is undefined")
                     self._infos[name] = info
                     self._where[name] = f
             for name, shard in (self.weight_map or {}).items():
                 if name not in self._where or self._where[name].path.name != Path(shard).name:
-                    raise InputError(f"{self.index}: weight_map puts tensor {name!r} in {shard}, which does not hold it")
+                    raise InputError(f"{self.index}: weight_map puts tensor {quoted(name)} in {cut(shard)}, which does not hold it")
+            if unlisted:
+                warn(f"{self.index}: {len(unlisted)} tensor{'s' if len(unlisted) > 1 else ''} in its shards that "
+                     f"weight_map does not list, ignored as transformers ignores them: {few_names(unlisted)}")
         return self._infos
 
     def read(self, name: str) -> torch.Tensor:
@@ -190,7 +199,7 @@ def _read_index(index_path: Path, root: Path) -> dict[str, str]:
                          f"to shard files, got {type(weight_map).__name__})")
     bad = next((k for k, v in weight_map.items() if not isinstance(v, str)), None)
     if bad is not None:
-        raise InputError(f"{index_path}: weight_map names {weight_map[bad]!r} as the shard of {bad!r}: "
+        raise InputError(f"{index_path}: weight_map names {quoted(weight_map[bad])} as the shard of {quoted(bad)}: "
                          f"expected a file name")
     return weight_map
 
@@ -202,8 +211,8 @@ def _sharded(folder: Path, index_name: str, key: str, rel_dir: str, layout: str,
     shards = {}
     for name in dict.fromkeys(weight_map.values()):
         path = inside(folder, name, "shard", index_path)
-        if not path.is_file():
-            raise InputError(f"{index_path}: lists shard {name} which is not in the folder")
+        if not os.path.isfile(path):  # False, not an error, for a name too long for the file system
+            raise InputError(f"{index_path}: lists shard {cut(name)} which is not in the folder")
         shards[name] = _open_weight_file(path)
     return Component(key, rel_dir, layout, list(shards.values()), weight_map=weight_map, index=index_path)
 
@@ -413,10 +422,10 @@ def read_config(path: Path, required: bool, root: Optional[Path] = None) -> dict
     config = read_json(path, dict, "a JSON object", root=root)
     model_type, architectures = config.get("model_type"), config.get("architectures")
     if model_type is not None and not isinstance(model_type, str):
-        raise InputError(f"{path}: model_type must be a string, got {model_type!r}")
+        raise InputError(f"{path}: model_type must be a string, got {quoted(model_type)}")
     if architectures is not None and not (isinstance(architectures, list)
                                           and all(isinstance(a, str) for a in architectures)):
-        raise InputError(f"{path}: architectures must be a list of class names, got {architectures!r}")
+        raise InputError(f"{path}: architectures must be a list of class names, got {quoted(architectures)}")
     return config
 
 
@@ -438,7 +447,7 @@ def read_modules(folder: Path) -> list[tuple[str, str]] | None:
     modules = []
     for module in read_json(path, list, "a list of modules", root=folder):
         if not isinstance(module, dict) or not isinstance(module.get("type", ""), str):
-            raise InputError(f"{path}: expected a list of modules (mappings with a type and a path), got {module!r}")
+            raise InputError(f"{path}: expected a list of modules (mappings with a type and a path), got {quoted(module)}")
         module_path = module.get("path", "")
         if module_path:
             inside(folder, module_path, "module path", path)

@@ -18,7 +18,7 @@ import stat
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Optional
 
-from cocktail.errors import InputError, OutputError
+from cocktail.errors import InputError, OutputError, quoted
 
 
 def container(folder: Path) -> Path:
@@ -42,14 +42,14 @@ def inside(folder: Path, name, what: str, named_in) -> Path:
     """``folder / name`` for a ``name`` read from the file ``named_in`` (``what`` it is, for the error),
     refused unless it is a relative path without ``..`` that stays, symlinks followed, in ``folder``."""
     if not isinstance(name, str):
-        raise InputError(f"{named_in}: {what} must be a path (a string), got {name!r}")
+        raise InputError(f"{named_in}: {what} must be a path (a string), got {quoted(name)}")
     parts = PurePosixPath(name.replace("\\", "/")).parts
     if name.startswith(("/", "\\", "~")) or ".." in parts or "\x00" in name or (parts and ":" in parts[0]):
-        raise InputError(f"{named_in}: {what} {name!r} leaves the model folder "
+        raise InputError(f"{named_in}: {what} {quoted(name)} leaves the model folder "
                          f"(it must be a path inside it, without '..')")
     path = folder / name
     if not within(path, container(folder)):
-        raise InputError(f"{named_in}: {what} {name!r} leads outside the model folder (through a symlink)")
+        raise InputError(f"{named_in}: {what} {quoted(name)} leads outside the model folder (through a symlink)")
     return path
 
 
