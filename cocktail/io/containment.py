@@ -57,6 +57,11 @@ FILE_KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character de
               stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}
 
 
+def _not_regular(path: Path, mode: int) -> InputError:
+    return InputError(f"{path}: is {FILE_KINDS.get(stat.S_IFMT(mode), 'not a regular file')}, not a regular file; "
+                      f"cocktail reads only regular files")
+
+
 def open_regular(path: Path) -> BinaryIO:
     """``path`` opened for reading, refused unless it is a regular file: opened without blocking (a
     FIFO with no writer would block an ordinary open forever) and checked on the open file."""
@@ -67,8 +72,7 @@ def open_regular(path: Path) -> BinaryIO:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise InputError(f"{path}: is {FILE_KINDS.get(stat.S_IFMT(mode), 'not a regular file')}, not a regular "
-                         f"file; cocktail reads only regular files")
+        raise _not_regular(path, mode)
     return os.fdopen(fd, "rb")
 
 
@@ -82,6 +86,29 @@ def read_inside(path: Path, folder: Path, limit: Optional[int] = None) -> bytes:
             return f.read() if limit is None else f.read(limit)
         except OSError as exc:
             raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def check_files(folder: Path, suffixes, root: Optional[Path] = None) -> None:
+    """Before another library (transformers) reads the files of ``folder`` that end in one of
+    ``suffixes``: refuse unless each, symlinks followed, lies inside the model folder ``root`` (default:
+    ``folder``) and is a regular file."""
+    bound = container(root or folder)
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return
+    for name in names:
+        path = folder / name
+        if path.suffix not in suffixes:
+            continue
+        if not within(path, bound):
+            raise InputError(f"{path}: leads outside the model folder {root or folder} (through a symlink)")
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:  # a link to nothing: nobody reads it
+            continue
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            raise _not_regular(path, mode)
 
 
 def check_write(path: Path, root: Path) -> Path:

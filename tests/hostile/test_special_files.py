@@ -91,3 +91,16 @@ def test_a_fifo_model_card_is_skipped_with_a_warning(models, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "warning:" in result.stderr and "README.md" in result.stderr and "named pipe" in result.stderr
     assert (tmp_path / "out" / "README.md").is_file()
+
+
+def test_a_fifo_tokenizer_file_is_refused_before_examples_are_scored(models, tmp_path):
+    """Weights from examples load the tokenizer with transformers, which would block on the FIFO."""
+    a, b = models
+    few = tmp_path / "few.jsonl"
+    few.write_text("\n".join(json.dumps({"query": q, "pos": [p], "neg": ["cat dog"]})
+                             for q, p in (("the sun", "sun moon"), ("red car", "car red"))) + "\n")
+    named = fifo(a, "vocab.txt")
+    out = tmp_path / "out"
+    before = tree_hashes(a, b)
+    assert_refused(run_bounded("merge", "--models", a, b, "--examples", few, "-o", out, "--quiet"), named,
+                   [a, b], out, before)
