@@ -90,11 +90,7 @@ def check_recipe(recipe: Recipe) -> Method:
 def check_paths(recipe: Recipe) -> None:
     """Every path of the recipe is a name cocktail can write into its recipe file: not empty, valid
     UTF-8 (a path of invalid bytes fails here, not after the whole merge)."""
-    examples = (recipe.weights_from or {}).get("examples")
-    named = [("model", m.path) for m in recipe.models] + [("base", m.base) for m in recipe.models]
-    named += [("base model", recipe.base_model), ("config_from", recipe.config_from), ("output", recipe.output),
-              ("examples", examples if isinstance(examples, (str, os.PathLike)) else None)]
-    for what, path in named:
+    for what, path in recipe.read_paths() + [("output", recipe.output)]:
         if path is None or not isinstance(path, (str, os.PathLike)):
             continue
         text = os.fspath(path)
@@ -266,9 +262,8 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
             folders = [c.root for c in every] + [c.folder for c in every if isinstance(c, AdapterCheckpoint)]
             if recipe.config_from:
                 folders.append(side_file_source(recipe, plan))
-            examples = (recipe.weights_from or {}).get("examples")
-            files = [f for f in (recipe_file, examples) if isinstance(f, (str, os.PathLike))]
-            target = check_output(recipe.output, folders, force, plan.output_bytes, input_files=tuple(files))
+            read = [path for _, path in recipe.read_paths()] + ([recipe_file] if recipe_file is not None else [])
+            target = check_output(recipe.output, folders, force, plan.output_bytes, read=read)
 
     with prepare(recipe, objects=objects, on_warning=on_warning, progress=progress,
                  before_weights=check_target) as prepared:
@@ -338,7 +333,7 @@ def check_config_from(recipe: Recipe, plan: Plan) -> None:
         where = lambda rel: f"in {rel}/" if rel else "in the top folder"  # noqa: E731
         raise InputError(f"config_from {recipe.config_from} keeps its config {where(theirs)}, but the merged "
                          f"weights go {where(ours)} like the first model's: give a config_from laid out the same way")
-    config = read_config(source / ours / "config.json", required=True)
+    config = read_config(source / ours / "config.json", required=True, root=source)
     first = plan.checkpoints[0].config
     differ = [f"{key} {config[key]!r} vs {first[key]!r}" for key in CONFIG_FIT_KEYS
               if key in config and key in first and config[key] != first[key]]

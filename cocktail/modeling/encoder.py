@@ -60,7 +60,7 @@ class Encoder(PlanScorer):
         self.pooling = read_pooling(self.root, self.default_pooling)
         self.dense = self._read_dense()
         st_config = self.root / "sentence_bert_config.json"
-        st = read_json(st_config) if st_config.is_file() else {}
+        st = read_json(st_config, root=self.root) if st_config.is_file() else {}
         self.lowercase = bool(st.get("do_lower_case", False))
         self.tokenizer = load_tokenizer(self.transformer_dir, "to embed texts", trust_remote_code,
                                         embedding_rows(plan))
@@ -109,11 +109,11 @@ class Encoder(PlanScorer):
         modules_path = self.root / "modules.json"
         if not modules_path.is_file():
             return dense
-        for module in read_json(modules_path):
+        for module in read_json(modules_path, root=self.root):
             kind = str(module.get("type", ""))
             path = module.get("path", "")
             if kind.endswith("Dense"):
-                config = read_json(self.root / path / "config.json")
+                config = read_json(self.root / path / "config.json", root=self.root)
                 activation = config.get("activation_function", "torch.nn.modules.linear.Identity")
                 if activation not in ACTIVATIONS:
                     raise InputError(f"{self.root / path}: activation {activation} is not supported")

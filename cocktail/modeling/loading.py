@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 
 from cocktail.errors import InputError
+from cocktail.io.containment import check_files
+from cocktail.io.sidefiles import SIDE_SUFFIXES
 from cocktail.recipe.choices import MODEL_TYPES
 
 #: The transformers class that loads each model type (LM-Cocktail's choice; FlagEmbedding's for the LLM ones).
@@ -70,6 +72,7 @@ def load_config(folder: Path, trust_remote_code: bool = False):
     """The transformers config saved in ``folder`` (its own code runs only with ``trust_remote_code``)."""
     from transformers import AutoConfig
 
+    check_files(Path(folder), SIDE_SUFFIXES)  # what transformers reads stays inside and is regular
     try:
         return AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises many kinds for unreadable configs
@@ -100,6 +103,7 @@ def load_tokenizer(folder: Path, needed_for: str = "to score examples", trust_re
         # transformers 5 would build an empty tokenizer that maps every word to [UNK]
         raise InputError(f"{folder}: cannot load its tokenizer, needed {needed_for} (no tokenizer files: "
                          f"expected one of {', '.join(TOKENIZER_FILES[:3])}, ...)")
+    check_files(Path(folder), SIDE_SUFFIXES)  # what transformers reads stays inside and is regular
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises many kinds when no tokenizer is there

@@ -73,6 +73,15 @@ class Recipe:
             raise InputError(f"weights are given for some models but not for {', '.join(missing)}")
         return given
 
+    def read_paths(self) -> list[tuple[str, str | bytes]]:
+        """``(what it is, path)`` of every file or folder this recipe has the run read, whatever key names
+        it (models, adapter bases, base model, config_from, examples, keep set: ``schema.READ_PATH_KEYS``),
+        as given: a hub id stays a name. Examples given as a list are not a path."""
+        data = self.to_dict()
+        return [(label, os.fspath(container[key])) for pattern, _, label in schema.READ_PATH_KEYS
+                for container, key, _ in schema.values_at(data, pattern)
+                if isinstance(container[key], (str, os.PathLike))]
+
     def to_dict(self) -> dict:
         data: dict[str, Any] = {
             "model_type": self.model_type,

@@ -31,6 +31,37 @@ from cocktail.recipe.yaml_lines import SET, KeyPath, key_path
 # Keys of the recipe that name files or models, resolved against the recipe file's folder.
 MODEL_PATH_KEYS = (("base_model",), ("config_from",))
 
+#: Every key of a recipe that names a file or folder the run reads (``"*"``: each item of a list), what
+#: it names (a ``"model"``: a local path, or a hub id that stays as it is; or a ``"file"``) and what
+#: messages call it. The one list of them: relative paths are resolved against the recipe's folder
+#: from it, and the output is checked against every path on it before anything is removed
+#: (``Recipe.read_paths``).
+READ_PATH_KEYS: tuple[tuple[KeyPath, str, str], ...] = (
+    (("models", "*", "path"), "model", "model"),
+    (("models", "*", "base"), "model", "adapter base"),
+    (("base_model",), "model", "base model"),
+    (("config_from",), "model", "config_from"),
+    (("weights_from", "examples"), "file", "examples"),
+    (("weights_from", "keep"), "file", "keep"),
+)
+
+
+def values_at(data: Any, pattern: KeyPath, where: KeyPath = ()):
+    """``(container, key, key path)`` of every value of ``data`` that ``pattern`` names, ``"*"``
+    standing for each item of a list (absent keys and values of other shapes are skipped)."""
+    if not pattern:
+        return
+    head, rest = pattern[0], pattern[1:]
+    if head == "*":
+        keys = range(len(data)) if isinstance(data, list) else ()
+    else:
+        keys = (head,) if isinstance(data, dict) and head in data else ()
+    for key in keys:
+        if rest:
+            yield from values_at(data[key], rest, where + (key,))
+        else:
+            yield data, key, where + (key,)
+
 
 # ---------------------------------------------------------------------------------------------
 # checks
@@ -381,22 +412,14 @@ def _check_method(data: dict, problems: Problems) -> None:
 def resolve_paths(data: dict, base_dir: Union[str, os.PathLike]) -> dict:
     """A copy of checked recipe ``data`` with every local path made absolute against ``base_dir``."""
     data = {key: value for key, value in data.items() if not (key == "parameters" and value is None)}
-    models = []
-    for entry in data.get("models") or []:
-        entry = {"path": entry} if isinstance(entry, str) else dict(entry)
-        entry["path"] = resolve_model_path(entry["path"], base_dir)
-        if entry.get("base"):
-            entry["base"] = resolve_model_path(entry["base"], base_dir)
-        models.append(entry)
-    data["models"] = models
-    for (key,) in MODEL_PATH_KEYS:
-        if data.get(key):
-            data[key] = resolve_model_path(data[key], base_dir)
-    if data.get("output"):
-        data["output"] = str(local_path(data["output"], base_dir))
+    data["models"] = [{"path": entry} if isinstance(entry, str) else dict(entry) for entry in data.get("models") or []]
     if isinstance(data.get("weights_from"), dict):
         data["weights_from"] = dict(data["weights_from"])
-        for key in ("examples", "keep"):
-            if isinstance(data["weights_from"].get(key), str):
-                data["weights_from"][key] = str(local_path(data["weights_from"][key], base_dir))
+    for pattern, kind, _ in READ_PATH_KEYS:
+        for container, key, _ in list(values_at(data, pattern)):
+            value = container[key]
+            if isinstance(value, str) and value:
+                container[key] = resolve_model_path(value, base_dir) if kind == "model" else str(local_path(value, base_dir))
+    if data.get("output"):
+        data["output"] = str(local_path(data["output"], base_dir))
     return data
