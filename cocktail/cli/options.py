@@ -153,7 +153,9 @@ def check_png_option(name: str, path: Optional[str]) -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise click.UsageError(f"{name} needs matplotlib: pip install 'cocktail[plot]'") from None
+        from cocktail.version import install_hint
+
+        raise click.UsageError(f"{name} needs matplotlib: {install_hint('plot')}") from None
 
 
 def quiet_transformers() -> None:

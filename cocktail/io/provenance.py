@@ -23,6 +23,7 @@ from cocktail.io.checkpoints import CheckpointLike, looks_like_hub_id
 from cocktail.io.containment import inside, read_inside
 from cocktail.io.hashing import relative, sha256_file
 from cocktail.io.sidefiles import side_file_folder, side_file_hashes
+from cocktail.version import DISTRIBUTION, PROJECT_PAGE
 
 RECIPE_FILE = "cocktail_recipe.yaml"
 CARD_FILE = "README.md"
@@ -150,7 +151,7 @@ def model_card(recipe: dict, weights: list, summary: dict, library_name: str, ve
     front.update({"library_name": library_name, "tags": ["merge", "cocktail"]})
     lines = ["---", dump_yaml(front).rstrip(), "---", "",
              "# Merged model", "",
-             f"This model was merged with [cocktail](https://pypi.org/project/cocktail/) {version} "
+             f"This model was merged with [{DISTRIBUTION}]({PROJECT_PAGE}) {version} "
              f"using the `{recipe['merge_method']}` method ({recipe['model_type']}).", "",
              "| model | weight |", "|---|---|"]
     for name, weight in zip(names[:count], weights):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_bert, run_cli
+from conftest import make_bert, run_cli, shared_data
 
 from cocktail.evaluation.datasets import DataError, RetrievalSet, STSSet, load_dataset
 from cocktail.evaluation.metrics import average_ranks, mrr_at_k, ndcg_at_k, recall_at_k, retrieval_scores, spearman
@@ -114,10 +114,7 @@ def test_beir_title_joins_text(tmp_path):
 
 
 def test_shared_scifact_reads(tmp_path):
-    scifact = Path("/work/shared/data/scifact")
-    if not scifact.is_dir():
-        pytest.skip("shared data not present")
-    data = load_dataset(scifact)
+    data = load_dataset(shared_data("scifact"))
     assert len(data.corpus) == 5183 and len(data.qrels) == 300
     assert sum(len(r) for r in data.qrels.values()) == 339
 
