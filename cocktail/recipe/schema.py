@@ -288,6 +288,17 @@ def check(data: Any, lines: dict, base_dir: Union[str, os.PathLike], source: str
     problems.raise_any()
 
 
+def check_remote_code(data: dict, lines: dict, source: str, allowed: bool) -> None:
+    """A recipe is data a user downloads (or finds in a merged folder): it cannot turn on a model
+    folder's own code. ``trust_remote_code: true`` is refused unless the user ``allowed`` it."""
+    if data.get("trust_remote_code") is True and not allowed:
+        problems = Problems(source, lines)
+        problems.add(("trust_remote_code",), "a recipe cannot turn on a model folder's own code; pass "
+                                             "--trust-remote-code on the command line (trust_remote_code=True "
+                                             "from Python) if you trust these models' code")
+        problems.raise_any()
+
+
 def _registered_method(name: Any):
     """The registered method called ``name``, or ``None``."""
     return METHODS.get(name) if isinstance(name, str) else None
