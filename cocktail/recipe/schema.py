@@ -14,12 +14,12 @@ there are accepted here without a change.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from cocktail.errors import InputError, RecipeError, did_you_mean
 from cocktail.io.checkpoints import looks_like_hub_id
+from cocktail.io.patterns import compile_pattern, shown
 from cocktail.io.writer import parse_size
 from cocktail.merging.methods import METHODS
 from cocktail.merging.schedules import is_number
@@ -115,8 +115,8 @@ def _check_regex(value: Any, path: KeyPath, problems: Problems) -> None:
         problems.add(path, f"expected a regular expression (a string), got {_describe(value)}")
         return
     try:
-        re.compile(value)
-    except re.error as exc:
+        compile_pattern(value)
+    except InputError as exc:
         problems.add(path, f"not a valid regular expression ({exc})")
 
 
