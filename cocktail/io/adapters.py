@@ -26,11 +26,11 @@ from typing import Optional
 
 import torch
 
-from cocktail.errors import InputError, few_names
+from cocktail.errors import InputError, few_names, quoted
 from cocktail.io.checkpoints import TRANSFORMER, Checkpoint, TensorInfo, _open_weight_file, read_json, resolve
 from cocktail.io.containment import inside
 from cocktail.io.hashing import relative, sha256_file
-from cocktail.io.patterns import compile_pattern, shown
+from cocktail.io.patterns import compile_pattern
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -152,7 +152,7 @@ def _check_config(source: str, config: dict) -> None:
                 _module_pattern(pattern)
             except InputError as exc:
                 raise InputError(f"{source}: {ADAPTER_CONFIG} {key} has a pattern cocktail cannot match, "
-                                 f"{shown(pattern)} ({exc})") from None
+                                 f"{quoted(pattern)} ({exc})") from None
 
 
 def _positive(value) -> bool:

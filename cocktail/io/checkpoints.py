@@ -22,10 +22,12 @@ from typing import Optional, Protocol
 import torch
 
 from cocktail.errors import InputError
+from cocktail.io import json_input
 from cocktail.io import safetensors_format as st_format
 from cocktail.io.containment import inside
 from cocktail.io.hashing import file_hashes
 from cocktail.io.head_files import head_file_names, tensor_prefix
+from cocktail.io.json_input import JSONLimitError
 
 TRANSFORMER = "transformer"  # key of the main weights; sentence-transformers modules use their folder
 SAFE_INDEX = "model.safetensors.index.json"
@@ -391,7 +393,9 @@ class Checkpoint:
 def read_json(path: Path, kind: type = object, what: str = "JSON"):
     """A JSON file's value; unreadable, invalid or not of ``kind`` is a one-line InputError."""
     try:
-        value = json.loads(path.read_text())
+        value = json_input.loads(path.read_text())
+    except JSONLimitError as exc:
+        raise InputError(f"{path}: JSON cocktail does not read: {exc}") from None
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(value, kind):

@@ -22,11 +22,6 @@ NOT_SUPPORTED = ("cocktail matches patterns with RE2, which never backtracks: ba
 SHOWN = 80  # characters of RE2's reason kept (it quotes the pattern's tail)
 
 
-def shown(text: str, limit: int = 60) -> str:
-    """``text`` quoted for a message, cut to about ``limit`` characters (a pattern may be megabytes)."""
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
-
-
 @functools.lru_cache(maxsize=1024)
 def compile_pattern(text: str):
     """``text`` compiled with RE2 (``search`` and ``match`` as in ``re``); an :class:`InputError` with

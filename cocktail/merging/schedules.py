@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
-from cocktail.errors import InputError
-from cocktail.io.patterns import compile_pattern, shown
+from cocktail.errors import InputError, quoted
+from cocktail.io.patterns import compile_pattern
 
 LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
 ENTRY_KEYS = ("filter", "value")
@@ -128,7 +128,7 @@ class Schedule:
                 try:
                     pattern = compile_pattern(pattern_text)
                 except InputError as exc:
-                    raise InputError(f"{where}.filter {shown(pattern_text)} is not a valid regular expression: "
+                    raise InputError(f"{where}.filter {quoted(pattern_text)} is not a valid regular expression: "
                                      f"{exc}") from None
             entries.append(Entry(where, pattern_text, pattern, _numbers(raw["value"], f"{where}.value")))
         return cls(key, entries)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Union
 
 from cocktail.errors import InputError, RecipeError, did_you_mean
 from cocktail.io.checkpoints import looks_like_hub_id
-from cocktail.io.patterns import compile_pattern, shown
+from cocktail.io.patterns import compile_pattern
 from cocktail.io.writer import parse_size
 from cocktail.merging.methods import METHODS
 from cocktail.merging.schedules import is_number
