@@ -99,6 +99,12 @@ def option(name: str) -> str:
     return {"cli": cli, "recipe": recipe}.get(DOOR.get(), python)
 
 
+def quoted(value, limit: int = 60) -> str:
+    """``repr(value)`` cut to about ``limit`` characters: a value quoted from an input may be megabytes."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + f"... ({len(str(value))} characters)"
+
+
 def did_you_mean(word, choices) -> str:
     """``"did you mean 'density'? "`` when ``word`` is close to one of ``choices``, else ``""``."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)

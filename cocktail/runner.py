@@ -234,7 +234,8 @@ def iter_merged(recipe: Recipe, *, objects: Optional[dict] = None,
 
 def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: bool = False, progress: bool = False,
         on_warning: Optional[Callable[[str], None]] = None, verify: bool = False,
-        objects: Optional[dict] = None, recipe_file: "Optional[str | os.PathLike]" = None) -> MergeResult:
+        objects: Optional[dict] = None, recipe_file: "Optional[str | os.PathLike]" = None,
+        trust_remote_code: bool = False) -> MergeResult:
     """Run ``recipe`` (a Recipe, or the path of a YAML recipe file): check everything, then stream the
     merge into its output folder.
 
@@ -243,11 +244,14 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
     recipe's provenance (a merged folder's ``cocktail_recipe.yaml``); any change refuses the run.
     Warnings go to ``on_warning`` (default: Python warnings). ``objects`` holds the in-memory models
     named in the recipe (see :func:`open_checkpoints`); ``recipe_file`` is the file the recipe was read
-    from, which the output must not hold.
+    from, which the output must not hold. ``trust_remote_code`` lets the models' own code run; a
+    recipe file that asks for it is refused without it (a recipe cannot turn it on).
     """
     if isinstance(recipe, (str, os.PathLike)):
         recipe_file = recipe
-        recipe = Recipe.from_yaml(recipe)
+        recipe = Recipe.from_yaml(recipe, trust_remote_code=trust_remote_code)
+    elif trust_remote_code:
+        recipe = replace(recipe, trust_remote_code=True)
     check_recipe(recipe)
     if verify:
         provenance.verify_inputs(recipe)

@@ -3,7 +3,6 @@ few examples (``cocktail merge`` and ``cocktail weights``), and how ``eval`` / `
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Optional
@@ -58,16 +57,22 @@ def parse_parameter(text: str) -> tuple[str, object]:
     key, raw = key.strip(), raw.strip()
     if not sep or not key:
         raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="'--param'")
+    from cocktail.errors import quoted
+    from cocktail.io import json_input
+
     if NUMBER.match(raw):
-        return key, int(raw) if re.fullmatch(r"-?\d+", raw) else float(raw)
+        try:
+            return key, json_input.integer(raw) if re.fullmatch(r"-?\d+", raw) else float(raw)
+        except ValueError as exc:
+            raise click.BadParameter(f"{key}: {exc}", param_hint="'--param'") from None
     parts = [p.strip() for p in raw.split(",")]
     if len(parts) > 1 and all(NUMBER.match(p) for p in parts):
         return key, [float(p) for p in parts]
     if raw[:1] in "[{":
         try:
-            return key, json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise click.BadParameter(f"{key}: {raw!r} is not valid JSON ({exc.msg})", param_hint="'--param'") from None
+            return key, json_input.loads(raw)
+        except ValueError as exc:
+            raise click.BadParameter(f"{key}: {quoted(raw)} is not valid JSON ({exc.msg})", param_hint="'--param'") from None
     return key, raw
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Union
 
 from cocktail.errors import InputError
+from cocktail.io import json_input
 
 STS_FIRST = ("sentence1", "sentence_1", "sentence a", "sentence_a", "sentencea", "s1", "text1", "text_a", "text_1",
              "sent1", "premise", "query")
@@ -117,7 +118,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 def _json_records(path: Path) -> Iterator[tuple[int, dict]]:
     for number, line in _lines(path):
         try:
-            record = json.loads(line)
+            record = json_input.loads(line)
         except ValueError as exc:
             raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict):

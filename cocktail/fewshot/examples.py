@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from cocktail.errors import InputError, option
+from cocktail.io import json_input
+from cocktail.io.json_input import JSONLimitError
 from cocktail.recipe.choices import MODEL_TYPES
 
 ExampleSource = Union[str, os.PathLike, Sequence[dict], dict]
@@ -126,7 +128,7 @@ def _read_file(path: Path, task) -> tuple[list[tuple[Any, str]], str, list[str]]
         return items, label, []
     if stripped.startswith("{"):
         try:
-            whole = json.loads(text)
+            whole = json_input.loads(text)
         except ValueError:
             whole = None
         if isinstance(whole, dict) and not _looks_like_example(whole) and whole \
@@ -141,9 +143,11 @@ def _read_file(path: Path, task) -> tuple[list[tuple[Any, str]], str, list[str]]
 
 def _parse_whole(text: str, path: Path) -> Any:
     try:
-        return json.loads(text)
+        return json_input.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{path} line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    except JSONLimitError as exc:
+        raise InputError(f"{path}: JSON cocktail does not read: {exc}") from None
 
 
 def _read_jsonl(text: str, path: Path) -> list[tuple[Any, str]]:
@@ -153,9 +157,11 @@ def _read_jsonl(text: str, path: Path) -> list[tuple[Any, str]]:
         if not line:
             continue
         try:
-            items.append((json.loads(line), f"{path.name} line {number}"))
+            items.append((json_input.loads(line), f"{path.name} line {number}"))
         except json.JSONDecodeError as exc:
             raise InputError(f"{path} line {number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        except JSONLimitError as exc:
+            raise InputError(f"{path} line {number}: JSON cocktail does not read: {exc}") from None
     return items
 
 

@@ -22,10 +22,12 @@ from typing import Optional, Protocol
 import torch
 
 from cocktail.errors import InputError, cut, few_names, quoted, warn
+from cocktail.io import json_input
 from cocktail.io import safetensors_format as st_format
 from cocktail.io.containment import inside, read_inside
 from cocktail.io.hashing import file_hashes
 from cocktail.io.head_files import head_file_names, tensor_prefix
+from cocktail.io.json_input import JSONLimitError
 
 TRANSFORMER = "transformer"  # key of the main weights; sentence-transformers modules use their folder
 SAFE_INDEX = "model.safetensors.index.json"
@@ -404,7 +406,9 @@ def read_json(path: Path, kind: type = object, what: str = "JSON", root: Optiona
     not of ``kind`` is a one-line InputError."""
     data = read_inside(path, root or path.parent)
     try:
-        value = json.loads(data)
+        value = json_input.loads(data)
+    except JSONLimitError as exc:
+        raise InputError(f"{path}: JSON cocktail does not read: {exc}") from None
     except ValueError as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(value, kind):

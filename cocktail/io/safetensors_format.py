@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from cocktail.errors import InputError, quoted
+from cocktail.io import json_input
 from cocktail.io.containment import open_regular
 
 DTYPE_FROM_CODE = {
@@ -80,7 +81,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorEntry], dict[s
     except OSError as exc:
         raise InputError(f"{path}: cannot read safetensors header ({exc.strerror or exc})") from None
     try:
-        header = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+        header = json_input.loads(body.decode("utf-8"), parse_constant=_no_constant)
     except UnicodeDecodeError:
         raise InputError(f"{path}: safetensors header is not UTF-8 text") from None
     except ValueError as exc:

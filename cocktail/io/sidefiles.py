@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from cocktail.io.checkpoints import read_modules, resolve
+from cocktail.io.checkpoints import read_json, read_modules, resolve
 from cocktail.io.containment import check_write, inside, open_regular
 from cocktail.io.hashing import sha256_file
 
@@ -104,7 +104,7 @@ def set_config_dtype(config_path: Path, dtype: torch.dtype) -> None:
     uses (the other one is dropped, so the two can never disagree)."""
     if not config_path.is_file():
         return
-    config = json.loads(config_path.read_text())
+    config = read_json(config_path, dict, "a JSON object")
     key = config_dtype_key()
     config.pop("torch_dtype" if key == "dtype" else "dtype", None)
     config[key] = dtype_name(dtype)

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from cocktail.errors import InputError
+from cocktail.errors import InputError, quoted
 from cocktail.io.containment import check_files
 from cocktail.io.sidefiles import SIDE_SUFFIXES
 from cocktail.recipe.choices import MODEL_TYPES
@@ -43,9 +43,15 @@ def resolve_device(name: Optional[str]) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise InputError(f"unknown device {name!r} (e.g. cpu, cuda, cuda:1)") from None
+        raise InputError(f"unknown device {quoted(name)} (e.g. cpu, cuda, cuda:1)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {name} asked for, but CUDA is not available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"device {name} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {name} asked for, but MPS is not available here")
+    if device.type not in ("cpu", "cuda", "mps"):  # meta holds no values; others cocktail never ran on
+        raise InputError(f"device {name} cannot run the models: use cpu, cuda or cuda:N (or mps)")
     return device
 
 

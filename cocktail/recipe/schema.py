@@ -14,12 +14,12 @@ there are accepted here without a change.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from cocktail.errors import InputError, RecipeError, did_you_mean
 from cocktail.io.checkpoints import looks_like_hub_id
+from cocktail.io.patterns import compile_pattern
 from cocktail.io.writer import parse_size
 from cocktail.merging.methods import METHODS
 from cocktail.merging.schedules import is_number
@@ -146,8 +146,8 @@ def _check_regex(value: Any, path: KeyPath, problems: Problems) -> None:
         problems.add(path, f"expected a regular expression (a string), got {_describe(value)}")
         return
     try:
-        re.compile(value)
-    except re.error as exc:
+        compile_pattern(value)
+    except InputError as exc:
         problems.add(path, f"not a valid regular expression ({exc})")
 
 
@@ -317,6 +317,17 @@ def check(data: Any, lines: dict, base_dir: Union[str, os.PathLike], source: str
     if isinstance(data.get("merge_method", "linear"), str):
         _check_method(data, problems)
     problems.raise_any()
+
+
+def check_remote_code(data: dict, lines: dict, source: str, allowed: bool) -> None:
+    """A recipe is data a user downloads (or finds in a merged folder): it cannot turn on a model
+    folder's own code. ``trust_remote_code: true`` is refused unless the user ``allowed`` it."""
+    if data.get("trust_remote_code") is True and not allowed:
+        problems = Problems(source, lines)
+        problems.add(("trust_remote_code",), "a recipe cannot turn on a model folder's own code; pass "
+                                             "--trust-remote-code on the command line (trust_remote_code=True "
+                                             "from Python) if you trust these models' code")
+        problems.raise_any()
 
 
 def _registered_method(name: Any):
