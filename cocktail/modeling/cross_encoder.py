@@ -18,6 +18,7 @@ from cocktail.merging.plan import Plan
 from cocktail.modeling.loading import embedding_rows, load_tokenizer
 from cocktail.modeling.scorer import PlanScorer
 from cocktail.modeling.skeleton import Skeleton, model_folder
+from cocktail.modeling.text_cut import cut, cut_all, token_lengths
 
 POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "xlm-roberta-xl": 2}
 
@@ -45,6 +46,7 @@ class CrossEncoder(PlanScorer):
     def _query(self, query: str) -> str:
         """The query, cut to 3/4 of the length as FlagReranker cuts it (its tokens, decoded back)."""
         limit = self.max_length * 3 // 4
+        query = cut(query, limit)
         ids = self.tokenizer(query, add_special_tokens=False)["input_ids"]
         return query if len(ids) <= limit else self.tokenizer.decode(ids[:limit])
 
@@ -53,9 +55,8 @@ class CrossEncoder(PlanScorer):
         """The logit of each ``(query, passage)`` pair (higher: more relevant); ``instruction`` goes before
         each query."""
         queries = [self._query((instruction or "") + q) for q, _ in pairs]
-        passages = [p for _, p in pairs]
-        lengths = [len(ids) for ids in self.tokenizer(queries, passages, truncation="only_second",
-                                                      max_length=self.max_length)["input_ids"]] if pairs else []
+        passages = cut_all([p for _, p in pairs], self.max_length)
+        lengths = token_lengths(self.tokenizer, queries, self.max_length, passages, truncation="only_second")
         order = sorted(range(len(pairs)), key=lambda i: -lengths[i])
         scores = [0.0] * len(pairs)
         for start in range(0, len(order), self.batch_size):

@@ -26,6 +26,7 @@ from cocktail.modeling.loading import embedding_rows, load_tokenizer
 from cocktail.modeling.pooling import Pooling, read_pooling
 from cocktail.modeling.scorer import PlanScorer
 from cocktail.modeling.skeleton import Skeleton, model_folder
+from cocktail.modeling.text_cut import cut_all, token_lengths
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "torch.nn.modules.activation.Tanh": torch.tanh,
@@ -148,9 +149,11 @@ class Encoder(PlanScorer):
         return int(self.model.config.hidden_size)
 
     def _encode_uncached(self, texts: list[str], desc: str) -> torch.Tensor:
-        prepared = [t.lower() for t in texts] if self.lowercase else texts
-        tokens = self.tokenizer(prepared, truncation=True, max_length=self.max_length)["input_ids"]
-        order = sorted(range(len(texts)), key=lambda i: len(tokens[i]), reverse=True)
+        prepared = cut_all(texts, self.max_length)
+        if self.lowercase:
+            prepared = [t.lower() for t in prepared]
+        lengths = token_lengths(self.tokenizer, prepared, self.max_length)
+        order = sorted(range(len(texts)), key=lambda i: lengths[i], reverse=True)
         out = torch.empty(len(texts), self.dimension)
         bar = tqdm(total=len(texts), desc=f"{desc} {self.label}", unit="text", file=sys.stderr, leave=False,
                    disable=not self.progress or len(texts) < PROGRESS_MIN_TEXTS)

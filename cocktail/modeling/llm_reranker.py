@@ -23,6 +23,7 @@ from cocktail.merging.plan import Plan
 from cocktail.modeling.loading import embedding_rows, load_tokenizer, pad_token_id
 from cocktail.modeling.scorer import PlanScorer
 from cocktail.modeling.skeleton import Skeleton, model_folder
+from cocktail.modeling.text_cut import cut
 
 DEFAULT_PROMPT = ("Given a query A and a passage B, determine whether the passage contains an answer to the query "
                   "by providing a prediction of either 'Yes' or 'No'.")
@@ -41,7 +42,8 @@ def yes_token(tokenizer) -> int:
 def pair_ids(tokenizer, query: str, passage: str, prompt: Optional[str], max_length: int) -> list[int]:
     """The token ids FlagEmbedding's decoder reranker scores for one pair (see the module docstring)."""
     def ids(text: str, **limit) -> list[int]:
-        return list(tokenizer(text, add_special_tokens=False, truncation=bool(limit), **limit)["input_ids"])
+        return list(tokenizer(cut(text, max_length), add_special_tokens=False, truncation=bool(limit),
+                              **limit)["input_ids"])
 
     query_ids = ids(QUERY_PREFIX + query, max_length=max_length * 3 // 4)
     passage_ids = ids(PASSAGE_PREFIX + passage, max_length=max_length)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from cocktail.errors import InputError
 from cocktail.merging.plan import Plan
 from cocktail.modeling.encoder import PROGRESS_MIN_TEXTS, Encoder
+from cocktail.modeling.text_cut import cut_all, token_lengths
 
 COLBERT_FILE, SPARSE_FILE = "colbert_linear.pt", "sparse_linear.pt"
 MODES = ("dense", "sparse", "colbert", "hybrid")
@@ -171,8 +172,9 @@ class M3Encoder(Encoder):
         return tensors[f"{name}.weight"], tensors.get(f"{name}.bias")
 
     def _encode_m3(self, texts: list[str], desc: str) -> M3Vectors:
-        tokens = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
-        order = sorted(range(len(texts)), key=lambda i: len(tokens[i]), reverse=True)
+        texts = cut_all(texts, self.max_length)
+        lengths = token_lengths(self.tokenizer, texts, self.max_length)
+        order = sorted(range(len(texts)), key=lambda i: lengths[i], reverse=True)
         dense = torch.empty(len(texts), self.dimension)
         sparse: list[dict[int, float]] = [{} for _ in texts]
         colbert: list[Optional[torch.Tensor]] = [None] * len(texts)
