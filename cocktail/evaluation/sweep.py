@@ -10,13 +10,11 @@ pooling, as ``cocktail merge`` does.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
-from tqdm import tqdm
 
 from cocktail.errors import InputError, option
 from cocktail.evaluation.evaluate import (
@@ -33,6 +31,7 @@ from cocktail.io.adapters import bases_for, open_path
 from cocktail.io.figure import check_target, pareto_front, pyplot, save_png
 from cocktail.merging.methods import get_method
 from cocktail.merging.plan import build_plan
+from cocktail.modeling.progress import progress_bar
 
 
 @dataclass
@@ -133,7 +132,7 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
 
 
 def _progress(points: list[float], enabled: bool):
-    return tqdm(points, desc="sweep", unit="weight", file=sys.stderr, leave=False, disable=not enabled)
+    return progress_bar(len(points), "sweep", enabled, unit="weight", iterable=points)
 
 
 def table_rows(result: SweepResult) -> list[dict]:

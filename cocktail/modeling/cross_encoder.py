@@ -32,7 +32,7 @@ class CrossEncoder(PlanScorer):
 
     def __init__(self, plan: Plan, device: Optional[str] = None, batch_size: int = 32, max_length: int = 512,
                  progress: bool = False, label: Optional[str] = None, trust_remote_code: bool = False):
-        super().__init__(plan, device, batch_size, label)
+        super().__init__(plan, device, batch_size, label, progress)
         first = plan.checkpoints[0]
         self.tokenizer = load_tokenizer(model_folder(plan), "to score pairs", trust_remote_code, embedding_rows(plan))
         self.skeleton = Skeleton(plan, "reranker", torch.device(self.device), trust_remote_code=trust_remote_code)
@@ -59,12 +59,14 @@ class CrossEncoder(PlanScorer):
         lengths = token_lengths(self.tokenizer, queries, self.max_length, passages, truncation="only_second")
         order = sorted(range(len(pairs)), key=lambda i: -lengths[i])
         scores = [0.0] * len(pairs)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            batch = self.tokenizer([queries[i] for i in chunk], [passages[i] for i in chunk], padding=True,
-                                   truncation="only_second", max_length=self.max_length, return_tensors="pt")
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            logits = self.model(**batch, return_dict=True).logits.view(-1).float()
-            for i, value in zip(chunk, logits.tolist()):
-                scores[i] = value
+        with self.bar(len(pairs), "scoring", unit="pair") as bar:
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start:start + self.batch_size]
+                batch = self.tokenizer([queries[i] for i in chunk], [passages[i] for i in chunk], padding=True,
+                                       truncation="only_second", max_length=self.max_length, return_tensors="pt")
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                logits = self.model(**batch, return_dict=True).logits.view(-1).float()
+                for i, value in zip(chunk, logits.tolist()):
+                    scores[i] = value
+                bar.update(len(chunk))
         return scores

@@ -102,7 +102,7 @@ class LLMReranker(PlanScorer):
     def __init__(self, plan: Plan, device: Optional[str] = None, batch_size: int = PAIR_CHUNK,
                  max_length: int = 512, progress: bool = False, label: Optional[str] = None,
                  trust_remote_code: bool = False):
-        super().__init__(plan, device, batch_size, label)
+        super().__init__(plan, device, batch_size, label, progress)
         first = plan.checkpoints[0]
         self.max_length = max_length
         self.tokenizer = load_tokenizer(model_folder(plan), "to score pairs", trust_remote_code, embedding_rows(plan))
@@ -118,9 +118,11 @@ class LLMReranker(PlanScorer):
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
         scores = [0.0] * len(rows)
         pad = pad_token_id(self.tokenizer)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            batch = pad_rows([rows[i] for i in chunk], pad, self.device)
-            for i, value in zip(chunk, yes_scores(self.model, batch, self.yes_id).tolist()):
-                scores[i] = value
+        with self.bar(len(rows), "scoring", unit="pair") as bar:
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start:start + self.batch_size]
+                batch = pad_rows([rows[i] for i in chunk], pad, self.device)
+                for i, value in zip(chunk, yes_scores(self.model, batch, self.yes_id).tolist()):
+                    scores[i] = value
+                bar.update(len(chunk))
         return scores

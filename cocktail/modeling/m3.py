@@ -19,16 +19,14 @@ them too.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
-from tqdm import tqdm
 
 from cocktail.errors import InputError
 from cocktail.merging.plan import Plan
-from cocktail.modeling.encoder import PROGRESS_MIN_TEXTS, Encoder
+from cocktail.modeling.encoder import Encoder
 from cocktail.modeling.text_cut import cut_all, token_lengths
 
 COLBERT_FILE, SPARSE_FILE = "colbert_linear.pt", "sparse_linear.pt"
@@ -180,8 +178,7 @@ class M3Encoder(Encoder):
         colbert: list[Optional[torch.Tensor]] = [None] * len(texts)
         sparse_w, sparse_b = self._head(SPARSE_FILE, "sparse_linear")
         colbert_w, colbert_b = self._head(COLBERT_FILE, "colbert_linear")
-        bar = tqdm(total=len(texts), desc=f"{desc} {self.label}", unit="text", file=sys.stderr, leave=False,
-                   disable=not self.progress or len(texts) < PROGRESS_MIN_TEXTS)
+        bar = self.bar(len(texts), desc)
         try:
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start:start + self.batch_size]

@@ -342,3 +342,39 @@ def test_a_shrunk_retrieval_set_keeps_the_first_queries_their_documents_and_some
     relevant = {d for rel in small.qrels.values() for d in rel}
     assert relevant <= set(small.corpus) and len(set(small.corpus) - relevant) == 1
     assert data.shrunk(0, 1) is data
+
+
+def eval_in_process(*args) -> "click.testing.Result":
+    """``cocktail eval ARGS`` in this process (stderr apart from stdout), so a test can reach its code."""
+    from click.testing import CliRunner
+
+    from cocktail.cli import cli
+
+    return CliRunner().invoke(cli, ["eval", *map(str, args)], catch_exceptions=False)
+
+
+def test_cli_eval_shows_progress_on_stderr_for_a_slow_step_whatever_its_size_and_none_with_quiet(tmp_path, monkeypatch):
+    from cocktail.modeling import progress
+
+    monkeypatch.setattr(progress, "DELAY_S", 0)  # the test machine may be fast: count every step as slow
+    model = make_bert(tmp_path / "m")
+    beir = make_beir(tmp_path / "beir")
+    sts = _write(tmp_path / "sts.tsv", "the cat\ta cat\t4\nthe dog\tsun moon\t1\nred\tblue\t2\n")
+    shown = eval_in_process("-m", model, "--data", beir, sts)
+    assert shown.exit_code == 0, shown.output
+    assert f"corpus {model}: " in shown.stderr and "/4 [" in shown.stderr  # the 4 documents' bar
+    assert f"sentences {model}: " in shown.stderr and "/3 [" in shown.stderr  # the 3 pairs' bar
+    assert "ndcg@10" in shown.stdout and "sentences" not in shown.stdout
+    quiet = eval_in_process("-m", model, "--data", beir, sts, "-q")
+    assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == shown.stdout
+
+
+def test_a_reranker_shows_progress_while_it_scores_pairs(tmp_path, monkeypatch):
+    from cocktail.modeling import progress
+
+    monkeypatch.setattr(progress, "DELAY_S", 0)
+    model = make_bert(tmp_path / "r", model_class="BertForSequenceClassification")
+    data = _write(tmp_path / "qpn.jsonl", _jsonl([{"query": "red cat", "pos": ["the cat is red"], "neg": ["sun"]}]))
+    shown = eval_in_process("-m", model, "--data", data)
+    assert shown.exit_code == 0, shown.output
+    assert f"scoring {model}: " in shown.stderr and "/2 [" in shown.stderr
