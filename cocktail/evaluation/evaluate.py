@@ -44,6 +44,15 @@ SCORERS = {"encoder": Encoder, "llm-embedder": LLMEmbedder, "reranker": CrossEnc
 RERANKERS = ("reranker", "llm-reranker")
 
 
+class EvalInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during :func:`evaluate_models`: ``rows`` holds the scores finished before it,
+    ``where`` what was being scored (``model 2 of 3 (./b), data set 1 of 2 (sts.tsv)``)."""
+
+    def __init__(self, rows: list[dict], where: str):
+        super().__init__(where)
+        self.rows, self.where = rows, where
+
+
 @dataclass
 class Task:
     """One data set to score, with the instruction put before its queries (``None``: none)."""
@@ -295,6 +304,9 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
 
     Returns:
         Rows ``{"model": ..., "data": ..., "metric": ..., "value": ...}`` (and ``"mode"`` for bge-m3).
+
+    Raises:
+        EvalInterrupted: on Ctrl-C while models are scored, with the rows finished before it.
     """
     if model_type is not None and model_type not in SCORERS:
         raise InputError(f"cocktail eval scores {', '.join(SCORERS)} models, not {model_type!r}")
@@ -309,17 +321,23 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
                    trust_remote_code=trust_remote_code)
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
     rows: list[dict] = []
-    reranked = tasks  # what rerankers score: BEIR folders get their candidates first
-    if any(t in RERANKERS for t in types):
-        reranked, rows = first_stage(tasks, candidates, retriever, top_k, options)
-    warn_degenerate(reranked)
-    for i, (model, label, base, kind) in enumerate(zip(models, labels, bases, types), 1):
-        scorer = open_scorer(kind, str(model), base, label=label, **options)
-        say(f"eval [{i}/{len(models)}] {label}: {describe_scorer(kind, scorer)}")
-        for j, task in enumerate(reranked if kind in RERANKERS else tasks, 1):
-            say(f"  [{j}/{len(tasks)}] {task.name}")
-            rows += score_encoder(scorer, [task], label)
-        del scorer
+    where = "the first stage"
+    try:
+        reranked = tasks  # what rerankers score: BEIR folders get their candidates first
+        if any(t in RERANKERS for t in types):
+            reranked, rows = first_stage(tasks, candidates, retriever, top_k, options)
+        warn_degenerate(reranked)
+        for i, (model, label, base, kind) in enumerate(zip(models, labels, bases, types), 1):
+            where = f"model {i} of {len(models)} ({label})"
+            scorer = open_scorer(kind, str(model), base, label=label, **options)
+            say(f"eval [{i}/{len(models)}] {label}: {describe_scorer(kind, scorer)}")
+            for j, task in enumerate(reranked if kind in RERANKERS else tasks, 1):
+                where = f"model {i} of {len(models)} ({label}) on data set {j} of {len(tasks)} ({task.name})"
+                say(f"  [{j}/{len(tasks)}] {task.name}")
+                rows += score_encoder(scorer, [task], label)
+            del scorer
+    except KeyboardInterrupt:
+        raise EvalInterrupted(rows, where) from None
     return rows
 
 
