@@ -124,11 +124,12 @@ def describe_scorer(model_type: str, scorer) -> str:
 
 
 def trivial_queries(data: RetrievalSet) -> int:
-    """How many queries have nothing but relevant passages to rank (their metrics are 1 whatever the model)."""
+    """How many queries have nothing but relevant passages to rank (their metrics are 1 whatever the model);
+    a query with no candidates at all scores 0, and is not one of them."""
     if data.candidates is None:
         return 0
     return sum(1 for q in data.qrels
-               if all(data.qrels[q].get(d, 0) > 0 for d in data.candidates.get(q, ())))
+               if data.candidates.get(q) and all(data.qrels[q].get(d, 0) > 0 for d in data.candidates[q]))
 
 
 def warn_degenerate(tasks: Sequence[Task]) -> None:
