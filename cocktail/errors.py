@@ -53,6 +53,7 @@ SPELLINGS = {
     "keep_tolerance": ("--keep-tolerance", "weights_from.keep_tolerance", "keep_tolerance="),
     "keep_weight": ("--keep-weight", "weights_from.keep_weight", "keep_weight="),
     "search_space": ("--search-space", "weights_from.search_space", "search_space="),
+    "hybrid_weights": ("--hybrid-weights", "--hybrid-weights", "hybrid_weights="),
 }
 
 
