@@ -90,6 +90,7 @@ SPELLINGS = {
     "keep_tolerance": ("--keep-tolerance", "weights_from.keep_tolerance", "keep_tolerance="),
     "keep_weight": ("--keep-weight", "weights_from.keep_weight", "keep_weight="),
     "search_space": ("--search-space", "weights_from.search_space", "search_space="),
+    "hybrid_weights": ("--hybrid-weights", "--hybrid-weights", "hybrid_weights="),
 }
 
 
@@ -97,12 +98,6 @@ def option(name: str) -> str:
     """How the user spells option ``name`` where they are: ``--force``, ``force=True``, ``normalize: true``."""
     cli, recipe, python = SPELLINGS[name]
     return {"cli": cli, "recipe": recipe}.get(DOOR.get(), python)
-
-
-def quoted(value, limit: int = 60) -> str:
-    """``repr(value)`` cut to about ``limit`` characters: a value quoted from an input may be megabytes."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + f"... ({len(str(value))} characters)"
 
 
 def did_you_mean(word, choices) -> str:

@@ -175,6 +175,9 @@ def encode_options(fn):
     fn = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")(fn)
     fn = click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")(fn)
     fn = click.option("--device", help="Where to run the models (default: cuda when present, else cpu).")(fn)
+    fn = click.option("--hybrid-weights", type=float, nargs=3, default=None, metavar="DENSE SPARSE COLBERT",
+                      help="bge-m3's hybrid mode: the weights of its dense, sparse and colbert scores "
+                           "(default 0.4 0.2 0.4, as bge-m3's model card advises).")(fn)
     fn = click.option("--max-length", type=click.IntRange(min=1), default=512, show_default=True,
                       help="Longest input in tokens (also capped by the model).")(fn)
     fn = click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,

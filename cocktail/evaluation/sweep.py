@@ -10,13 +10,11 @@ pooling, as ``cocktail merge`` does.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
-from tqdm import tqdm
 
 from cocktail.errors import InputError, option
 from cocktail.evaluation.evaluate import (
@@ -27,12 +25,15 @@ from cocktail.evaluation.evaluate import (
     modes_of,
     score_encoder,
     scorer_class,
+    use_hybrid_weights,
 )
 from cocktail.fewshot.weighting import weights_from_examples
 from cocktail.io.adapters import bases_for, open_path
 from cocktail.io.figure import check_target, pareto_front, pyplot, save_png
 from cocktail.merging.methods import get_method
 from cocktail.merging.plan import build_plan
+from cocktail.modeling.m3 import hybrid_weights as m3_hybrid_weights
+from cocktail.modeling.progress import progress_bar
 
 
 @dataclass
@@ -83,7 +84,8 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
                   batch_size: int = 32, max_length: int = 512, device: Optional[str] = None,
                   progress: bool = False, trust_remote_code: bool = False,
                   adapter_base: Optional[str] = None, model_type: Optional[str] = None,
-                  temperature: float = 5.0, mode: Optional[str] = None) -> SweepResult:
+                  temperature: float = 5.0, mode: Optional[str] = None,
+                  hybrid_weights: Optional[Sequence[float]] = None) -> SweepResult:
     """Merge two models in memory at weights 0, 1/(steps-1), ..., 1 and score each merge on ``data``.
 
     Args:
@@ -96,7 +98,8 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
         temperature: the few-shot softmax temperature (LM-Cocktail's default 5.0).
         mode: the retrieval mode a plot of the result will draw; checked against the models (sparse,
             colbert and hybrid need a bge-m3 pair) before anything is scored.
-        split, batch_size, max_length, device, progress, trust_remote_code, adapter_base, model_type: as
+        split, batch_size, max_length, device, progress, trust_remote_code, adapter_base, model_type,
+            hybrid_weights: as
             for ``evaluate_models`` (a bge-m3 pair is scored in each mode; a reranker ranks each query's own
             passages of query/pos/neg data).
     """
@@ -107,6 +110,7 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
         raise InputError(f"cocktail sweep scores {', '.join(SCORERS)} models, not {model_type!r}")
     model_type = eval_model_type(model_type, models[0], bases_for(models, adapter_base)[0])
     points = sweep_points(steps)
+    hybrid = None if hybrid_weights is None else m3_hybrid_weights(hybrid_weights)
     tasks = make_tasks(data, query_instruction, split)
     bases = bases_for(models, adapter_base)
     linear = get_method("linear")
@@ -119,8 +123,9 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
                                   adapter_base, model_type, temperature) if examples is not None else None)
         if shots is not None and all(abs(shots[0] - p) > 1e-9 for p in points):
             points = sorted(points + [shots[0]])
-        encoder = scorer(plan, device=device, batch_size=batch_size, max_length=max_length, progress=progress,
-                         label="merge", trust_remote_code=trust_remote_code)
+        encoder = use_hybrid_weights(scorer(plan, device=device, batch_size=batch_size, max_length=max_length,
+                                            progress=progress, label="merge", trust_remote_code=trust_remote_code),
+                                     hybrid)
         rows: list[dict] = []
         for weight in _progress(points, progress):
             encoder.fill_from_merge(linear, [weight, 1.0 - weight])
@@ -133,7 +138,7 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
 
 
 def _progress(points: list[float], enabled: bool):
-    return tqdm(points, desc="sweep", unit="weight", file=sys.stderr, leave=False, disable=not enabled)
+    return progress_bar(len(points), "sweep", enabled, unit="weight", iterable=points)
 
 
 def table_rows(result: SweepResult) -> list[dict]:

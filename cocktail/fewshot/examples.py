@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence, Union
 from cocktail.errors import InputError, option
 from cocktail.io import json_input
 from cocktail.io.json_input import JSONLimitError
+from cocktail.io.text_lines import bounded_lines
 from cocktail.recipe.choices import MODEL_TYPES
 
 ExampleSource = Union[str, os.PathLike, Sequence[dict], dict]
@@ -108,7 +109,8 @@ def _read_file(path: Path, task) -> tuple[list[tuple[Any, str]], str, list[str]]
     if path.is_dir():
         raise InputError(f"examples file {path} is a folder, not a file")
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as handle:  # universal newlines, as Path.read_text
+            text = "".join(line for _, line in bounded_lines(handle, path))
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:

@@ -11,7 +11,6 @@ tensors are read with ``pread`` when asked for, so a checkpoint costs no memory 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import warnings
