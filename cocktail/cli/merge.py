@@ -24,8 +24,11 @@ from cocktail.cli.options import (
 )
 from cocktail.cli.weights import format_few_shot
 
-METHOD_HELP = ("Merge method: linear (weighted average, default), task_arithmetic, ties, dare_linear, dare_ties "
-               "(these need --base), slerp (two models, --param t=...), model_stock (needs --base).")
+METHOD_HELP = ("Merge method: linear (weighted average, default); with --base: task_arithmetic, ties, dare_linear, "
+               "dare_ties, breadcrumbs, breadcrumbs_ties, della, della_linear, sce, ram, ramplus_tl, model_stock, "
+               "nearswap and arcee_fusion (one model each); slerp (two models, --param t=...); nuslerp (two), "
+               "multislerp (base optional); karcher; passthrough (one model). Parameters are mergekit's "
+               "(README: Merge methods).")
 
 
 SHOW_FILES = 3  # weight files named in the "wrote" line; more are summarised

@@ -23,6 +23,7 @@ class ModelEntry:
     path: str
     weight: Optional[float | list] = None  # a number, or a per-tensor schedule (see merging/schedules.py)
     base: Optional[str] = None  # for a LoRA adapter folder: the model it applies to (default: its config's)
+    parameters: Optional[dict] = None  # this model's own values of the method's per-model parameters (density...)
 
     def to_dict(self) -> dict:
         entry: dict[str, Any] = {"path": self.path}
@@ -30,6 +31,8 @@ class ModelEntry:
             entry["weight"] = self.weight
         if self.base is not None:
             entry["base"] = self.base
+        if self.parameters:
+            entry["parameters"] = dict(self.parameters)
         return entry
 
 
@@ -61,6 +64,13 @@ class Recipe:
         weights = list(weights) if weights is not None else [None] * len(paths)
         bases = [None if b is None else str(b) for b in adapter_bases] if adapter_bases else [None] * len(paths)
         return cls(models=[ModelEntry(p, w, b) for p, w, b in zip(paths, weights, bases)], **options)
+
+    @property
+    def model_parameters(self) -> Optional[list]:
+        """Each model's own method parameters (``None`` when no model has any)."""
+        if not any(m.parameters for m in self.models):
+            return None
+        return [dict(m.parameters or {}) for m in self.models]
 
     @property
     def weights(self) -> Optional[list]:
