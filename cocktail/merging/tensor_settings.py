@@ -78,7 +78,8 @@ def parameter_schedules(method: Method, parameters: Optional[dict],
     for name, default in method.defaults.items():
         per_model = model_parameters and all(p and name in p for p in model_parameters)
         if default is REQUIRED and name not in parameters and not per_model:
-            raise InputError(f"merge method {method.name} needs parameter {name} ({option('param')} {name}=...)")
+            raise InputError(f"merge method {method.name} needs parameter {name}, which has no default: "
+                             f"set parameters.{name} (--param {name}=... on the command line)")
     return {name: method.convention(name, value) if method.is_convention(name)
             else Schedule.parse(value, parameter_key(name)) for name, value in parameters.items()}
 
