@@ -14,7 +14,7 @@ from typing import Any, Iterable, Optional, Union
 
 from cocktail.errors import InputError, RecipeError
 from cocktail.io.provenance import dump_yaml
-from cocktail.recipe import schema
+from cocktail.recipe import mergekit_config, schema
 from cocktail.recipe.yaml_lines import apply_override, parse_yaml
 
 
@@ -116,6 +116,8 @@ class Recipe:
     @classmethod
     def from_yaml(cls, path: Union[str, os.PathLike], overrides: Iterable[str] = ()) -> "Recipe":
         """Read and check the recipe file ``path``; relative paths in it are relative to its folder.
+        A mergekit config is read as mergekit reads it (``mergekit_config.py``; its paths relative to the
+        current folder).
 
         ``overrides`` are ``KEY.PATH=VALUE`` strings (``models.1.weight=0.3``), applied before the checks.
         Raises :class:`~cocktail.errors.RecipeError` naming the key path and line of every problem.
@@ -134,6 +136,8 @@ class Recipe:
                        overrides: Iterable[str] = ()) -> "Recipe":
         """Like :meth:`from_yaml` for recipe text; relative paths are relative to ``base_dir``."""
         data, lines = parse_yaml(text, source)
+        if mergekit_config.is_mergekit_config(data):  # read as mergekit reads it, then checked as a recipe
+            data, lines = mergekit_config.recipe_data(data, source), {}
         for assignment in [overrides] if isinstance(overrides, str) else overrides:
             data = apply_override(data, lines, assignment)
         schema.check(data, lines, base_dir, source)
