@@ -15,6 +15,9 @@ data of a cocktail recipe, which then goes through the same schema checks as any
 - ``models[i].parameters.weight`` becomes the model's weight; ``density``, ``gamma`` and ``epsilon`` are
   per-model parameters; the rest are the method's parameters.
 
+- ``slices`` that take the same layers from every model, one after the other, all of them, become
+  per-layer entries: each layer's value at its t within its slice, as mergekit evaluates gradients.
+
 What a recipe cannot express is refused in one line (:class:`RecipeError`): slices that cut, stack or
 reorder layers (a different architecture), ``modules``, a union tokenizer, a chat template.
 """
@@ -23,10 +26,12 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from cocktail.errors import RecipeError
+from cocktail.merging.schedules import LAYER
 
 #: Keys only a mergekit config has (a cocktail recipe names its models with ``path``, mergekit with ``model``).
 MERGEKIT_ONLY_KEYS = ("slices", "modules", "tokenizer_source", "tokenizer", "chat_template", "out_dtype")
@@ -61,6 +66,9 @@ MERGEKIT_METHODS = tuple(SHARED)
 DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "float16": "float16", "fp16": "float16",
           "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+LAYER_NUMBER = r"(\d+)"  # in schedules.LAYER
+#: Tensors outside the layers that come before them (mergekit's "pre-weights"): the embeddings.
+EMBEDDING = r"(?:embed|(?:^|\.)(?:wte|wpe)\.)"
 #: Parameters cocktail takes as one value for every tensor (true/false).
 ONE_VALUE = ("normalize", "filter_wise", "nuslerp_row_wise", "nuslerp_flatten", "normalize_weights")
 
@@ -104,18 +112,14 @@ def _entries(setting: Any, where: str, source: str) -> list[dict]:
     return entries
 
 
-def _chain(settings: list[tuple[str, Any]], source: str) -> Any:
-    """Settings in falling precedence as one cocktail schedule: the first entry that matches a tensor wins,
-    as mergekit takes the first scope whose setting has a value for it. ``None`` when none is given."""
+def _chain_entries(settings: list[tuple[str, Any]], source: str) -> list[dict]:
+    """Settings in falling precedence as cocktail schedule entries: the first entry that matches a tensor wins, as
+    mergekit takes the first scope whose setting has a value for it."""
     entries: list[dict] = []
     for where, setting in settings:
         entries += _entries(setting, where, source)
         if "filter" not in entries[-1]:
             break
-    if not entries:
-        return None
-    if len(entries) == 1 and "filter" not in entries[0]:
-        return entries[0]["value"]
     return entries
 
 
@@ -162,9 +166,20 @@ def _layer_count(path: str) -> Optional[int]:
     return None
 
 
-def _inputs(data: dict, source: str, cwd: Path) -> tuple[list[dict], Optional[dict]]:
-    """The config's input models (``{reference, parameters}``) and the one output slice's parameters,
-    from ``models`` or from ``slices`` where they mean the same (every source takes every layer)."""
+@dataclass
+class Slice:
+    """One output slice: its layers (``hi`` None: all of them), its parameters, its sources' own parameters."""
+
+    lo: int
+    hi: Optional[int]
+    parameters: dict
+    own: dict  # model reference -> that source's parameters
+    where: dict  # model reference -> where the source is written (for messages)
+
+
+def _inputs(data: dict, source: str, cwd: Path) -> tuple[list[dict], list[Slice]]:
+    """The config's input models (``{reference, where}``) and its output slices: ``models`` is one slice of
+    every layer; ``slices`` must take, from every source, the same layers, one after another, all of them."""
     if data.get("modules"):
         raise _refuse(source, "modules (several output modules) are not supported; use models or slices")
     if data.get("models") and data.get("slices"):
@@ -173,7 +188,7 @@ def _inputs(data: dict, source: str, cwd: Path) -> tuple[list[dict], Optional[di
         models = data["models"]
         if not isinstance(models, list):
             raise _refuse(source, f"models must be a list, got {models!r}")
-        found = []
+        inputs, own, where = [], {}, {}
         for i, entry in enumerate(models):
             if not isinstance(entry, dict) or "model" not in entry:
                 raise _refuse(source, f"models[{i}] must be a mapping with a model, got {entry!r}")
@@ -181,38 +196,102 @@ def _inputs(data: dict, source: str, cwd: Path) -> tuple[list[dict], Optional[di
             if unknown:
                 raise _refuse(source, f"models[{i}] has unknown key {unknown[0]!r} (a model entry has model and "
                                       f"parameters)")
-            found.append({"reference": entry["model"], "parameters": entry.get("parameters") or {},
-                          "where": f"models[{i}]"})
-        return found, None
+            inputs.append({"reference": entry["model"], "where": f"models[{i}]"})
+            own[entry["model"]] = _mapping(entry.get("parameters"), f"models[{i}].parameters", source)
+            where[entry["model"]] = f"models[{i}]"
+        return inputs, [Slice(0, None, {}, own, where)]
     slices = data.get("slices")
     if not isinstance(slices, list) or not slices:
         raise _refuse(source, "give models (or slices) to merge")
-    if len(slices) > 1:
-        raise _refuse(source, f"{len(slices)} output slices: slices that stack or reorder layers make a different "
-                              f"architecture (a frankenmerge), which cocktail does not build; one slice whose "
-                              f"sources all take every layer is supported")
-    out = slices[0]
-    if not isinstance(out, dict) or not isinstance(out.get("sources"), list) or not out["sources"]:
-        raise _refuse(source, "slices[0] must have a list of sources")
-    if out.get("base_model") is not None or out.get("residual_weight") is not None:
-        raise _refuse(source, "slices[0].base_model and residual_weight are not supported; set base_model at the top")
-    found = []
-    for i, entry in enumerate(out["sources"]):
-        where = f"slices[0].sources[{i}]"
-        if not isinstance(entry, dict) or "model" not in entry:
-            raise _refuse(source, f"{where} must be a mapping with a model and a layer_range")
-        path = _model_path(entry["model"], where, source, cwd)["path"]
-        layers = _layer_count(path)
-        span = entry.get("layer_range")
-        if not (isinstance(span, list) and len(span) == 2 and span[0] == 0 and (layers is None or span[1] == layers)):
-            every = f"[0, {layers}]" if layers is not None else "[0, number of layers]"
-            raise _refuse(source, f"{where}.layer_range {span!r} is not every layer ({every}): a slice that cuts, "
-                                  f"stacks or reorders layers makes a different architecture, which cocktail does not "
-                                  f"build")
-        found.append({"reference": entry["model"], "parameters": entry.get("parameters") or {}, "where": where})
-    if len({tuple(e["layer_range"]) for e in out["sources"]}) != 1:
-        raise _refuse(source, "the sources of slices[0] take different layer ranges")
-    return found, out.get("parameters") or {}
+    found: list[Slice] = []
+    references: Optional[list] = None
+    for s, out in enumerate(slices):
+        if not isinstance(out, dict) or not isinstance(out.get("sources"), list) or not out["sources"]:
+            raise _refuse(source, f"slices[{s}] must have a list of sources")
+        if out.get("base_model") is not None or out.get("residual_weight") is not None:
+            raise _refuse(source, f"slices[{s}].base_model and residual_weight are not supported; set base_model at "
+                                  f"the top")
+        spans, own, where = set(), {}, {}
+        for i, entry in enumerate(out["sources"]):
+            at = f"slices[{s}].sources[{i}]"
+            if not isinstance(entry, dict) or "model" not in entry:
+                raise _refuse(source, f"{at} must be a mapping with a model and a layer_range")
+            span = entry.get("layer_range")
+            if not (isinstance(span, list) and len(span) == 2 and all(isinstance(v, int) for v in span)
+                    and 0 <= span[0] < span[1]):
+                raise _refuse(source, f"{at}.layer_range must be [first, end] layers, got {span!r}")
+            spans.add(tuple(span))
+            own[entry["model"]] = _mapping(entry.get("parameters"), f"{at}.parameters", source)
+            where[entry["model"]] = at
+        slice_references = [e["model"] for e in out["sources"]]
+        references = references or slice_references
+        expected = found[-1].hi if found else 0
+        if len(spans) != 1 or slice_references != references or next(iter(spans))[0] != expected:
+            raise _refuse(source, f"slices[{s}] does not take the next layers ({expected} on) from every model of "
+                                  f"slices[0]: slices that stack, cut or reorder layers make a different architecture "
+                                  f"(a frankenmerge), which cocktail does not build")
+        lo, hi = next(iter(spans))
+        found.append(Slice(lo, hi, _mapping(out.get("parameters"), f"slices[{s}].parameters", source), own, where))
+    for reference in references:
+        layers = _layer_count(_model_path(reference, "slices", source, cwd)["path"])
+        if layers is not None and found[-1].hi != layers:
+            raise _refuse(source, f"the slices take layers 0 to {found[-1].hi} of {reference}, which has {layers}: "
+                                  f"a merge that cuts layers makes a different architecture, which cocktail does "
+                                  f"not build")
+    inputs = [{"reference": r, "where": found[0].where[r]} for r in references]
+    return inputs, found
+
+
+def _mapping(value: Any, where: str, source: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _refuse(source, f"{where} must be a mapping, got {value!r}")
+    return value
+
+
+def _at(values: list, t: float) -> Any:
+    """A mergekit gradient's value at ``t`` in [0, 1] (numbers interpolate, anything else is picked)."""
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return values[int(t * (len(values) - 1))]
+    scaled = t * (len(values) - 1)
+    low = int(scaled)
+    high = min(len(values) - 1, low + 1)
+    return (1 - (scaled - low)) * values[low] + (scaled - low) * values[high]
+
+
+def _where(layer: Optional[int], pattern: Optional[str], embedding: Optional[bool] = None) -> str:
+    """A filter for the tensors of ``layer`` (``None``: of no layer; then ``embedding`` True or False: only
+    those before the layers, or after) whose name matches ``pattern``."""
+    within = f"(?=.*{pattern})" if pattern else ""
+    if layer is not None:
+        return f"^(?=.*{LAYER.pattern.replace(LAYER_NUMBER, str(layer))}){within}"
+    side = "" if embedding is None else (f"(?=.*{EMBEDDING})" if embedding else f"(?!.*{EMBEDDING})")
+    return f"^(?!.*{LAYER.pattern}){side}{within}"
+
+
+def _per_layer(chains: list[tuple[Slice, list[dict]]], source: str) -> Any:
+    """Settings of several slices as one schedule, as mergekit evaluates them: each layer's entries at its t
+    within its slice; the tensors outside the layers at t = 0, the embeddings with the first slice's
+    settings, the others (final norm, head) with the last slice's."""
+    entries = []
+    for piece, chain in chains:
+        count = piece.hi - piece.lo
+        for layer in range(piece.lo, piece.hi):
+            t = (layer - piece.lo) / (count - 1) if count > 1 else 1.0
+            for entry in chain:
+                value = _at(entry["value"], t) if isinstance(entry["value"], list) else entry["value"]
+                entries.append({"filter": _where(layer, entry.get("filter")), "value": value})
+    first, last = ([{**e, "value": _at(e["value"], 0) if isinstance(e["value"], list) else e["value"]} for e in chain]
+                   for _, chain in (chains[0], chains[-1]))
+    sides = [(None, first)] if first == last else [(True, first), (False, last)]
+    entries += [{"filter": _where(None, e.get("filter"), side), "value": e["value"]} for side, chain in sides
+                for e in chain]
+    complete = all(chain and "filter" not in chain[-1] for _, chain in chains)
+    values = {json.dumps(e["value"]) for e in entries}
+    if complete and len(values) == 1:  # one value for every tensor
+        return entries[0]["value"]
+    return entries or None
 
 
 # --- the whole config ------------------------------------------------------------------------------------
@@ -229,7 +308,7 @@ def recipe_data(data: dict, source: str = "<mergekit config>", cwd: Optional[Pat
                               f"{', '.join(sorted(SHARED))})")
     if data.get("chat_template") is not None:
         raise _refuse(source, "chat_template is not supported: the output takes the tokenizer files as they are")
-    inputs, slice_parameters = _inputs(data, source, cwd)
+    inputs, slices = _inputs(data, source, cwd)
     top = data.get("parameters") or {}
     if not isinstance(top, dict):
         raise _refuse(source, f"parameters must be a mapping, got {top!r}")
@@ -248,37 +327,44 @@ def recipe_data(data: dict, source: str = "<mergekit config>", cwd: Optional[Pat
     elif method in BASE_EXCLUDED:
         inputs = [i for i in inputs if i["reference"] != base_reference]
 
-    def scopes(name: str, own: Optional[dict] = None) -> list[tuple[str, Any]]:
-        """Where ``name`` is set, in mergekit's precedence: the model's own, the slice's, the config's."""
-        found = []
-        if own is not None and name in own["parameters"]:
-            found.append((f"{own['where']}.parameters.{name}", own["parameters"][name]))
-        if slice_parameters and name in slice_parameters:
-            found.append((f"slices[0].parameters.{name}", slice_parameters[name]))
-        if name in top:
-            found.append((f"parameters.{name}", top[name]))
-        return found
+    def setting(name: str, reference: Any = None) -> Any:
+        """The schedule of parameter ``name`` (of model ``reference``, for a per-model one), in mergekit's
+        precedence: the source's own value, then the slice's, then the config's."""
+        chains = []
+        for index, piece in enumerate(slices):
+            found = []
+            if reference is not None and name in piece.own.get(reference, {}):
+                found.append((f"{piece.where[reference]}.parameters.{name}", piece.own[reference][name]))
+            if name in piece.parameters:
+                found.append((f"slices[{index}].parameters.{name}", piece.parameters[name]))
+            if name in top:
+                found.append((f"parameters.{name}", top[name]))
+            chains.append((piece, _chain_entries(found, source)))
+        if len(slices) == 1:  # every layer: gradients over the slice are gradients over the model
+            entries = chains[0][1]
+            if len(entries) == 1 and "filter" not in entries[0]:
+                return entries[0]["value"]
+            return entries or None
+        return _per_layer(chains, source)
 
     models = []
     for entry in inputs:
         model = _model_path(entry["reference"], entry["where"], source, cwd)
-        if not isinstance(entry["parameters"], dict):
-            raise _refuse(source, f"{entry['where']}.parameters must be a mapping, got {entry['parameters']!r}")
         if method in WEIGHTED:
-            model["weight"] = _chain(scopes("weight", entry), source)
+            model["weight"] = setting("weight", entry["reference"])
             if model["weight"] is None:
                 raise _refuse(source, f"{entry['where']} has no weight (mergekit's {method} needs one per model)")
-        own = {name: _chain(scopes(name, entry), source) for name in PER_MODEL.get(method, ())}
+        own = {name: setting(name, entry["reference"]) for name in PER_MODEL.get(method, ())}
         if any(value is not None for value in own.values()):
             model["parameters"] = {name: value for name, value in own.items() if value is not None}
         models.append(model)
 
     parameters = dict(MERGEKIT_DEFAULTS.get(method, {}))  # mergekit's defaults where cocktail's differ
     for name in SHARED[method]:  # passthrough's scale is per input in mergekit: its one model's
-        value = _chain(scopes(name, inputs[0] if method == "passthrough" else None), source)
+        value = setting(name, inputs[0]["reference"] if method == "passthrough" else None)
         if value is not None:
             parameters[name] = value
-    rescale = _chain(scopes("rescale"), source)
+    rescale = setting("rescale")
     if rescale is not None and method in GTA and method != "task_arithmetic":  # mergekit: rescale to the L1 norm
         parameters["rescale"] = "l1" if _one_value("rescale", rescale, source) else "none"
     for name in ONE_VALUE:
@@ -286,7 +372,7 @@ def recipe_data(data: dict, source: str = "<mergekit config>", cwd: Optional[Pat
             parameters[name] = _one_value(name, parameters[name], source)
     normalize = False
     if method == "linear":  # mergekit's linear divides by the weights' sum unless told not to
-        given = _chain(scopes("normalize"), source)
+        given = setting("normalize")
         normalize = True if given is None else bool(_one_value("normalize", given, source))
 
     recipe: dict[str, Any] = {"merge_method": method, "models": models, "parameters": parameters}

@@ -237,6 +237,20 @@ CONFIGS = {  # mergekit config forms, with "{a}"-style model placeholders
            "parameters: {{select_topk: 0.5}}\ndtype: float32\n",
     "ramplus_tl": "models:\n  - model: {a}\n  - model: {b}\nmerge_method: ramplus_tl\nbase_model: {base}\n"
                   "dtype: float32\n",
+    "two slices with their own gradients and weights":
+        "slices:\n"
+        "  - sources:\n"
+        "      - {{model: {a}, layer_range: [0, 2], parameters: {{weight: [1.0, 0.2], density: 0.6}}}}\n"
+        "      - {{model: {b}, layer_range: [0, 2], parameters: {{weight: 0.5}}}}\n"
+        "      - {{model: {base}, layer_range: [0, 2]}}\n"
+        "    parameters: {{density: [0.3, 0.9]}}\n"
+        "  - sources:\n"
+        "      - {{model: {a}, layer_range: [2, 4], parameters: {{weight: 0.7}}}}\n"
+        "      - {{model: {b}, layer_range: [2, 4], parameters: {{weight: [{{filter: self_attn, value: [0.1, 0.9]}}, "
+        "{{value: 0.5}}]}}}}\n"
+        "      - {{model: {base}, layer_range: [2, 4]}}\n"
+        "    parameters: {{lambda: 1.5}}\n"
+        "merge_method: ties\nbase_model: {base}\nparameters: {{density: 0.5}}\ndtype: float32\n",
     "nearswap with a t gradient": "models:\n  - model: {a}\nmerge_method: nearswap\nbase_model: {base}\n"
                                   "parameters: {{t: [0.001, 0.02]}}\ndtype: float32\n",
     "passthrough, scaled, written in bfloat16": "models:\n  - model: {a}\n    parameters: {{scale: 0.5}}\n"
@@ -276,8 +290,9 @@ def test_mergekit_examples_give_mergekit_tensors(name, llamas, tmp_path):
 def test_a_frankenmerge_is_refused_in_one_line(llamas, tmp_path):
     config = tmp_path / "frankenmerge.yml"
     config.write_text(example("orcamini-platy-44layer", llamas))
-    with pytest.raises(RecipeError, match="2 output slices: slices that stack or reorder layers make a different "
-                                          "architecture"):
+    with pytest.raises(RecipeError, match=r"slices\[1\] does not take the next layers \(24 on\) from every model of "
+                                          r"slices\[0\]: slices that stack, cut or reorder layers make a different "
+                                          r"architecture"):
         Recipe.from_yaml(config)
 
 

@@ -93,3 +93,16 @@ def test_local_paths_are_relative_to_the_current_folder_as_mergekit_reads_them(t
     (tmp_path / "a").mkdir()
     recipe = recipe_data({"merge_method": "passthrough", "models": [{"model": "./a"}]}, cwd=tmp_path)
     assert recipe["models"] == [{"path": str((tmp_path / "a").resolve())}]
+
+
+def test_slices_that_cut_layers_are_refused(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text('{"num_hidden_layers": 4}')
+    slices = [{"sources": [{"model": "./a", "layer_range": [0, 2]}, {"model": "./b", "layer_range": [0, 2]}]}]
+    with pytest.raises(RecipeError, match=r"the slices take layers 0 to 2 of ./a, which has 4"):
+        recipe_data({"merge_method": "slerp", "base_model": "./a", "slices": slices}, cwd=tmp_path)
+    slices.append({"sources": [{"model": "./a", "layer_range": [2, 4]}, {"model": "./b", "layer_range": [2, 4]}]})
+    recipe = recipe_data({"merge_method": "slerp", "base_model": "./a", "slices": slices,
+                          "parameters": {"t": 0.3}}, cwd=tmp_path)
+    assert recipe["parameters"] == {"t": 0.3}  # the same value for every layer of every slice: one number
