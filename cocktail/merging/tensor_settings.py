@@ -16,8 +16,8 @@ import torch
 
 from cocktail.errors import InputError, did_you_mean, few_names, option
 from cocktail.io.checkpoints import TRANSFORMER
-from cocktail.merging.registry import REQUIRED, Method, parameter_problem
 from cocktail.merging.plan import MERGE, Plan, PlannedTensor
+from cocktail.merging.registry import REQUIRED, Method, parameter_problem
 from cocktail.merging.schedules import Schedule, TensorName, is_number, layer_count
 from cocktail.merging.weights import normalized, sums_to_one, weight_sum
 

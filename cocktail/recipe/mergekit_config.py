@@ -318,12 +318,12 @@ def recipe_data(data: dict, source: str = "<mergekit config>", cwd: Optional[Pat
     if base_entry is not None and "base" in base_entry:
         raise _refuse(source, "a LoRA adapter (model+lora) as base_model is not supported")
     if base_entry is not None and method in BASE_IS_INPUT and all(i["reference"] != base_reference for i in inputs):
-        inputs.append({"reference": base_reference, "parameters": {}, "where": "base_model"})
+        inputs.append({"reference": base_reference, "where": "base_model"})
     if method == "slerp":
         if base_entry is None:
             raise _refuse(source, "slerp needs a base_model (t=0 gives the base model)")
         others = [i for i in inputs if i["reference"] != base_reference]
-        inputs = [{"reference": base_reference, "parameters": {}, "where": "base_model"}] + others
+        inputs = [{"reference": base_reference, "where": "base_model"}] + others
     elif method in BASE_EXCLUDED:
         inputs = [i for i in inputs if i["reference"] != base_reference]
 

@@ -328,3 +328,17 @@ def test_new_methods_run_by_name_from_cocktail_merge(llamas, tmp_path):
                   "--param", "density=0.9", "--param", "epsilon=0.15", "--output", tmp_path / "bad")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "density ± epsilon must lie in (0, 1)" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_recipe_written_beside_a_mergekit_merge_reruns_to_the_same_bytes(llamas, tmp_path):
+    config = tmp_path / "ties.yml"
+    config.write_text(example("ties", llamas))
+    recipe = Recipe.from_yaml(config)
+    recipe.output = str(tmp_path / "first")
+    run(recipe)
+    again = Recipe.from_yaml(tmp_path / "first" / "cocktail_recipe.yaml")
+    assert again.models[0].parameters == {"density": [1, 0.7, 0.1]}
+    again.output = str(tmp_path / "again")
+    run(again)
+    first, second = read_folder_tensors(tmp_path / "first"), read_folder_tensors(tmp_path / "again")
+    assert set(first) == set(second) and all(torch.equal(first[k], second[k]) for k in first)
