@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, make_decoder, read_folder_tensors, run_cli
+from conftest import REPO, make_decoder, read_folder_tensors
 
 if sys.version_info < (3, 10):  # the test extra installs mergekit where it runs (pyproject.toml)
     pytest.skip("mergekit needs Python 3.10 or later", allow_module_level=True)
@@ -296,37 +296,48 @@ def test_a_frankenmerge_is_refused_in_one_line(llamas, tmp_path):
         Recipe.from_yaml(config)
 
 
+def in_process(*args):
+    """``cocktail ARGS`` in this process (a subprocess costs seconds of imports)."""
+    from click.testing import CliRunner
+
+    from cocktail.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
 def test_cocktail_run_and_recipe_from_mergekit_on_the_command_line(llamas, tmp_path):
     config = tmp_path / "ties.yml"
     config.write_text(example("ties", llamas))
     run_merge(MergeConfiguration.model_validate(yaml.safe_load(config.read_text())), str(tmp_path / "mergekit"),
               MergeOptions(quiet=True, write_model_card=False))
-    ran = run_cli("run", config, "--output", tmp_path / "ran", "--quiet")
-    assert ran.returncode == 0, ran
+    ran = in_process("run", config, "--output", tmp_path / "ran", "--quiet")
+    assert ran.exit_code == 0, ran.output
     assert_same_tensors(read_folder_tensors(tmp_path / "mergekit"), read_folder_tensors(tmp_path / "ran"))
-    printed = run_cli("recipe", "--from-mergekit", config, "--output", tmp_path / "again")
-    assert printed.returncode == 0, printed
+    printed = in_process("recipe", "--from-mergekit", config, "--output", tmp_path / "again")
+    assert printed.exit_code == 0, printed.output
     recipe = yaml.safe_load(printed.stdout)
     assert recipe["merge_method"] == "ties" and recipe["parameters"]["zero_sign"] == "positive"
     assert recipe["models"][0]["parameters"] == {"density": [1, 0.7, 0.1]}
     (tmp_path / "cocktail.yml").write_text(printed.stdout)
-    again = run_cli("run", tmp_path / "cocktail.yml", "--quiet")
-    assert again.returncode == 0, again
+    run(Recipe.from_yaml(tmp_path / "cocktail.yml"))
     assert_same_tensors(read_folder_tensors(tmp_path / "ran"), read_folder_tensors(tmp_path / "again"), atol=0)
+    refused = in_process("recipe", "--from-mergekit", config, "--models", llamas["a"])
+    assert refused.exit_code == 2 and "--from-mergekit takes the merge from the mergekit config: drop --models" \
+        in refused.stderr
     shutil.rmtree(tmp_path / "mergekit")
 
 
 def test_new_methods_run_by_name_from_cocktail_merge(llamas, tmp_path):
-    out = run_cli("merge", "--models", llamas["a"], llamas["b"], "--base", llamas["base"], "--method", "della",
-                  "--param", "density=0.5", "--param", "epsilon=0.1", "--param", "rescale=density",
-                  "--output", tmp_path / "out", "--quiet")
-    assert out.returncode == 0, out
+    out = in_process("merge", "--models", llamas["a"], llamas["b"], "--base", llamas["base"], "--method", "della",
+                     "--param", "density=0.5", "--param", "epsilon=0.1", "--param", "rescale=density",
+                     "--output", tmp_path / "out", "--quiet")
+    assert out.exit_code == 0, out.output
     merged, base = read_folder_tensors(tmp_path / "out"), read_folder_tensors(llamas["base"])
     changed = merged["model.layers.0.mlp.up_proj.weight"] != base["model.layers.0.mlp.up_proj.weight"]
     assert 0.5 < changed.float().mean() < 0.9  # some entries of either delta survive, not all
-    bad = run_cli("merge", "--models", llamas["a"], llamas["b"], "--base", llamas["base"], "--method", "della",
-                  "--param", "density=0.9", "--param", "epsilon=0.15", "--output", tmp_path / "bad")
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "density ± epsilon must lie in (0, 1)" in bad.stderr
+    bad = in_process("merge", "--models", llamas["a"], llamas["b"], "--base", llamas["base"], "--method", "della",
+                     "--param", "density=0.9", "--param", "epsilon=0.15", "--output", tmp_path / "bad")
+    assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "density ± epsilon must lie in (0, 1)" in bad.stderr
     assert not (tmp_path / "bad").exists()
 
 
