@@ -81,7 +81,8 @@ def check_recipe(recipe: Recipe) -> Method:
     if recipe.model_type is not None and recipe.model_type not in MODEL_TYPES:
         raise InputError(f"unknown model type {recipe.model_type!r} (choose from {', '.join(MODEL_TYPES)})")
     method = get_method(recipe.merge_method)
-    check_method_use(method, [m.weight for m in recipe.models], recipe.base_model, recipe.parameters, recipe.seed)
+    check_method_use(method, [m.weight for m in recipe.models], recipe.base_model, recipe.parameters, recipe.seed,
+                     recipe.model_parameters)
     output_dtype(recipe.dtype)
     parse_size(recipe.max_shard_size)
     return method
@@ -133,7 +134,7 @@ def resolve_weights(recipe: Recipe, method: Method) -> tuple[list, list[str]]:
         return [None] * len(recipe.models), []
     if has_weight_schedules(recipe.weights):
         return list(recipe.weights), []
-    return fixed_weights(recipe.weights, len(recipe.models), recipe.normalize)
+    return fixed_weights(recipe.weights, len(recipe.models), recipe.normalize, method.weights_sum_to_one)
 
 
 @dataclass
@@ -188,7 +189,8 @@ def prepare(recipe: Recipe, *, objects: Optional[dict] = None, on_warning: Optio
             return
         if few_shot is not None:  # computed on these (possibly in-memory) models
             weights, weight_warnings = few_shot.run(plan, progress=progress)
-        settings, setting_warnings = resolve_settings(plan, method, weights, recipe.parameters, recipe.normalize)
+        settings, setting_warnings = resolve_settings(plan, method, weights, recipe.parameters, recipe.normalize,
+                                                     recipe.model_parameters)
         shards, oversized = shard_counts(plan, parse_size(recipe.max_shard_size))
         if oversized:
             one = len(oversized) == 1

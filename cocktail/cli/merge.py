@@ -24,8 +24,11 @@ from cocktail.cli.options import (
 )
 from cocktail.cli.weights import format_few_shot
 
-METHOD_HELP = ("Merge method: linear (weighted average, default), task_arithmetic, ties, dare_linear, dare_ties "
-               "(these need --base), slerp (two models, --param t=...), model_stock (needs --base).")
+METHOD_HELP = ("Merge method: linear (weighted average, default); with --base: task_arithmetic, ties, dare_linear, "
+               "dare_ties, breadcrumbs, breadcrumbs_ties, della, della_linear, sce, ram, ramplus_tl, model_stock, "
+               "nearswap and arcee_fusion (one model each); slerp (two models, --param t=...); nuslerp (two), "
+               "multislerp (base optional); karcher; passthrough (one model). Parameters are mergekit's "
+               "(README: Merge methods).")
 
 
 SHOW_FILES = 3  # weight files named in the "wrote" line; more are summarised
@@ -217,24 +220,64 @@ _NOT_RECIPE_OPTIONS = {"force", "dry_run", "as_json", "quiet"}
 @cli.command("recipe", cls=VariadicCommand)
 @click.option("--absolute-paths", is_flag=True,
               help="Write absolute paths (the recipe then runs from any folder); default: as given.")
+@click.option("--from-mergekit", "mergekit_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Print the cocktail recipe that merges what this mergekit config merges (takes only --output).")
 @click.pass_context
-def recipe_command(ctx, absolute_paths, **merge_options):
-    """Print a merge command line as a YAML recipe (takes merge's options).
+def recipe_command(ctx, absolute_paths, mergekit_file, **merge_options):
+    """Print a merge command line as a YAML recipe (takes merge's options), or a mergekit config as the
+    equivalent cocktail recipe.
 
     \b
     cocktail recipe --models ./a ./b --weights 0.7 0.3 --output ./merged > my.yaml
     cocktail run my.yaml
+    cocktail recipe --from-mergekit mergekit.yml --output ./merged > my.yaml
 
     Paths are written as given: relative ones are read relative to the recipe file, so save it in
-    the current folder, or pass --absolute-paths.
+    the current folder, or pass --absolute-paths. A mergekit config's paths are relative to the current
+    folder, as mergekit reads them; they are written absolute.
     """
     ctx.meta["cocktail.print_recipe"] = True
     ctx.meta["cocktail.absolute_paths"] = absolute_paths
+    if mergekit_file:
+        _print_mergekit_recipe(ctx, mergekit_file, merge_options)
+        return
+    if not merge_options["models"]:
+        raise click.UsageError("missing option '--models' (or --from-mergekit FILE)")
     ctx.invoke(merge_command, **merge_options, dry_run=True)
 
 
+def _print_mergekit_recipe(ctx, mergekit_file: str, merge_options: dict) -> None:
+    from pathlib import Path
+
+    from cocktail.recipe.mergekit_config import is_mergekit_config
+    from cocktail.recipe.recipe import Recipe
+    from cocktail.recipe.yaml_lines import parse_yaml
+
+    given = [p.opts[0] for p in ctx.command.params if p.name in merge_options and p.name != "output"
+             and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise click.UsageError(f"--from-mergekit takes the merge from the mergekit config: drop {', '.join(given)}")
+    path = Path(mergekit_file).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.UsageError(f"--from-mergekit {mergekit_file}: cannot be read ({exc})") from None
+    if not is_mergekit_config(parse_yaml(text, mergekit_file)[0]):
+        raise click.UsageError(f"{mergekit_file} is not a mergekit config (no merge_method with models given by "
+                               f"'model:', nor slices): run a cocktail recipe with cocktail run")
+    recipe = Recipe.from_yaml(path)
+    if merge_options.get("output"):
+        recipe.output = merge_options["output"]
+    _print_recipe_instead(recipe)
+
+
 def _recipe_param(param: click.Parameter) -> click.Parameter:
-    """A merge option as ``cocktail recipe`` takes it: ``--output`` is the recipe's output (it has no --force)."""
+    """A merge option as ``cocktail recipe`` takes it: ``--output`` is the recipe's output (it has no --force);
+    ``--models`` may be left out for ``--from-mergekit``."""
+    if param.name == "models":
+        copy = click.Option(param.opts, multiple=True, metavar=param.metavar, help=param.help)
+        copy.name = param.name
+        return copy
     if param.name != "output":
         return param
     return click.Option(param.opts, type=click.Path(), help="The recipe's output folder (cocktail run refuses it if "

@@ -1,243 +1,244 @@
-"""Merge methods: small pure functions over one tensor of each model, registered by name.
+"""Merge methods: small pure functions over one tensor of each model, registered by name (``registry.py``).
 
-A method receives the float32 tensors of one parameter (one per model, same shape; float64 where an
-input is float64), the weights, the base model's tensor when the method needs one, and its
-parameters; it returns the merged tensor in that dtype and never modifies its inputs. The engine (``engine.py``) handles reading, dtypes and writing,
-and resolves per-tensor weights and parameters (``tensor_settings.py``) before calling a method.
+This module holds the weighted average and the task-vector family (``task_vectors.py``: task
+arithmetic, TIES, DARE, Model Breadcrumbs, DELLA, SCE, RAM) and Model Stock; it imports the other
+families (``spherical.py``: slerp, nuslerp, multislerp, karcher; ``selective.py``: nearswap,
+arcee_fusion, passthrough) so that importing it registers every method.
 
 Notation: θ_b the base tensor, θ_i the models' tensors, Δ_i = θ_i − θ_b, w_i the weights.
+Parameter names and meanings follow mergekit's (``mergekit/merge_methods/``), so a mergekit config's
+parameters mean the same here; where cocktail's default differs from mergekit's, the parameter that
+sets it is documented (README, "Merge methods").
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
-from cocktail.errors import InputError, did_you_mean, option
+from cocktail.merging import selective, spherical  # noqa: F401  (registers their methods)
+from cocktail.merging.registry import (  # noqa: F401  (the registry's names, as this module always offered them)
+    METHODS,
+    REQUIRED,
+    Method,
+    each,
+    get_method,
+    parameter_problem,
+    register,
+)
+from cocktail.merging.task_vectors import (  # noqa: F401
+    RESCALES,
+    ROUNDINGS,
+    ZERO_SIGNS,
+    breadcrumbs,
+    della_prune,
+    drop_and_rescale,
+    keep_count,
+    mix,
+    trim_to_density,
+)
+from cocktail.merging.tensor_math import cosine, dot, weighted_sum
 
-# |cos| above which two tensors count as (anti)parallel and slerp falls back to linear interpolation.
-SLERP_PARALLEL = 0.9995
-DOT_CHUNK = 1 << 20  # dot products: float32 BLAS on chunks of this many entries, summed exactly in float64
-
-
-@dataclass(frozen=True)
-class Method:
-    """A registered merge method and what it needs from a recipe."""
-
-    name: str
-    fn: Callable[..., torch.Tensor]
-    needs_base: bool = False
-    uses_weights: bool = True
-    defaults: dict = field(default_factory=dict)
-    summary: str = ""
-    takes_base: bool = True  # False: a base model is refused (linear, slerp: they would ignore it)
-    min_models: int = 1
-    max_models: Optional[int] = None
-    random: bool = False  # True: called with ``generator=`` (a torch.Generator seeded per tensor)
-    nonnegative_weights: bool = False
-    elementwise: bool = False  # True: memory-bound elementwise arithmetic, run on one thread
-    takes_out: bool = False  # True: called with ``out=`` (a scratch tensor of the result's shape) when one is given
-
-    @property
-    def parameters(self) -> tuple[str, ...]:
-        """The names of the parameters this method takes."""
-        return tuple(self.defaults)
-
-    def __call__(self, tensors: Sequence[torch.Tensor], weights: Sequence[float],
-                 base: Optional[torch.Tensor] = None, **params) -> torch.Tensor:
-        return self.fn(tensors, weights, base, **{**self.defaults, **params})
-
-    def check_inputs(self, model_count: int, has_base: bool) -> None:
-        """Refuse a model count or base model this method cannot work with."""
-        if self.needs_base and not has_base:
-            raise InputError(f"merge method {self.name} needs a base model ({option('base')}): "
-                             f"it merges the models' differences from the base")
-        if has_base and not self.takes_base:
-            users = ", ".join(sorted(m.name for m in METHODS.values() if m.needs_base))
-            raise InputError(f"merge method {self.name} takes no base model (it would ignore it); the methods "
-                             f"that merge differences from a base are {users}")
-        if self.min_models == self.max_models and model_count != self.min_models:
-            raise InputError(f"merge method {self.name} merges exactly {self.min_models} models, got {model_count}")
-        if model_count < self.min_models:
-            raise InputError(f"merge method {self.name} needs at least {self.min_models} models"
-                             f"{' besides the base' if self.needs_base else ''}, got {model_count}")
-        if self.max_models is not None and model_count > self.max_models:
-            raise InputError(f"merge method {self.name} merges at most {self.max_models} models, got {model_count}")
+CONVENTIONS = {"rescale": RESCALES, "rounding": ROUNDINGS, "zero_sign": ZERO_SIGNS}
 
 
-METHODS: dict[str, Method] = {}
+def _task_vector_method(name: str, *, consensus: bool, random: bool = False, normalize: bool, rescale: str,
+                        zero_sign: str, extra: Sequence[str] = (), check=None, **defaults):
+    """Register a method of the family θ_b + λ · mix(sparsify(Δ_i)) (see ``task_vectors.py``)."""
+    defaults = {"lambda": 1.0, "normalize": normalize, **defaults}
+    if rescale:
+        defaults["rescale"] = rescale
+    if consensus:
+        defaults["zero_sign"] = zero_sign
+    return register(name, needs_base=True, random=random, nonnegative_weights=consensus, weights_sum_to_one=False,
+                    choices={k: v for k, v in CONVENTIONS.items() if k in defaults},
+                    per_model=tuple(k for k in ("density", *extra) if k in defaults), check=check, **defaults)
 
 
-def register(name: str, *, needs_base: bool = False, uses_weights: bool = True, takes_base: bool = True,
-             min_models: int = 1, max_models: Optional[int] = None, random: bool = False,
-             nonnegative_weights: bool = False, elementwise: bool = False, takes_out: bool = False, **defaults):
-    """Register ``fn(tensors, weights, base, **params) -> tensor`` as merge method ``name``.
+def _merged(base: torch.Tensor, deltas: list, weights: Sequence[float], params: dict, consensus: bool) -> torch.Tensor:
+    mixed = mix(deltas, weights, consensus=consensus, normalize=params["normalize"],
+                zero_sign=params.get("zero_sign", "base"))
+    return base + params["lambda"] * mixed
 
-    ``defaults`` names every parameter the method takes, with its default value.
-    """
-
-    def decorate(fn):
-        summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        METHODS[name] = Method(name, fn, needs_base, uses_weights, dict(defaults), summary, takes_base,
-                               min_models, max_models, random, nonnegative_weights, elementwise, takes_out)
-        return fn
-
-    return decorate
-
-
-def get_method(name: str) -> Method:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise InputError(f"unknown merge method {name!r}; {did_you_mean(name, METHODS)}"
-                         f"(choose from {', '.join(sorted(METHODS))})") from None
-
-
-def parameter_problem(name: str, value: float) -> Optional[str]:
-    """Why ``value`` is not allowed for parameter ``name`` (``None`` if it is)."""
-    if not math.isfinite(value):
-        return f"must be a finite number, got {value}"
-    if name == "density" and not 0 < value <= 1:
-        return f"must be in (0, 1] (the fraction of each difference kept), got {value:g}"
-    if name == "t" and not 0 <= value <= 1:
-        return f"must be in [0, 1] (0 gives the first model, 1 the second), got {value:g}"
-    return None
-
-
-# --- building blocks -------------------------------------------------------------------------------
-
-def keep_count(numel: int, density: float) -> int:
-    """How many entries a tensor of ``numel`` keeps at ``density``: ⌈density·numel⌉, at least 1."""
-    return max(1, min(numel, math.ceil(round(density * numel, 6))))
-
-
-def trim_to_density(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """``delta`` with all but its ⌈density·numel⌉ largest-magnitude entries set to zero (a new tensor)."""
-    k = keep_count(delta.numel(), density)
-    if k >= delta.numel():
-        return delta.clone()
-    flat = delta.reshape(-1)
-    kept = flat.abs().topk(k, sorted=False).indices
-    out = torch.zeros_like(flat)
-    out[kept] = flat[kept]
-    return out.view_as(delta)
-
-
-def drop_and_rescale(delta: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
-    """DARE: drop each entry with probability 1 − density, divide the kept ones by density (a new tensor).
-
-    Its expected value is ``delta``.
-    """
-    if density >= 1:
-        return delta.clone()
-    keep = torch.rand(delta.shape, generator=generator, dtype=torch.float32) < density
-    return torch.where(keep, delta / density, torch.zeros((), dtype=delta.dtype))
-
-
-def sign_consensus_mean(deltas: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-    """TIES' elect-and-merge: per entry, the sign of Σ w_i Δ_i wins, and the entries that agree with it
-    (nonzero, same sign) are averaged, weighted by w_i. Entries where none agree are zero."""
-    elected = _weighted_sum(deltas, weights).sign_()
-    numerator = torch.zeros_like(deltas[0])
-    denominator = torch.zeros_like(deltas[0])
-    for delta, weight in zip(deltas, weights):
-        agree = (delta * elected) > 0  # nonzero and of the elected sign
-        numerator.add_(delta * agree, alpha=weight)
-        denominator.add_(agree, alpha=weight)
-    return numerator.div_(denominator.masked_fill_(denominator == 0, 1.0))
-
-
-def _weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float],
-                  out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Σ w_i t_i, into ``out`` when given (a scratch tensor reused from tensor to tensor saves fresh pages)."""
-    out = torch.mul(tensors[0], weights[0], out=out)
-    for tensor, weight in zip(tensors[1:], weights[1:]):
-        out.add_(tensor, alpha=weight)
-    return out
-
-
-def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Dot product of two tensors as flat vectors: fast float32 chunks, added up exactly."""
-    a, b = a.reshape(-1), b.reshape(-1)
-    return math.fsum(torch.dot(a[i:i + DOT_CHUNK], b[i:i + DOT_CHUNK]).item() for i in range(0, a.numel(), DOT_CHUNK))
-
-
-def _cosine(a: torch.Tensor, b: torch.Tensor, norm_a: Optional[float] = None, norm_b: Optional[float] = None
-            ) -> Optional[float]:
-    """Cosine of two tensors as flat vectors (``None`` if either is zero)."""
-    norm_a = math.sqrt(_dot(a, a)) if norm_a is None else norm_a
-    norm_b = math.sqrt(_dot(b, b)) if norm_b is None else norm_b
-    if norm_a == 0 or norm_b == 0:
-        return None
-    return max(-1.0, min(1.0, _dot(a, b) / (norm_a * norm_b)))
-
-
-# --- methods -----------------------------------------------------------------------------------------
 
 @register("linear", elementwise=True, takes_base=False, takes_out=True)
 def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], base=None, *,
            out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Weighted average: sum of w_i * theta_i (LM-Cocktail)."""
-    return _weighted_sum(tensors, weights, out)
+    return weighted_sum(tensors, weights, out)
 
 
-@register("task_arithmetic", needs_base=True, elementwise=True, **{"lambda": 1.0})
+@_task_vector_method("task_arithmetic", consensus=False, normalize=False, rescale="", zero_sign="")
 def task_arithmetic(tensors: Sequence[torch.Tensor], weights: Sequence[float], base: torch.Tensor,
                     **params) -> torch.Tensor:
     """Task arithmetic: theta_b + lambda * sum of w_i * delta_i (Ilharco et al. 2022)."""
-    deltas = _weighted_sum([t - base for t in tensors], weights)
-    return base + params["lambda"] * deltas
+    return _merged(base, [t - base for t in tensors], weights, params, consensus=False)
 
 
-@register("ties", needs_base=True, nonnegative_weights=True, density=0.5, **{"lambda": 1.0})
-def ties(tensors: Sequence[torch.Tensor], weights: Sequence[float], base: torch.Tensor, *, density: float,
-         **params) -> torch.Tensor:
+@_task_vector_method("ties", consensus=True, normalize=True, rescale="none", zero_sign="base", density=0.5,
+                     rounding="ceil")
+def ties(tensors: Sequence[torch.Tensor], weights: Sequence[float], base: torch.Tensor, *, density, rounding: str,
+         rescale: str, **params) -> torch.Tensor:
     """TIES: trim each delta to its top-density entries, elect signs, average the agreeing ones (Yadav et al. 2023)."""
-    deltas = [trim_to_density(t - base, density) for t in tensors]
-    return base + params["lambda"] * sign_consensus_mean(deltas, weights)
+    deltas = [trim_to_density(t - base, d, rounding, rescale) for t, d in zip(tensors, each(density, len(tensors)))]
+    return _merged(base, deltas, weights, params, consensus=True)
 
 
-@register("dare_linear", needs_base=True, random=True, density=0.5, **{"lambda": 1.0})
+def _dare(tensors, base, density, generator, rescale) -> list:
+    return [drop_and_rescale(t - base, d, generator, rescale) for t, d in zip(tensors, each(density, len(tensors)))]
+
+
+@_task_vector_method("dare_linear", consensus=False, random=True, normalize=False, rescale="density", zero_sign="",
+                     density=0.5)
 def dare_linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], base: torch.Tensor, *,
-                density: float, generator: torch.Generator, **params) -> torch.Tensor:
+                density, generator: torch.Generator, rescale: str, **params) -> torch.Tensor:
     """DARE + task arithmetic: randomly drop delta entries, rescale the rest, add (Yu et al. 2023)."""
-    deltas = _weighted_sum([drop_and_rescale(t - base, density, generator) for t in tensors], weights)
-    return base + params["lambda"] * deltas
+    return _merged(base, _dare(tensors, base, density, generator, rescale), weights, params, consensus=False)
 
 
-@register("dare_ties", needs_base=True, random=True, nonnegative_weights=True, density=0.5, **{"lambda": 1.0})
+@_task_vector_method("dare_ties", consensus=True, random=True, normalize=True, rescale="density", zero_sign="base",
+                     density=0.5)
 def dare_ties(tensors: Sequence[torch.Tensor], weights: Sequence[float], base: torch.Tensor, *,
-              density: float, generator: torch.Generator, **params) -> torch.Tensor:
+              density, generator: torch.Generator, rescale: str, **params) -> torch.Tensor:
     """DARE + TIES: randomly drop delta entries, rescale the rest, then elect signs and average (Yu et al. 2023)."""
-    deltas = [drop_and_rescale(t - base, density, generator) for t in tensors]
-    return base + params["lambda"] * sign_consensus_mean(deltas, weights)
+    return _merged(base, _dare(tensors, base, density, generator, rescale), weights, params, consensus=True)
 
 
-@register("slerp", uses_weights=False, takes_base=False, min_models=2, max_models=2, t=0.5)
-def slerp(tensors: Sequence[torch.Tensor], weights=None, base=None, *, t: float) -> torch.Tensor:
-    """Spherical interpolation between two models: t=0 gives the first, t=1 the second."""
-    first, second = tensors
-    cos = _cosine(first, second)
-    if cos is None or abs(cos) > SLERP_PARALLEL:
-        return first * (1 - t) + second * t
-    omega = math.acos(cos)
-    sin_omega = math.sin(omega)
-    return first * (math.sin((1 - t) * omega) / sin_omega) + second * (math.sin(t * omega) / sin_omega)
+def _breadcrumbs(tensors, base, density, gamma, rescale) -> list:
+    count = len(tensors)
+    return [breadcrumbs(t - base, d, g, rescale) for t, d, g in zip(tensors, each(density, count), each(gamma, count))]
 
 
-@register("model_stock", needs_base=True, uses_weights=False, min_models=2)
-def model_stock(tensors: Sequence[torch.Tensor], weights=None, base: torch.Tensor = None) -> torch.Tensor:
+@_task_vector_method("breadcrumbs", consensus=False, normalize=False, rescale="none", zero_sign="",
+                     extra=("gamma",), density=1.0, gamma=0.01)
+def breadcrumbs_linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], base: torch.Tensor, *,
+                       density, gamma, rescale: str, **params) -> torch.Tensor:
+    """Model Breadcrumbs: drop each delta's largest (gamma) and smallest entries, add (Davari & Belilovsky 2023)."""
+    return _merged(base, _breadcrumbs(tensors, base, density, gamma, rescale), weights, params, consensus=False)
+
+
+@_task_vector_method("breadcrumbs_ties", consensus=True, normalize=False, rescale="none", zero_sign="positive",
+                     extra=("gamma",), density=1.0, gamma=0.01)
+def breadcrumbs_ties(tensors: Sequence[torch.Tensor], weights: Sequence[float], base: torch.Tensor, *,
+                     density, gamma, rescale: str, **params) -> torch.Tensor:
+    """Model Breadcrumbs with TIES sign election (Davari & Belilovsky 2023; Yadav et al. 2023)."""
+    return _merged(base, _breadcrumbs(tensors, base, density, gamma, rescale), weights, params, consensus=True)
+
+
+def della_problem(params: dict, count: int) -> Optional[str]:
+    """Why DELLA cannot draw with these densities and epsilons (``None`` if it can)."""
+    for density, epsilon in zip(each(params["density"], count), each(params["epsilon"], count)):
+        if density < 1 and not (0 < density - epsilon and density + epsilon < 1):
+            return f"density ± epsilon must lie in (0, 1), got density {density:g} and epsilon {epsilon:g}"
+    return None
+
+
+def _della(tensors, base, density, epsilon, generator, rescale) -> list:
+    count = len(tensors)
+    return [della_prune(t - base, d, e, generator, rescale)
+            for t, d, e in zip(tensors, each(density, count), each(epsilon, count))]
+
+
+@_task_vector_method("della", consensus=True, random=True, normalize=True, rescale="l1", zero_sign="positive",
+                     extra=("epsilon",), check=della_problem, density=1.0, epsilon=0.15)
+def della(tensors: Sequence[torch.Tensor], weights: Sequence[float], base: torch.Tensor, *,
+          density, epsilon, generator: torch.Generator, rescale: str, **params) -> torch.Tensor:
+    """DELLA: drop delta entries with a probability falling with their magnitude, elect signs, average (Deep et al. 2024)."""
+    return _merged(base, _della(tensors, base, density, epsilon, generator, rescale), weights, params, consensus=True)
+
+
+@_task_vector_method("della_linear", consensus=False, random=True, normalize=False, rescale="l1", zero_sign="",
+                     extra=("epsilon",), check=della_problem, density=1.0, epsilon=0.15)
+def della_linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], base: torch.Tensor, *,
+                 density, epsilon, generator: torch.Generator, rescale: str, **params) -> torch.Tensor:
+    """DELLA's magnitude-ranked dropping, then task arithmetic (Deep et al. 2024)."""
+    return _merged(base, _della(tensors, base, density, epsilon, generator, rescale), weights, params, consensus=False)
+
+
+@register("sce", needs_base=True, uses_weights=False, select_topk=1.0)
+def sce(tensors: Sequence[torch.Tensor], weights, base: torch.Tensor, *, select_topk: float) -> torch.Tensor:
+    """SCE: keep the entries where the models vary most, weigh each model by its delta's mean square, elect signs (Wan et al. 2024)."""
+    deltas = torch.stack([t - base for t in tensors])
+    if select_topk < 1:
+        variance = deltas.var(dim=0, unbiased=False)
+        k = int(torch.count_nonzero(variance).item() * select_topk)
+        keep = torch.zeros(variance.numel(), dtype=deltas.dtype)
+        if k:
+            keep[variance.abs().reshape(-1).topk(k).indices] = 1
+        deltas = deltas * keep.view_as(variance)
+    elected = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0).to(deltas.dtype)
+    agree = (deltas.sign() == elected).to(deltas.dtype)
+    energy = deltas.square().reshape(len(tensors), -1).mean(dim=1)
+    total = energy.sum().item()
+    energy = torch.full_like(energy, 1 / len(tensors)) if abs(total) < 1e-6 else energy / total
+    weights_per_entry = energy.view(-1, *[1] * base.dim()) * agree
+    merged = (deltas * weights_per_entry).sum(dim=0) / weights_per_entry.sum(dim=0).clamp(min=1e-6)
+    return base + merged
+
+
+def _ram_parts(tensors, base, epsilon):
+    deltas = torch.stack([t - base for t in tensors]).reshape(len(tensors), -1)
+    nonzero = deltas.abs() > epsilon
+    counts = nonzero.sum(dim=0, keepdim=True)
+    return deltas * nonzero, nonzero, counts, counts > 1, counts == 1
+
+
+@register("ram", needs_base=True, uses_weights=False, epsilon=1e-5)
+def ram(tensors: Sequence[torch.Tensor], weights, base: torch.Tensor, *, epsilon: float) -> torch.Tensor:
+    """RAM: a delta entry only one model changes is added whole; one several change is averaged over them."""
+    deltas, _, counts, shared, unique = _ram_parts(tensors, base, epsilon)
+    merged = (deltas * unique + deltas * shared / counts.clamp(min=1)).sum(dim=0)
+    return base + merged.reshape(base.shape)
+
+
+@register("ramplus_tl", needs_base=True, uses_weights=False, r=0.1, alpha=0.2, epsilon=1e-5)
+def ramplus_tl(tensors: Sequence[torch.Tensor], weights, base: torch.Tensor, *, r: float, alpha: float,
+               epsilon: float) -> torch.Tensor:
+    """RAM+ (tensor-local): RAM with each model's unique entries scaled up by its share of shared ones."""
+    deltas, nonzero, counts, shared, unique = _ram_parts(tensors, base, epsilon)
+    ratio = (nonzero & shared).sum(dim=1) / (nonzero & unique).sum(dim=1).clamp(min=epsilon)
+    scale = 1 + r * ratio.clamp(min=0, max=alpha)
+    merged = (deltas * unique * scale.unsqueeze(-1) + deltas * shared / counts.clamp(min=1)).sum(dim=0)
+    return base + merged.reshape(base.shape)
+
+
+@register("model_stock", needs_base=True, uses_weights=False, min_models=2, clamp=True, filter_wise=False)
+def model_stock(tensors: Sequence[torch.Tensor], weights=None, base: torch.Tensor = None, *, clamp: bool = True,
+                filter_wise: bool = False) -> torch.Tensor:
     """Model Stock: move from the base toward the models' mean by a ratio set by their deltas' angle (Jang et al. 2024)."""
     count = len(tensors)
+    if filter_wise:
+        return _model_stock_rows(tensors, base, clamp)
     deltas = [t - base for t in tensors]
-    norms = [math.sqrt(_dot(d, d)) for d in deltas]
-    cosines = [_cosine(deltas[i], deltas[j], norms[i], norms[j]) for i in range(count) for j in range(i + 1, count)]
+    norms = [math.sqrt(dot(d, d)) for d in deltas]
+    cosines = [cosine(deltas[i], deltas[j], norms[i], norms[j]) for i in range(count) for j in range(i + 1, count)]
     del deltas
     cos = sum(c if c is not None else 0.0 for c in cosines) / len(cosines)
-    cos = max(0.0, cos)  # deltas pointing apart: stay at the base
-    ratio = count * cos / (1 + (count - 1) * cos)
-    mean = _weighted_sum(tensors, [1.0 / count] * count)
+    if clamp:
+        cos = max(0.0, cos)  # deltas pointing apart: stay at the base
+    denominator = 1 + (count - 1) * cos
+    ratio = 0.0 if abs(denominator) < 1e-6 else count * cos / denominator  # no finite estimate: the base
+    mean = weighted_sum(tensors, [1.0 / count] * count)
     return mean * ratio + base * (1 - ratio)
+
+
+def _model_stock_rows(tensors: Sequence[torch.Tensor], base: torch.Tensor, clamp: bool) -> torch.Tensor:
+    """Model Stock with one ratio per row (the last dimension), as mergekit's ``filter_wise``."""
+    count = len(tensors)
+    rows = base.unsqueeze(0) if base.dim() == 1 else base
+    deltas = [(t.unsqueeze(0) if t.dim() == 1 else t) - rows for t in tensors]
+    cosines = []
+    for i in range(count):
+        for j in range(i + 1, count):
+            norms = (deltas[i].norm(dim=-1) * deltas[j].norm(dim=-1)).clamp(min=1e-6)
+            cosines.append(((deltas[i] * deltas[j]).sum(dim=-1) / norms).clamp(-1, 1))
+    cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
+    if clamp:
+        cos = cos.clamp(min=0)
+    denominator = 1 + (count - 1) * cos
+    singular = denominator.abs() < 1e-6
+    ratio = torch.where(singular, 0.0, count * cos / torch.where(singular, 1.0, denominator))
+    mean = weighted_sum(tensors, [1.0 / count] * count)
+    return (ratio * (mean.unsqueeze(0) if mean.dim() == 1 else mean) + (1 - ratio) * rows).reshape(base.shape)

@@ -16,8 +16,8 @@ import torch
 
 from cocktail.errors import InputError, did_you_mean, few_names, option
 from cocktail.io.checkpoints import TRANSFORMER
-from cocktail.merging.methods import Method, parameter_problem
 from cocktail.merging.plan import MERGE, Plan, PlannedTensor
+from cocktail.merging.registry import REQUIRED, Method, parameter_problem
 from cocktail.merging.schedules import Schedule, TensorName, is_number, layer_count
 from cocktail.merging.weights import normalized, sums_to_one, weight_sum
 
@@ -46,7 +46,7 @@ def has_weight_schedules(weights: Optional[Sequence[Any]]) -> bool:
 
 
 def check_method_use(method: Method, weights: Sequence[Any], base_model: Optional[str], parameters: dict,
-                     seed: Any = 0) -> None:
+                     seed: Any = 0, model_parameters: Optional[Sequence[Optional[dict]]] = None) -> None:
     """Checks that need no file: model count, base, weights allowed, parameter names and syntax, seed."""
     method.check_inputs(len(weights), bool(base_model))
     given = [i for i, w in enumerate(weights) if w is not None]
@@ -58,20 +58,47 @@ def check_method_use(method: Method, weights: Sequence[Any], base_model: Optiona
     for i, weight in enumerate(weights):
         if weight is not None and not is_number(weight):
             Schedule.parse(weight, weight_key(i))
-    parameter_schedules(method, parameters)
+    parameter_schedules(method, parameters, model_parameters)
+    model_parameter_schedules(method, model_parameters)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
 
 
-def parameter_schedules(method: Method, parameters: Optional[dict]) -> dict[str, Schedule]:
-    """Parse the recipe's parameters for ``method``; unknown names are refused."""
+def parameter_schedules(method: Method, parameters: Optional[dict],
+                        model_parameters: Optional[Sequence[Optional[dict]]] = None) -> dict[str, Any]:
+    """Parse the recipe's parameters for ``method``: a :class:`Schedule` per number parameter, the value of
+    each bool or string parameter (a convention, one for every tensor). Unknown names are refused, and so is
+    a missing required parameter (unless every model gives it)."""
     parameters = dict(parameters or {})
     for name in parameters:
         if name not in method.defaults:
             takes = f"its parameters: {', '.join(method.parameters)}" if method.parameters else "it takes none"
             raise InputError(f"merge method {method.name} has no parameter {name!r}; "
                              f"{did_you_mean(name, method.parameters)}({takes})")
-    return {name: Schedule.parse(value, parameter_key(name)) for name, value in parameters.items()}
+    for name, default in method.defaults.items():
+        per_model = model_parameters and all(p and name in p for p in model_parameters)
+        if default is REQUIRED and name not in parameters and not per_model:
+            raise InputError(f"merge method {method.name} needs parameter {name}, which has no default: "
+                             f"set parameters.{name} (--param {name}=... on the command line)")
+    return {name: method.convention(name, value) if method.is_convention(name)
+            else Schedule.parse(value, parameter_key(name)) for name, value in parameters.items()}
+
+
+def model_parameter_schedules(method: Method, model_parameters: Optional[Sequence[Optional[dict]]]
+                              ) -> list[dict[str, Schedule]]:
+    """Parse each model's own parameters (``models[i].parameters``): only the per-model ones of ``method``."""
+    parsed = []
+    for i, own in enumerate(model_parameters or []):
+        schedules = {}
+        for name, value in (own or {}).items():
+            if name not in method.per_model:
+                which = (f"its per-model parameters: {', '.join(method.per_model)}" if method.per_model
+                         else "it takes none per model")
+                raise InputError(f"models[{i}].parameters.{name}: merge method {method.name} takes no parameter "
+                                 f"{name!r} per model ({which})")
+            schedules[name] = Schedule.parse(value, f"models[{i}].parameters.{name}")
+        parsed.append(schedules)
+    return parsed
 
 
 def tensor_generator(seed: int, component: str, canonical: str) -> torch.Generator:
@@ -85,23 +112,39 @@ def tensor_generator(seed: int, component: str, canonical: str) -> torch.Generat
     return generator
 
 
+def _checked(method: Method, schedule: Schedule, value: float, tensor: str) -> float:
+    """``value`` of ``schedule`` for ``tensor``, or :class:`InputError` when the method does not take it."""
+    problem = parameter_problem(schedule.key.rpartition(".")[2], value, method.name)
+    if problem:
+        where = "" if schedule.is_constant else f" (tensor {tensor})"
+        raise InputError(f"{schedule.key} {problem}{where}")
+    return value
+
+
 def _tensor_name(planned: PlannedTensor) -> TensorName:
     return TensorName.of(planned.name, planned.canonical)
 
 
 def resolve_settings(plan: Plan, method: Method, weights: Optional[Sequence[Any]], parameters: Optional[dict],
-                     normalize: bool = False) -> tuple[list[Optional[TensorSettings]], list[str]]:
+                     normalize: bool = False, model_parameters: Optional[Sequence[Optional[dict]]] = None
+                     ) -> tuple[list[Optional[TensorSettings]], list[str]]:
     """Per-tensor settings, aligned with ``plan.tensors`` (``None`` for copied tensors), and warnings.
 
     ``weights`` holds one entry per model: a number (already checked, e.g. by ``fixed_weights``), a
-    schedule, or ``None`` for all (equal weights). Raises :class:`InputError` for any bad value.
+    schedule, or ``None`` for all (equal weights). ``model_parameters`` holds each model's own values of
+    the method's per-model parameters; where some model has one, the method gets a tuple (one value per
+    model). Raises :class:`InputError` for any bad value.
     """
     count = len(plan.checkpoints)
     merged = [(i, t) for i, t in enumerate(plan.tensors) if t.action == MERGE]
     layers = layer_count(t.canonical for _, t in merged if t.component == TRANSFORMER)
-    params = parameter_schedules(method, parameters)
+    parsed = parameter_schedules(method, parameters, model_parameters)
+    conventions = {name: value for name, value in parsed.items() if method.is_convention(name)}
+    params = {name: value for name, value in parsed.items() if name not in conventions}
+    own = model_parameter_schedules(method, model_parameters)
+    per_model = sorted({name for schedules in own for name in schedules})
     used: dict[int, set[int]] = {}  # id(schedule) -> entry indices that matched a tensor
-    every_schedule: list[Schedule] = list(params.values())
+    every_schedule: list[Schedule] = list(params.values()) + [s for schedules in own for s in schedules.values()]
 
     scheduled = method.uses_weights and has_weight_schedules(weights)
     weight_schedules: list[Schedule] = []
@@ -132,7 +175,7 @@ def resolve_settings(plan: Plan, method: Method, weights: Optional[Sequence[Any]
                 values.append(found[1])
             if normalize:
                 values = normalized(values, f" of tensor {planned.name}")
-            elif not sums_to_one(values):
+            elif method.weights_sum_to_one and not sums_to_one(values):
                 sum_errors.append((planned.name, values))
             if any(v < 0 for v in values):
                 negative.append(planned.name)
@@ -142,17 +185,30 @@ def resolve_settings(plan: Plan, method: Method, weights: Optional[Sequence[Any]
         if method.nonnegative_weights and any(w < 0 for w in tensor_weights):
             where = f" for tensor {planned.name}" if scheduled else ""
             raise InputError(f"merge method {method.name} needs non-negative weights, got {list(tensor_weights)}{where}")
-        values_by_name = dict(method.defaults)
+        values_by_name = {**method.defaults, **conventions}
         for name, schedule in params.items():
             found = schedule.lookup(tensor, layers)
             if found is None:
                 continue  # filters without a default: the method's default applies
             used.setdefault(id(schedule), set()).add(found[0])
-            values_by_name[name] = found[1]
-            problem = parameter_problem(name, found[1])
-            if problem:
-                where = "" if schedule.is_constant else f" (tensor {planned.name})"
-                raise InputError(f"{schedule.key} {problem}{where}")
+            values_by_name[name] = _checked(method, schedule, found[1], planned.name)
+        for name in per_model:
+            values = []
+            for schedules in own:
+                found = schedules[name].lookup(tensor, layers) if name in schedules else None
+                if found is None:
+                    values.append(values_by_name[name])
+                    continue
+                used.setdefault(id(schedules[name]), set()).add(found[0])
+                values.append(_checked(method, schedules[name], found[1], planned.name))
+            values_by_name[name] = tuple(values)
+        missing = [name for name, value in values_by_name.items() if value is REQUIRED]
+        if missing:
+            raise InputError(f"merge method {method.name} needs parameter {missing[0]} for tensor {planned.name} "
+                             f"(no entry of parameters.{missing[0]} matches it)")
+        problem = method.check(values_by_name, count) if method.check else None
+        if problem:
+            raise InputError(f"merge method {method.name}: {problem} (tensor {planned.name})")
         settings[index] = TensorSettings(tensor_weights, values_by_name)
 
     if sum_errors:

@@ -37,8 +37,10 @@ def normalized(values: Sequence[float], where: str = "") -> list[float]:
     return result
 
 
-def fixed_weights(weights: Optional[Sequence[float]], count: int, normalize: bool = False) -> tuple[list[float], list[str]]:
-    """Check user-given weights: ``(weights, warnings)``. ``None`` means equal weights."""
+def fixed_weights(weights: Optional[Sequence[float]], count: int, normalize: bool = False,
+                  sum_to_one: bool = True) -> tuple[list[float], list[str]]:
+    """Check user-given weights: ``(weights, warnings)``. ``None`` means equal weights. ``sum_to_one=False``:
+    any sum goes (the method's weights scale task vectors, or only their ratio counts)."""
     if weights is None or len(weights) == 0:
         return [1.0 / count] * count, []
     try:
@@ -54,7 +56,7 @@ def fixed_weights(weights: Optional[Sequence[float]], count: int, normalize: boo
         raise InputError(f"weights must be finite numbers, got {values}")
     if normalize:
         values = normalized(values)
-    elif not sums_to_one(values):
+    elif sum_to_one and not sums_to_one(values):
         raise InputError(f"weights sum to {weight_sum(values):g}, not 1: {values} "
                          f"(pass {option('normalize')} to divide them by their sum)")
     warnings = []

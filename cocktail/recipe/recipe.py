@@ -14,7 +14,7 @@ from typing import Any, Iterable, Optional, Union
 
 from cocktail.errors import InputError, RecipeError
 from cocktail.io.provenance import dump_yaml
-from cocktail.recipe import schema
+from cocktail.recipe import mergekit_config, schema
 from cocktail.recipe.yaml_lines import apply_override, parse_yaml
 
 
@@ -23,6 +23,7 @@ class ModelEntry:
     path: str
     weight: Optional[float | list] = None  # a number, or a per-tensor schedule (see merging/schedules.py)
     base: Optional[str] = None  # for a LoRA adapter folder: the model it applies to (default: its config's)
+    parameters: Optional[dict] = None  # this model's own values of the method's per-model parameters (density...)
 
     def to_dict(self) -> dict:
         entry: dict[str, Any] = {"path": self.path}
@@ -30,6 +31,8 @@ class ModelEntry:
             entry["weight"] = self.weight
         if self.base is not None:
             entry["base"] = self.base
+        if self.parameters:
+            entry["parameters"] = dict(self.parameters)
         return entry
 
 
@@ -61,6 +64,13 @@ class Recipe:
         weights = list(weights) if weights is not None else [None] * len(paths)
         bases = [None if b is None else str(b) for b in adapter_bases] if adapter_bases else [None] * len(paths)
         return cls(models=[ModelEntry(p, w, b) for p, w, b in zip(paths, weights, bases)], **options)
+
+    @property
+    def model_parameters(self) -> Optional[list]:
+        """Each model's own method parameters (``None`` when no model has any)."""
+        if not any(m.parameters for m in self.models):
+            return None
+        return [dict(m.parameters or {}) for m in self.models]
 
     @property
     def weights(self) -> Optional[list]:
@@ -116,6 +126,8 @@ class Recipe:
     def from_yaml(cls, path: Union[str, os.PathLike], overrides: Iterable[str] = (),
                   trust_remote_code: bool = False) -> "Recipe":
         """Read and check the recipe file ``path``; relative paths in it are relative to its folder.
+        A mergekit config is read as mergekit reads it (``mergekit_config.py``; its paths relative to the
+        current folder).
 
         ``overrides`` are ``KEY.PATH=VALUE`` strings (``models.1.weight=0.3``), applied before the checks.
         A recipe cannot turn on a model folder's code: one that says ``trust_remote_code: true`` is
@@ -138,6 +150,8 @@ class Recipe:
                        overrides: Iterable[str] = (), trust_remote_code: bool = False) -> "Recipe":
         """Like :meth:`from_yaml` for recipe text; relative paths are relative to ``base_dir``."""
         data, lines = parse_yaml(text, source)
+        if mergekit_config.is_mergekit_config(data):  # read as mergekit reads it, then checked as a recipe
+            data, lines = mergekit_config.recipe_data(data, source), {}
         for assignment in [overrides] if isinstance(overrides, str) else overrides:
             data = apply_override(data, lines, assignment)
         schema.check(data, lines, base_dir, source)

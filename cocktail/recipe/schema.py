@@ -238,7 +238,7 @@ if tuple(WEIGHTS_FROM_CHECKS) != WEIGHTS_FROM_KEYS:
 
 
 #: The keys of a model entry (``models[i]``): the fields of ``ModelEntry``.
-MODEL_KEYS = ("path", "weight", "base")
+MODEL_KEYS = ("path", "weight", "base", "parameters")
 
 
 def _top_level_checks() -> dict[str, Check]:
@@ -361,6 +361,20 @@ def _check_models(data: dict, base_dir, problems: Problems, model_keys: list[str
             given.append(i)
         if entry.get("base") is not None:  # the model a LoRA adapter applies to
             _check_model_path(entry["base"], path + ("base",), base_dir, problems)
+        if entry.get("parameters") is not None:  # this model's own values of per-model method parameters
+            own = entry["parameters"]
+            if not isinstance(own, dict):
+                problems.add(path + ("parameters",), f"expected a mapping of parameter names to values, "
+                                                     f"got {_describe(own)}")
+                continue
+            method = _registered_method(data.get("merge_method", "linear"))
+            for key, value in own.items():
+                if method is not None and key not in method.per_model:
+                    takes = (f"it takes {', '.join(method.per_model)} per model" if method.per_model
+                             else "it takes none per model")
+                    problems.add(path + ("parameters", key), f"not a per-model parameter of {method.name}; {takes}")
+                else:
+                    check_tensor_value(value, path + ("parameters", key), problems)
     if given and data.get("weights_from"):
         for i in given:
             problems.add(("models", i, "weight"), "weights are given both here and by weights_from; "

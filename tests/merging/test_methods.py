@@ -64,9 +64,10 @@ def test_methods_do_not_modify_their_inputs(three):
     base, models = three
     copies = [m.clone() for m in models], base.clone()
     for name, method in METHODS.items():
-        tensors = models[:2] if name == "slerp" else models
+        tensors = models[:method.max_models] if method.max_models else models
         weights = [1 / len(tensors)] * len(tensors)
         extra = {"generator": gen(0)} if method.random else {}
+        extra.update({k: 0.5 for k, v in method.defaults.items() if v is None})  # required parameters
         method(tensors, weights, base if method.needs_base else None, **extra)
         assert all(torch.equal(a, b) for a, b in zip(models, copies[0])), name
         assert torch.equal(base, copies[1]), name
@@ -266,7 +267,8 @@ def test_methods_without_weights_refuse_weights(name):
 
 
 def test_unknown_parameter_is_refused_with_the_accepted_ones():
-    with pytest.raises(InputError, match=r"ties has no parameter 'densty'; did you mean 'density'\? \(its parameters: density, lambda\)"):
+    with pytest.raises(InputError, match=r"ties has no parameter 'densty'; did you mean 'density'\? \(its parameters: lambda, normalize, "
+                                          r"density, rounding, rescale, zero_sign\)"):
         check_method_use(get_method("ties"), [None, None], "base", {"densty": 0.5})
     with pytest.raises(InputError, match="linear has no parameter 't'; .it takes none"):
         check_method_use(get_method("linear"), [None, None], None, {"t": 0.5})
