@@ -5,6 +5,7 @@ SIGKILL at each moment of the replacement."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,17 @@ def test_killed_while_removing_the_old_output_the_next_run_finishes(models, tmp_
     assert tree_hashes(out) == new
     assert sorted(p.name for p in tmp_path.iterdir()) == ["A", "B", "out"]
     replaced_cleanly(a, b, out)
+
+
+def test_a_replaced_output_is_never_put_back(models, tmp_path):
+    """Killed while removing the replaced output, then the new output deleted by its user: the next run
+    removes what is left of the old one instead of putting it back in its place."""
+    a, b = models
+    out = tmp_path / "out"
+    assert run_in_process(["merge", "--models", a, b, "-o", out, "--quiet"]).exit_code == 0
+    killed_merge(a, b, out, "while the old output is removed")
+    shutil.rmtree(out)
+    result = run_in_process(["merge", "--models", a, b, "--weights", "0.3", "0.7", "-o", out, "--quiet"])
+    assert result.exit_code == 0, result
+    assert "0.3" in (out / "cocktail_recipe.yaml").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["A", "B", "out"]
