@@ -137,6 +137,10 @@ class OutputFolder:
         self._put_in_place(aside)
         self.committed = True
         if aside is not None:
+            try:
+                write_marker(self.work, aside.name, replaced=True)  # from here the next run removes it if this one dies
+            except OSError:  # the new output is in place; an old one left over is the lesser harm
+                pass
             rmtree(aside)
         if aside is None or not os.path.lexists(aside):  # else the marker stays: the next run finishes the job
             remove_work(self.work)

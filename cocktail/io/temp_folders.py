@@ -4,12 +4,12 @@ A run builds its output in a work folder ``.<name>.cocktail-<pid>-<random>`` bes
 ``output/`` inside it is the output being built, and a marker file, ``.cocktail-temporary``, names
 the process that made it (its pid and start time, so a recycled pid is not mistaken for it) and,
 while an existing output is being replaced, the name that output was moved aside to
-(``.<name>.old-<pid>-<hex>``).
+(``.<name>.old-<pid>-<hex>``) and, once the new output is in place, that it was replaced.
 
 :func:`recover` runs before the next run into the same output. It touches only work folders whose
-marker is valid and names a process that is gone: a previous output that was moved aside is put
-back when no output is in place (the run was killed between the two renames), else removed; then
-the work folder goes. A folder without a valid marker (someone's model folder that happens to be
+marker is valid and names a process that is gone: a previous output that was moved aside is removed
+once the marker says it was replaced, put back when no output is in place (the run was killed
+between the two renames), and otherwise left as it is; then the work folder goes. A folder without a valid marker (someone's model folder that happens to be
 named like one, a marker that is a link, absurd numbers) is never deleted, and no link is followed.
 """
 
@@ -63,10 +63,10 @@ def started(pid: int) -> Optional[int]:
         return None
 
 
-def write_marker(work: Path, aside: Optional[str] = None) -> None:
-    """Mark ``work`` as this process's (and name the output moved aside, once there is one): written
-    whole to a new file and renamed over the old one."""
-    data = {"pid": os.getpid(), "started": started(os.getpid()), "aside": aside}
+def write_marker(work: Path, aside: Optional[str] = None, replaced: bool = False) -> None:
+    """Mark ``work`` as this process's (and name the output moved aside, once there is one, and say when
+    the new output has replaced it): written whole to a new file and renamed over the old one."""
+    data = {"pid": os.getpid(), "started": started(os.getpid()), "aside": aside, "replaced": replaced}
     new = work / f"{MARKER}.new"
     new.write_text(json.dumps(data) + "\n")
     os.replace(new, work / MARKER)
@@ -101,6 +101,8 @@ def read_marker(work: Path, target: Path) -> Optional[dict]:
     aside_pattern = rf"{re.escape(temp_stem(target))}\.old-[0-9]{{1,10}}-[0-9a-f]{{8}}"
     if aside is not None and not (isinstance(aside, str) and re.fullmatch(aside_pattern, aside)):
         return None
+    if not isinstance(data.get("replaced", False), bool):
+        return None
     return data
 
 
@@ -134,11 +136,12 @@ def recover(target: Path) -> list[Path]:
             continue
         aside = target.parent / marker["aside"] if marker["aside"] else None
         if aside is not None and stat_kind(aside) == stat.S_IFDIR:
-            if not os.path.lexists(target):
+            if marker.get("replaced", False):
+                rmtree(aside)  # killed while removing the replaced output
+                touched.append(aside)
+            elif not os.path.lexists(target):
                 os.rename(aside, target)  # killed between moving the old output aside and putting the new one in place
-            else:
-                rmtree(aside)
-            touched.append(aside)
+                touched.append(aside)
         remove_work(work)
         touched.append(work)
     return touched

@@ -5,11 +5,10 @@ SIGKILL at each moment of the replacement."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from hostile.conftest import refuse, run_in_process, tree_hashes
 
@@ -37,6 +36,14 @@ def killed_merge(a, b, out, moment: str) -> None:
     assert killed.returncode == -9, killed.stderr
 
 
+def replaced_cleanly(a, b, out: Path) -> None:
+    """After the clean-up, ``--force`` replaces the output as usual and leaves nothing beside it."""
+    result = run_in_process(["merge", "--models", a, b, "--weights", "0.3", "0.7", "-o", out, "--force", "--quiet"])
+    assert result.exit_code == 0, result
+    assert "0.3" in (out / "cocktail_recipe.yaml").read_text()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["A", "B", "out"]
+
+
 def test_killed_after_moving_the_old_output_aside_the_next_run_puts_it_back(models, tmp_path):
     a, b = models
     out = tmp_path / "out"
@@ -51,6 +58,7 @@ def test_killed_after_moving_the_old_output_aside_the_next_run_puts_it_back(mode
     refuse(["merge", "--models", a, b, "-o", out, "--quiet"], inputs=[a, b], contains="already exists")
     assert {Path(p).relative_to(out).as_posix(): h for p, h in tree_hashes(out).items()} == previous
     assert sorted(p.name for p in tmp_path.iterdir()) == ["A", "B", "out"]
+    replaced_cleanly(a, b, out)
 
 
 def test_killed_while_removing_the_old_output_the_next_run_finishes(models, tmp_path):
@@ -64,15 +72,18 @@ def test_killed_while_removing_the_old_output_the_next_run_finishes(models, tmp_
     refuse(["merge", "--models", a, b, "-o", out, "--quiet"], inputs=[a, b], contains="already exists")
     assert tree_hashes(out) == new
     assert sorted(p.name for p in tmp_path.iterdir()) == ["A", "B", "out"]
+    replaced_cleanly(a, b, out)
 
 
-@pytest.mark.parametrize("moment", list(MOMENTS))
-def test_a_force_run_after_a_kill_replaces_the_output_cleanly(models, tmp_path, moment):
+def test_a_replaced_output_is_never_put_back(models, tmp_path):
+    """Killed while removing the replaced output, then the new output deleted by its user: the next run
+    removes what is left of the old one instead of putting it back in its place."""
     a, b = models
     out = tmp_path / "out"
     assert run_in_process(["merge", "--models", a, b, "-o", out, "--quiet"]).exit_code == 0
-    killed_merge(a, b, out, moment)
-    result = run_in_process(["merge", "--models", a, b, "--weights", "0.3", "0.7", "-o", out, "--force", "--quiet"])
+    killed_merge(a, b, out, "while the old output is removed")
+    shutil.rmtree(out)
+    result = run_in_process(["merge", "--models", a, b, "--weights", "0.3", "0.7", "-o", out, "--quiet"])
     assert result.exit_code == 0, result
     assert "0.3" in (out / "cocktail_recipe.yaml").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["A", "B", "out"]
