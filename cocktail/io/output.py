@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from cocktail.errors import OutputError, option
+from cocktail.io.modes import ordinary_mode
 from cocktail.io.provenance import RECIPE_FILE  # what marks a folder as a previous cocktail output
 
 NAME_MAX = 255  # bytes in one file name on common file systems
@@ -156,9 +157,7 @@ class OutputFolder:
             remove_stale(self.target)
             self.tmp = Path(tempfile.mkdtemp(prefix=f"{temp_stem(self.target)}.cocktail-{os.getpid()}-",
                                              dir=self.target.parent))
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary folder
+            os.chmod(self.tmp, ordinary_mode(folder=True))  # mkdtemp makes it private; the output is an ordinary folder
         except BaseException as exc:  # Ctrl-C or SIGTERM included: no __exit__ runs for a failed __enter__
             self._clean()
             if isinstance(exc, OSError):
