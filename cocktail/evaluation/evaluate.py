@@ -305,8 +305,8 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
         query_instruction: put before every query of the data given as paths (not before passages).
         split: the BEIR qrels split to use.
         batch_size, max_length, device: how to encode (default device: CUDA when present).
-        progress: a line on stderr per model (how it is scored: type, pooling) and per data set, and
-            progress bars for long encodes.
+        progress: a line on stderr per model (how it is scored: type, pooling) and per data set, and a
+            progress bar for any step (encoding, scoring pairs) that runs over two seconds.
         labels: names to show for the models (default: the paths as given).
         trust_remote_code: let a model folder's own code (``auto_map``) run; refused otherwise.
         model_type: ``encoder`` (BERT-style embedder; bge-m3 is scored in each of its modes),
