@@ -91,6 +91,7 @@ SPELLINGS = {
     "keep_weight": ("--keep-weight", "weights_from.keep_weight", "keep_weight="),
     "search_space": ("--search-space", "weights_from.search_space", "search_space="),
     "hybrid_weights": ("--hybrid-weights", "--hybrid-weights", "hybrid_weights="),
+    "parameter_t": ("--param t=0.3", "parameters: {t: 0.3}", "parameters={'t': 0.3}"),
 }
 
 

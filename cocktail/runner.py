@@ -56,6 +56,16 @@ class MergeResult:
     few_shot: Optional[dict] = None  # losses and details when the weights came from examples
     shards: dict = field(default_factory=dict)  # safetensors files per component folder ("." the top one)
 
+    def __repr__(self) -> str:  # print(cocktail.merge(...)): what was done, not every planned tensor
+        done = "dry run, nothing written" if self.dry_run else f"wrote {self.output}" if self.output else "in memory"
+        weights = ", ".join(provenance.format_weight(w) for w in self.weights)
+        counts = self.plan.summary()
+        return (f"MergeResult({done}; {self.recipe.merge_method} of {len(self.weights)} models, weights "
+                f"[{weights}]: {counts['merged_tensors']} tensors merged, {counts['copied_tensors']} copied, "
+                f"{counts['parameters']:,} parameters; {len(self.warnings)} warnings; .summary() for the rest)")
+
+    __str__ = __repr__
+
     def summary(self) -> dict:
         return {
             "output": str(self.output) if self.output else None,

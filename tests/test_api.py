@@ -306,3 +306,20 @@ def test_help_explains_the_arguments():
         assert word in doc
     assert "Args" in cocktail.merge_state_dicts.__doc__
     assert "train_end" in cocktail.CocktailCallback.__doc__
+
+
+def test_a_merge_result_prints_as_a_short_summary_not_every_planned_tensor(tmp_path):
+    a, b = make_bert(tmp_path / "a", seed=1), make_bert(tmp_path / "b", seed=2)
+    names = list(read_folder_tensors(a))
+    result = cocktail.merge([a, b], weights=[0.3, 0.7], output=tmp_path / "out")
+    counts = result.summary()
+    shown = str(result)
+    assert shown == repr(result) == (
+        f"MergeResult(wrote {tmp_path / 'out'}; linear of 2 models, weights [0.3, 0.7]: {counts['merged_tensors']} "
+        f"tensors merged, {counts['copied_tensors']} copied, {counts['parameters']:,} parameters; 0 warnings; "
+        ".summary() for the rest)")
+    assert not any(name in shown for name in names)
+    dry = cocktail.merge([a, b], dry_run=True)
+    assert str(dry).startswith("MergeResult(dry run, nothing written; linear of 2 models, weights [0.5, 0.5]: ")
+    assert repr(dry.plan) == (f"Plan(2 models: {counts['merged_tensors']} tensors merged, {counts['copied_tensors']} "
+                              f"copied, {counts['parameters']:,} parameters)")

@@ -53,8 +53,9 @@ def _print_result(result, as_json: bool) -> None:
     lines = [format_few_shot(summary["weights_from"], show_notes=False)] if summary.get("weights_from") else []
     if result.dry_run:
         count = sum(summary["shards"].values())
-        lines.append(f"dry run: nothing written (output would be {summary['output'] or 'not set'}, "
-                     f"{count} safetensors file{'s' if count != 1 else ''})")
+        files = f"{count} safetensors file{'s' if count != 1 else ''}"
+        lines.append(f"dry run: nothing written (output {summary['output']} would hold {files})" if summary["output"]
+                     else f"dry run: nothing written (no output given; a merge would write {files})")
     for path, w in zip(summary["models"], result.weights):
         lines.append(f"  {format_weight(w):>10}  {path}")
     if summary["base_model"]:

@@ -172,7 +172,7 @@ def quiet_transformers() -> None:
 
 def encode_options(fn):
     """Options shared by ``eval`` and ``sweep``: how data is read and texts are encoded."""
-    fn = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")(fn)
+    fn = click.option("--quiet", "-q", is_flag=True, help="No progress lines or bars on stderr.")(fn)
     fn = click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")(fn)
     fn = click.option("--device", help="Where to run the models (default: cuda when present, else cpu).")(fn)
     fn = click.option("--hybrid-weights", type=float, nargs=3, default=None, metavar="DENSE SPARSE COLBERT",

@@ -305,8 +305,8 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
         query_instruction: put before every query of the data given as paths (not before passages).
         split: the BEIR qrels split to use.
         batch_size, max_length, device: how to encode (default device: CUDA when present).
-        progress: a line on stderr per model (how it is scored: type, pooling) and per data set, and
-            progress bars for long encodes.
+        progress: a line on stderr per model (how it is scored: type, pooling) and per data set, and a
+            progress bar for any step (encoding, scoring pairs) that runs over two seconds.
         labels: names to show for the models (default: the paths as given).
         trust_remote_code: let a model folder's own code (``auto_map``) run; refused otherwise.
         model_type: ``encoder`` (BERT-style embedder; bge-m3 is scored in each of its modes),
@@ -370,8 +370,14 @@ def metric_label(row: dict) -> str:
     return f"{row['metric']}[{row['mode']}]" if row.get("mode") else row["metric"]
 
 
-def format_table(rows: Sequence[dict], row_key: str = "model", row_header: Optional[str] = None) -> str:
-    """One block per data set: a line per model (or per ``row_key`` value), a column per metric."""
+TABLE_WIDTH = 110  # a table wider than this is folded: its columns go on several lines
+
+
+def format_table(rows: Sequence[dict], row_key: str = "model", row_header: Optional[str] = None,
+                 width: int = TABLE_WIDTH) -> str:
+    """One block per data set: a line per model (or per ``row_key`` value), a column per metric; columns
+    that would make a line wider than ``width`` (bge-m3's 16 metric-and-mode columns) go on to a further
+    part of the block, the model names repeated."""
     blocks = []
     data_names = list(dict.fromkeys(r["data"] for r in rows))
     for data_name in data_names:
@@ -380,10 +386,45 @@ def format_table(rows: Sequence[dict], row_key: str = "model", row_header: Optio
         keys = list(dict.fromkeys(str(r[row_key]) for r in mine))
         values = {(str(r[row_key]), metric_label(r)): r["value"] for r in mine}
         header = row_header or row_key
-        width = max(len(header), *(len(k) for k in keys))
-        lines = [data_name, "  " + header.ljust(width) + "".join(f"  {m:>10}" for m in metrics)]
-        for key in keys:
-            cells = "".join(f"  {_cell(values[(key, m)]) if (key, m) in values else '':>10}" for m in metrics)
-            lines.append("  " + key.ljust(width) + cells)
+        key_width = max(len(header), *(len(k) for k in keys))
+        lines = [data_name]
+        for part in _fold(metrics, width - 2 - key_width):
+            if len(lines) > 1:
+                lines.append("")
+            lines.append("  " + header.ljust(key_width) + "".join(f"  {m:>{_column(m)}}" for m in part))
+            for key in keys:
+                cells = "".join(f"  {_cell(values[(key, m)]) if (key, m) in values else '':>{_column(m)}}"
+                                for m in part)
+                lines.append("  " + key.ljust(key_width) + cells)
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def _column(metric: str) -> int:
+    return max(10, len(metric))
+
+
+def _fold(metrics: list[str], room: int) -> list[list[str]]:
+    """``metrics`` in parts whose columns fit in ``room`` characters: the columns of one mode
+    (``...[sparse]``) kept together where they fit, at least one column a part."""
+    groups: list[list[str]] = []
+    for metric in metrics:
+        mode = metric.partition("[")[2]
+        if groups and groups[-1][0].partition("[")[2] == mode:
+            groups[-1].append(metric)
+        else:
+            groups.append([metric])
+    parts: list[list[str]] = [[]]
+    used = 0
+    for group in groups:
+        need = sum(2 + _column(m) for m in group)
+        if parts[-1] and used + need > room:
+            parts.append([])
+            used = 0
+        for metric in group:  # a group wider than the room on its own is cut where it must be
+            if parts[-1] and used + 2 + _column(metric) > room:
+                parts.append([])
+                used = 0
+            parts[-1].append(metric)
+            used += 2 + _column(metric)
+    return parts

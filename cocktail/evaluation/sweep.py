@@ -10,6 +10,7 @@ pooling, as ``cocktail merge`` does.
 from __future__ import annotations
 
 import os
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -198,13 +199,25 @@ def frontier_curves(result: SweepResult, mode: Optional[str] = None) -> list[dic
 
 def plot_frontier(result: SweepResult, path: Union[str, os.PathLike], labels: Optional[Sequence[str]] = None,
                   mode: Optional[str] = None) -> Path:
-    """Draw the measured frontier (:func:`frontier_curves`): one panel per general data set, x its
-    metric, y the target's, each merge labelled with its weight; the few-shot weight marked; PNG."""
-    plt = pyplot()
+    """Draw the measured frontier (:func:`frontier_figure`) into the PNG file ``path``."""
     check_target(path)
+    return save_png(frontier_figure(result, labels, mode), path)
+
+
+def frontier_figure(result: SweepResult, labels: Optional[Sequence[str]] = None, mode: Optional[str] = None):
+    """The measured frontier (:func:`frontier_curves`) as a matplotlib figure: one panel per general data
+    set, x its metric, y the target's, each merge labelled with its weight; the few-shot weight marked.
+    Long names are shortened (a path to its last part) and wrapped, so nothing is cut off."""
+    plt = pyplot()
     curves = frontier_curves(result, mode)
     names = _names(result, labels)
-    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4.8), dpi=120, squeeze=False)
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 5.2), dpi=120, squeeze=False,
+                             layout="constrained")
+    target = _short(curves[0]["target"])
+    fig.suptitle(_wrapped(f"measured frontier of w * {names[0]} + (1 - w) * {names[1]}: {target} (the target) "
+                          "against each general data set", 55 * len(curves)), fontsize=11)
     marked = result.few_shot_weight
     for ax, curve in zip(axes[0], curves):
         points = curve["points"]
@@ -221,13 +234,24 @@ def plot_frontier(result: SweepResult, path: Union[str, os.PathLike], labels: Op
             if hit:
                 ax.scatter([hit[0]["x"]], [hit[0]["y"]], marker="*", s=180, color="tab:red", zorder=5,
                            label=f"few-shot weights ({marked:.2f})")
-        ax.set_xlabel(f"{curve['general']} ({curve['general_metric']}): general skill")
-        ax.set_ylabel(f"{curve['target']} ({curve['target_metric']}): target")
+        ax.set_xlabel(_wrapped(f"{_short(curve['general'])} ({curve['general_metric']}): general skill", 50))
+        ax.set_ylabel(_wrapped(f"{target} ({curve['target_metric']}): target", 40))
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # long tick labels side by side: few of them
+        ax.ticklabel_format(axis="both", useOffset=False, style="plain")  # no "1e-5+8.3e-1" over the label
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        ax.set_title(f"frontier: {curve['target']} against {curve['general']}")
-    fig.tight_layout()
-    return save_png(fig, path)
+        ax.set_title(_wrapped(f"{target} against {_short(curve['general'])}", 50), fontsize=10)
+    return fig
+
+
+def _short(name: str) -> str:
+    """A data set's name as a plot shows it: a path by its last part (``scifact``, ``sts-test.csv``)."""
+    return Path(name).name or name if ("/" in name or os.sep in name) else name
+
+
+def _wrapped(text: str, width: int) -> str:
+    """``text`` on lines of at most ``width`` characters (a long title or label is not cut off)."""
+    return textwrap.fill(text, width, break_long_words=True, break_on_hyphens=False)
 
 
 def _names(result: SweepResult, labels: Optional[Sequence[str]]) -> list[str]:

@@ -274,9 +274,26 @@ def resolve(source: str) -> Path:
                             "*/*.safetensors", "*.bin"],
         )
     except Exception as exc:  # hub errors come in many types; all mean "not available"
-        how = "offline (HF_HUB_OFFLINE=1) and not in the local Hugging Face cache" if offline else str(exc).splitlines()[0]
-        raise InputError(f"model not found: {source} is not a local folder; as a hub id it is {how}") from None
+        raise InputError(f"model not found: {source} is not a local folder, and as a hub id it is not in the local "
+                         f"Hugging Face cache {_why_not_fetched(exc, offline)}") from None
     return Path(folder)
+
+
+def _why_not_fetched(exc: Exception, offline: bool) -> str:
+    """Why a hub id's snapshot could not be had, as the end of a sentence."""
+    from huggingface_hub import errors
+
+    if offline:
+        return "(HF_HUB_OFFLINE=1: nothing is downloaded)"
+    if isinstance(exc, errors.GatedRepoError):
+        return "and the hub lets only approved users download it (a gated repository: log in with a token)"
+    if isinstance(exc, errors.RepositoryNotFoundError):
+        return "and the hub has no such repository (or it is private: log in with a token)"
+    cause = exc.__cause__ or exc
+    if isinstance(exc, errors.LocalEntryNotFoundError):  # the hub could not be reached
+        reason = f"{type(cause).__name__}: {cause}" if cause is not exc else "no connection"
+        return f"and the hub cannot be reached ({' '.join(reason.split())[:200]})"
+    return f"and it could not be downloaded ({' '.join(str(exc).split())[:200]})"
 
 
 class CheckpointLike(Protocol):

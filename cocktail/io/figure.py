@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence, Union
 
 from cocktail.errors import InputError
+from cocktail.io.modes import ordinary_mode
 from cocktail.version import install_hint
 
 
@@ -44,6 +45,7 @@ def save_png(fig, path: Union[str, os.PathLike]) -> Path:
     handle, tmp = tempfile.mkstemp(prefix=".cocktail-plot-", suffix=".png", dir=str(target.parent))
     os.close(handle)
     try:
+        os.chmod(tmp, ordinary_mode())  # mkstemp makes it private; a plot is an ordinary file (0644 under umask 022)
         fig.savefig(tmp, format="png")
         os.replace(tmp, target)
     except BaseException:

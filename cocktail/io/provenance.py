@@ -118,16 +118,28 @@ def _strings(value) -> list[str]:
     return [v for v in values if isinstance(v, str) and looks_like_hub_id(v)]
 
 
+def config_origin(checkpoint: CheckpointLike) -> list[str]:
+    """The hub model a local fine-tune was trained from, as its ``config.json`` records it
+    (``_name_or_path``, which transformers 4 saves: ``BAAI/bge-base-en-v1.5``): only an ``org/name`` id
+    that is no path here (a model loaded from a folder records the folder)."""
+    value = (checkpoint.config or {}).get("_name_or_path")
+    if not isinstance(value, str) or value.count("/") != 1 or not looks_like_hub_id(value):
+        return []
+    return [] if Path(value).expanduser().exists() else [value]
+
+
 def card_inputs(checkpoints: Sequence[CheckpointLike]) -> dict:
     """What the output's card says of its inputs: ``names`` (hub id, else folder name, per input),
-    ``base_model`` (the hub ids it derives from: the inputs' own, and their cards' base models) and
-    ``licenses`` (each input's licence, where its card gives one)."""
+    ``base_model`` (the hub ids it derives from: each input's own; else, for a local folder, the base
+    models its card names and the hub model its config says it was trained from) and ``licenses``
+    (each input's licence, where its card gives one). A local path is never a ``base_model``."""
     names, bases, licenses = [], [], []
     for checkpoint in checkpoints:
         identity = hub_id(checkpoint)
         names.append(identity or Path(str(checkpoint.source)).name or str(checkpoint.source))
         meta = card_metadata(checkpoint.root)
-        bases += ([identity] if identity else []) + _strings(meta.get("base_model"))
+        origin = _strings(meta.get("base_model")) or ([] if identity else config_origin(checkpoint))
+        bases += ([identity] if identity else []) + origin
         license = meta.get("license")
         licenses.append(license if isinstance(license, str) else None)
     return {"names": names, "base_model": list(dict.fromkeys(bases)), "licenses": licenses}

@@ -83,8 +83,9 @@ def inspect_models(sources: list[str], adapter_base: Optional[str] = None) -> di
             report["config_differences"] = config_differences(checkpoints)
             try:
                 plan = build_plan(checkpoints)
-                report.update(mergeable=True, reason=None, notes=plan.notes,
-                              merged_tensors=plan.summary()["merged_tensors"])
+                counts = plan.summary()
+                report.update(mergeable=True, reason=None, notes=plan.notes, merged_tensors=counts["merged_tensors"],
+                              copied_tensors=counts["copied_tensors"])
             except CocktailError as exc:
                 report.update(mergeable=False, reason=str(exc), notes=[])
         return report
@@ -113,7 +114,8 @@ def format_report(report: dict) -> str:
     if "mergeable" in report:
         lines.append("")
         if report["mergeable"]:
-            lines.append(f"mergeable: yes ({report['merged_tensors']} tensors)")
+            lines.append(f"mergeable: yes ({report['merged_tensors']} tensors merged, {report['copied_tensors']} "
+                         "copied, as cocktail merge counts them)")
         else:
             lines.append(f"mergeable: no: {report['reason']}")
         for note in report["notes"]:

@@ -112,6 +112,12 @@ class Plan:
     def output_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
 
+    def __repr__(self) -> str:  # not every planned tensor: a plan of a 7B model has hundreds
+        counts = self.summary()
+        base = f", base {counts['base_model']}" if counts["base_model"] else ""
+        return (f"Plan({len(self.checkpoints)} models{base}: {counts['merged_tensors']} tensors merged, "
+                f"{counts['copied_tensors']} copied, {counts['parameters']:,} parameters)")
+
     def summary(self) -> dict:
         dtypes: dict[str, int] = {}
         for t in self.tensors:

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from cocktail.errors import InputError, did_you_mean, few_names, option
+from cocktail.errors import DOOR, InputError, did_you_mean, few_names, option
 from cocktail.io.checkpoints import TRANSFORMER
 from cocktail.merging.plan import MERGE, Plan, PlannedTensor
 from cocktail.merging.registry import REQUIRED, Method, parameter_problem
@@ -33,7 +33,18 @@ class TensorSettings:
 
 
 def weight_key(index: int) -> str:
-    return f"models[{index}].weight"
+    """Where model ``index``'s weight is given, as the user's door spells it: ``--weights`` (its 1st value),
+    ``weights[0]`` from Python, ``models[0].weight`` in a recipe."""
+    door = DOOR.get()
+    if door == "cli":
+        return f"--weights (its {ordinal(index + 1)} value)"
+    return f"weights[{index}]" if door == "python" else f"models[{index}].weight"
+
+
+def ordinal(n: int) -> str:
+    """``1st``, ``2nd``, ``3rd``, ``4th``, ..., ``11th``, ``21st``."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def parameter_key(name: str) -> str:
@@ -51,9 +62,10 @@ def check_method_use(method: Method, weights: Sequence[Any], base_model: Optiona
     method.check_inputs(len(weights), bool(base_model))
     given = [i for i, w in enumerate(weights) if w is not None]
     if given and not method.uses_weights:
-        how = {"slerp": "its parameter t sets the mix", "model_stock": "it computes its own mix from the models"}
-        raise InputError(f"merge method {method.name} takes no weights, but {weight_key(given[0])} is given "
-                         f"({option('weights')}): "
+        how = {"slerp": f"its parameter t sets the mix ({option('parameter_t')})",
+               "model_stock": "it computes its own mix from the models"}
+        given_as = weight_key(given[0]) if DOOR.get() == "recipe" else option("weights")
+        raise InputError(f"merge method {method.name} takes no weights, but {given_as} is given: "
                          f"{how.get(method.name, 'remove them')}")
     for i, weight in enumerate(weights):
         if weight is not None and not is_number(weight):

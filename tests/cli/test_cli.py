@@ -52,6 +52,11 @@ def test_dry_run_prints_the_plan_and_writes_nothing(two_berts, tmp_path, cli):
     assert res.returncode == 0, res
     assert "dry run" in res.stdout and "tensors merged" in res.stdout
     assert not (tmp_path / "out").exists()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    unset = cli("merge", "--models", a, b, "--dry-run", cwd=tmp_path)  # no --output: still a dry run
+    assert unset.returncode == 0, unset
+    assert "dry run: nothing written (no output given; a merge would write 1 safetensors file)" in unset.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 @pytest.mark.parametrize("case", ["missing", "weights", "sum", "exists", "vocab", "arch", "no-output", "input",
@@ -166,7 +171,7 @@ def test_dry_run_counts_the_shards_and_a_long_write_is_summarised(two_berts, tmp
     written = cli("merge", "--models", a, b, "-o", tmp_path / "out", "--max-shard-size", "10KB", "--json")
     shards = sorted(f for f in json.loads(written.stdout)["files"] if f.endswith(".safetensors"))
     assert len(shards) > 3
-    assert f"output would be {tmp_path / 'out'}, {len(shards)} safetensors files)" in dry.stdout
+    assert f"(output {tmp_path / 'out'} would hold {len(shards)} safetensors files)" in dry.stdout
     # tensors bigger than a shard each get a file of their own, and the user is told
     big = [name for name, t in read_folder_tensors(a).items() if t.numel() * t.element_size() > 10_000]
     assert big and f"{len(big)} tensor" in dry.stderr and "larger than max_shard_size 10KB" in dry.stderr

@@ -141,3 +141,23 @@ def test_hybrid_weights_are_the_users_to_set(tmp_path):
     assert bad.exit_code == 2 and bad.stderr.strip().splitlines() == [
         "error: --hybrid-weights takes three weights, of dense, sparse and colbert, none negative and not all 0 "
         "(bge-m3's model card advises 0.4 0.2 0.4), got -1 1 1"]
+
+
+def test_a_bge_m3_table_is_folded_to_fit_a_terminal(tmp_path, data):
+    """16 columns (4 metrics in 4 modes) made 300-character lines: folded, each line fits 110 columns
+    and every value still sits under its own metric."""
+    from cocktail.evaluation.evaluate import format_table, metric_label
+
+    m3 = make_m3(tmp_path / "m3")
+    rows = evaluate_models([str(m3)], [str(data)])
+    assert len(rows) == 16
+    table = format_table(rows)
+    lines = table.splitlines()
+    assert max(len(line) for line in lines) <= 110, table
+    shown = {}
+    for header, values in zip(lines, lines[1:]):
+        if header.strip().startswith("model"):
+            assert values.split()[0] == str(m3)
+            shown.update(zip(header.split()[1:], values.split()[1:]))
+    assert shown == {metric_label(r): f"{r['value']:.4f}" for r in rows}
+    assert len([line for line in lines if line.strip().startswith("model")]) > 1  # it was folded

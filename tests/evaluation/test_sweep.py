@@ -146,3 +146,44 @@ def test_a_mode_the_models_lack_is_refused_before_anything_is_scored(sweep_input
         monkeypatch.setattr(sweep, name, lambda *a, _name=name, **k: pytest.fail(f"{_name} ran"))
     with pytest.raises(InputError, match="mode= colbert: these models are scored in dense only"):
         sweep.sweep_weights([a, b], [sts], 2, examples=examples, mode="colbert")
+
+
+def test_the_frontier_plot_shows_every_word_and_tick_label_apart(tmp_path):
+    """Long data set paths and metrics that differ in the fifth decimal: the title, labels and tick labels all lie inside the
+    picture, and no two x tick labels touch (once the title was cut off and the ticks ran together)."""
+    from cocktail.evaluation.datasets import RetrievalSet, STSSet
+    from cocktail.evaluation.evaluate import Task
+    from cocktail.evaluation.sweep import SweepResult, frontier_figure, plot_frontier
+    from cocktail.io.figure import pyplot
+
+    target = Task(RetrievalSet("/home/someone/projects/data/beir/scifact", {}, {}, {}))
+    general = [Task(STSSet("/home/someone/projects/data/stsbenchmark/sts-test.csv", [])),
+               Task(STSSet("/home/someone/projects/data/sick/SICK_test_annotated.txt", []))]
+    weights = [i / 10 for i in range(11)]
+    rows = []
+    for w in weights:
+        rows += [{"weight": w, "data": target.name, "metric": "ndcg@10", "value": 0.6 + 0.1 * w - 0.02 * w * w},
+                 {"weight": w, "data": general[0].name, "metric": "spearman", "value": 0.8312345 - 3.12e-5 * w},
+                 {"weight": w, "data": general[1].name, "metric": "spearman", "value": 0.7712345 - 1.2e-4 * w * w}]
+    result = SweepResult(["/home/someone/models/bge-base-en-v1.5-finetuned-scifact",
+                          "/home/someone/models/bge-base-en-v1.5"], weights, rows, [target, *general], [0.4])
+    fig = frontier_figure(result)
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        picture = fig.bbox
+        texts = [fig._suptitle] + [t for ax in fig.axes for t in (ax.title, ax.xaxis.label, ax.yaxis.label)]
+        for text in texts:
+            box = text.get_window_extent(renderer)
+            assert text.get_text() and picture.x0 <= box.x0 and box.x1 <= picture.x1 and box.y1 <= picture.y1, \
+                f"{text.get_text()!r} is cut off"
+        for ax in fig.axes:
+            ticks = sorted((t.get_window_extent(renderer) for t in ax.get_xticklabels()
+                            if t.get_text() and t.get_visible()), key=lambda b: b.x0)
+            ticks = [b for b in ticks if ax.bbox.x0 - 5 <= (b.x0 + b.x1) / 2 <= ax.bbox.x1 + 5]  # the ones drawn
+            assert len(ticks) >= 3
+            assert not ax.xaxis.get_offset_text().get_text(), "an offset ('1e-5+8.3e-1') drawn over the x label"
+            assert all(left.x1 + 4 <= right.x0 for left, right in zip(ticks, ticks[1:])), "x tick labels touch"
+    finally:
+        pyplot().close(fig)
+    assert_png(plot_frontier(result, tmp_path / "frontier.png"))

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import make_bert, read_folder_tensors
+from conftest import make_bert, read_folder_tensors, run_cli
 
 from cocktail.errors import InputError
 from cocktail.io.checkpoints import TRANSFORMER, Checkpoint
@@ -120,8 +120,22 @@ def test_hub_id_not_cached_offline_names_the_id(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(InputError, match=r"acme/not-there.*offline"):
+    with pytest.raises(InputError) as refused:
         Checkpoint.open("acme/not-there")
+    assert str(refused.value) == ("model not found: acme/not-there is not a local folder, and as a hub id it is not in "
+                                  "the local Hugging Face cache (HF_HUB_OFFLINE=1: nothing is downloaded)")
+
+
+def test_hub_id_with_the_hub_unreachable_says_so_in_a_sentence(tmp_path):
+    """Online, with the hub unreachable (an endpoint on a closed local port: nothing leaves the machine)."""
+    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    result = run_cli("inspect", "acme/not-there", env=env, cwd=tmp_path)
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: model not found: acme/not-there is not a local folder, and as a hub id it is not in the local Hugging "
+        "Face cache and the hub cannot be reached ("), result
+    assert "Connection refused" in lines[0] and "Got:" not in lines[0], result  # the client's error, in a sentence
 
 
 @pytest.mark.parametrize("make_bad, message", [

@@ -320,6 +320,24 @@ def test_model_card_names_hub_models_and_keeps_the_licence(tmp_path):
     assert str(tmp_path) not in card
 
 
+def test_local_fine_tunes_name_the_hub_model_their_config_was_trained_from(tmp_path, minilm_path):
+    """A local folder without a card: its config.json's _name_or_path (transformers 4 saves the model a
+    fine-tune was loaded from) is a hub id, and becomes the card's base_model; a path there never does."""
+    tuned = make_bert(tmp_path / "my-finetune", seed=1)
+    config = json.loads((tuned / "config.json").read_text())
+    (tuned / "config.json").write_text(json.dumps({**config, "_name_or_path": "BAAI/bge-small-en-v1.5"}))
+    local = make_bert(tmp_path / "other", seed=2)
+    config = json.loads((local / "config.json").read_text())
+    (local / "config.json").write_text(json.dumps({**config, "_name_or_path": "/home/me/checkpoints/step-500"}))
+    cocktail.merge([tuned, local], [0.5, 0.5], tmp_path / "out")
+    front = yaml.safe_load((tmp_path / "out" / "README.md").read_text().split("---")[1])
+    assert front["base_model"] == ["BAAI/bge-small-en-v1.5"]
+    # the real all-MiniLM-L6-v2, as a local folder: its config names nreimers/MiniLM-L6-H384-uncased
+    cocktail.merge([minilm_path, minilm_path], [0.5, 0.5], tmp_path / "mini")
+    front = yaml.safe_load((tmp_path / "mini" / "README.md").read_text().split("---")[1])
+    assert front["base_model"] == ["nreimers/MiniLM-L6-H384-uncased"]
+
+
 def test_model_card_says_when_licences_differ_and_ignores_a_hostile_card(tmp_path):
     a, b = make_bert(tmp_path / "a", seed=1), make_bert(tmp_path / "b", seed=2)
     write_card(a, license="apache-2.0")

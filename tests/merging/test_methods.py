@@ -262,8 +262,28 @@ def test_slerp_needs_exactly_two_models(count):
 
 @pytest.mark.parametrize("name", ["slerp", "model_stock"])
 def test_methods_without_weights_refuse_weights(name):
-    with pytest.raises(InputError, match=rf"{name} takes no weights, but models\[0\]\.weight is given"):
+    with pytest.raises(InputError, match=rf"{name} takes no weights, but weights= is given"):
         check_method_use(get_method(name), [0.5, 0.5], "base" if name == "model_stock" else None, {})
+
+
+@pytest.mark.parametrize("door, says", [
+    ("cli", "merge method slerp takes no weights, but --weights is given: its parameter t sets the mix "
+            "(--param t=0.3)"),
+    ("recipe", "merge method slerp takes no weights, but models[1].weight is given: its parameter t sets the mix "
+               "(parameters: {t: 0.3})"),
+    ("python", "merge method slerp takes no weights, but weights= is given: its parameter t sets the mix "
+               "(parameters={'t': 0.3})"),
+])
+def test_the_slerp_weights_error_speaks_the_users_language(door, says):
+    from cocktail.errors import DOOR
+
+    token = DOOR.set(door)
+    try:
+        with pytest.raises(InputError) as raised:
+            check_method_use(get_method("slerp"), [None, 0.5], None, {})
+    finally:
+        DOOR.reset(token)
+    assert str(raised.value) == says
 
 
 def test_unknown_parameter_is_refused_with_the_accepted_ones():
