@@ -18,10 +18,14 @@ from __future__ import annotations
 import argparse
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from _support import MODEL_PACKAGE, description, extra, require, work_folder
 
 import cocktail  # light: its names load when first used
+
+if TYPE_CHECKING:
+    import torch
 
 DATA = Path(__file__).resolve().parent / "data" / "stsb_sample.tsv"
 

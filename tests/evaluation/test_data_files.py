@@ -18,6 +18,7 @@ from conftest import shared_data
 
 from cocktail.evaluation.datasets import DataError, RetrievalSet, STSSet, load_dataset
 
+
 def read_tsv_rows(text: str) -> list[list[str]]:
     """What the owners' readers do: split lines on tabs, quotes are plain characters."""
     return [row for row in csv.reader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE) if row]
