@@ -64,7 +64,7 @@ class Settings:
     sweep_steps: int = 5
 
 
-QUICK = Settings(train_steps=2, batch_size=8, max_length=32, eval_queries=16, eval_distractors=16, sts_pairs=24,
+QUICK = Settings(train_steps=2, batch_size=4, max_length=32, eval_queries=8, eval_distractors=8, sts_pairs=16,
                  sweep_steps=3)
 
 
