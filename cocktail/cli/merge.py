@@ -25,7 +25,9 @@ from cocktail.cli.options import (
 from cocktail.cli.weights import format_few_shot
 
 METHOD_HELP = ("Merge method: linear (weighted average, default), task_arithmetic, ties, dare_linear, dare_ties "
-               "(these need --base), slerp (two models, --param t=...), model_stock (needs --base).")
+               "(these need --base), slerp (two models, --param t=...), model_stock (needs --base); data-aware: regmean "
+               "(--param alpha=...) and fisher, fitted to statistics of each model on --examples (--keep for "
+               "the --base model).")
 
 
 SHOW_FILES = 3  # weight files named in the "wrote" line; more are summarised
@@ -76,7 +78,8 @@ def _print_result(result, as_json: bool) -> None:
 @click.option("--models", "-m", "models", multiple=True, required=True, metavar="PATH...",
               help="Models to merge: folders, .safetensors files or cached hub ids.")
 @click.option("--weights", "-w", "weights", multiple=True, type=float, metavar="W...",
-              help="One weight per model, summing to 1 (default: equal weights).")
+              help="One weight per model, summing to 1 (default: equal weights); with regmean / fisher they "
+                   "scale each model's statistics.")
 @click.option("--output", "-o", type=click.Path(), help="Output folder (must not exist unless --force).")
 @click.option("--method", "method", default="linear", show_default=True, metavar="NAME", help=METHOD_HELP)
 @click.option("--base", "base", type=click.Path(), help="Base model, for methods that merge differences from it.")
@@ -109,8 +112,11 @@ def merge_command(models, weights, output, method, base, adapter_base, params, s
         raise click.UsageError("missing option '--output' (or use --dry-run)")
     parameters = dict(parse_parameter(p) for p in params)
     weights_from = weights_from_options(few_shot)
-    if weights_from and weights:
-        raise click.UsageError("give either --weights or --examples, not both")
+    from cocktail.recipe.choices import DATA_AWARE_METHODS
+
+    if weights_from and weights and method not in DATA_AWARE_METHODS:
+        raise click.UsageError("give either --weights or --examples, not both (only the data-aware methods "
+                               f"{', '.join(DATA_AWARE_METHODS)} take both: the weights scale each model's statistics)")
     recipe = Recipe.from_models(models, list(weights) or None, bases_for(models, adapter_base), output=output,
                                 model_type=model_type, dtype=dtype, normalize=normalize,
                                 max_shard_size=max_shard_size, config_from=config_from,

@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from cocktail.errors import InputError, did_you_mean, option
+from cocktail.merging.data_aware import DEFAULT_ALPHA, DEFAULT_FISHER_FLOOR, fisher_mean, regmean_solve
 
 # |cos| above which two tensors count as (anti)parallel and slerp falls back to linear interpolation.
 SLERP_PARALLEL = 0.9995
@@ -40,6 +41,7 @@ class Method:
     nonnegative_weights: bool = False
     elementwise: bool = False  # True: memory-bound elementwise arithmetic, run on one thread
     takes_out: bool = False  # True: called with ``out=`` (a scratch tensor of the result's shape) when one is given
+    statistics: Optional[str] = None  # "gram" or "fisher": data-aware, called with ``statistics=`` (see data_aware.py)
 
     @property
     def parameters(self) -> tuple[str, ...]:
@@ -73,7 +75,8 @@ METHODS: dict[str, Method] = {}
 
 def register(name: str, *, needs_base: bool = False, uses_weights: bool = True, takes_base: bool = True,
              min_models: int = 1, max_models: Optional[int] = None, random: bool = False,
-             nonnegative_weights: bool = False, elementwise: bool = False, takes_out: bool = False, **defaults):
+             nonnegative_weights: bool = False, elementwise: bool = False, takes_out: bool = False,
+             statistics: Optional[str] = None, **defaults):
     """Register ``fn(tensors, weights, base, **params) -> tensor`` as merge method ``name``.
 
     ``defaults`` names every parameter the method takes, with its default value.
@@ -82,7 +85,8 @@ def register(name: str, *, needs_base: bool = False, uses_weights: bool = True, 
     def decorate(fn):
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         METHODS[name] = Method(name, fn, needs_base, uses_weights, dict(defaults), summary, takes_base,
-                               min_models, max_models, random, nonnegative_weights, elementwise, takes_out)
+                               min_models, max_models, random, nonnegative_weights, elementwise, takes_out,
+                               statistics)
         return fn
 
     return decorate
@@ -102,6 +106,10 @@ def parameter_problem(name: str, value: float) -> Optional[str]:
         return f"must be a finite number, got {value}"
     if name == "density" and not 0 < value <= 1:
         return f"must be in (0, 1] (the fraction of each difference kept), got {value:g}"
+    if name == "alpha" and not 0 <= value <= 1:
+        return f"must be in [0, 1] (the share of the Gram matrices' off-diagonal entries kept), got {value:g}"
+    if name == "epsilon" and value <= 0:
+        return f"must be more than 0 (the floor added to every Fisher entry), got {value:g}"
     if name == "t" and not 0 <= value <= 1:
         return f"must be in [0, 1] (0 gives the first model, 1 the second), got {value:g}"
     return None
@@ -241,3 +249,27 @@ def model_stock(tensors: Sequence[torch.Tensor], weights=None, base: torch.Tenso
     ratio = count * cos / (1 + (count - 1) * cos)
     mean = _weighted_sum(tensors, [1.0 / count] * count)
     return mean * ratio + base * (1 - ratio)
+
+
+# --- data-aware methods: called with each model's statistics of the tensor (None: it has none) ----------
+
+@register("regmean", nonnegative_weights=True, statistics="gram", alpha=DEFAULT_ALPHA)
+def regmean(tensors: Sequence[torch.Tensor], weights: Sequence[float], base=None, *, alpha: float,
+            statistics: Optional[Sequence[torch.Tensor]] = None, transposed: bool = True,
+            ridged: Optional[list] = None, name: str = "") -> torch.Tensor:
+    """RegMean: each linear layer fitted to every model's outputs on its own examples' inputs (Jin et al. 2023)."""
+    if statistics is None:
+        return _weighted_sum(tensors, weights)
+    merged, ridge = regmean_solve(tensors, statistics, weights, alpha, transposed)
+    if ridge is not None and ridged is not None:
+        ridged.append(name)
+    return merged.to(tensors[0].dtype)
+
+
+@register("fisher", nonnegative_weights=True, statistics="fisher", epsilon=DEFAULT_FISHER_FLOOR)
+def fisher(tensors: Sequence[torch.Tensor], weights: Sequence[float], base=None, *, epsilon: float,
+           statistics: Optional[Sequence[torch.Tensor]] = None, **_) -> torch.Tensor:
+    """Fisher merging: each entry averaged with weights w_i times model i's diagonal Fisher (Matena & Raffel 2022)."""
+    if statistics is None:
+        return _weighted_sum(tensors, weights)
+    return fisher_mean(tensors, statistics, weights, epsilon).to(tensors[0].dtype)

@@ -275,7 +275,8 @@ def check(data: Any, lines: dict, base_dir: Union[str, os.PathLike], source: str
             checks[key](value, (key,), problems)
 
     method = _registered_method(data.get("merge_method", "linear"))
-    _check_models(data, base_dir, problems, list(MODEL_KEYS), uses_weights=method is None or method.uses_weights)
+    _check_models(data, base_dir, problems, list(MODEL_KEYS), uses_weights=method is None or method.uses_weights,
+                  data_aware=method is not None and method.statistics is not None)
     for key in MODEL_PATH_KEYS:
         value = data.get(key[0])
         if isinstance(value, str) and value.strip():
@@ -293,7 +294,8 @@ def _registered_method(name: Any):
     return METHODS.get(name) if isinstance(name, str) else None
 
 
-def _check_models(data: dict, base_dir, problems: Problems, model_keys: list[str], uses_weights: bool) -> None:
+def _check_models(data: dict, base_dir, problems: Problems, model_keys: list[str], uses_weights: bool,
+                  data_aware: bool = False) -> None:
     models = data.get("models")
     if "models" not in data:
         problems.add(("models",), "missing: list the models to merge (each with a path)")
@@ -319,7 +321,7 @@ def _check_models(data: dict, base_dir, problems: Problems, model_keys: list[str
             given.append(i)
         if entry.get("base") is not None:  # the model a LoRA adapter applies to
             _check_model_path(entry["base"], path + ("base",), base_dir, problems)
-    if given and data.get("weights_from"):
+    if given and data.get("weights_from") and not data_aware:  # data-aware: examples feed statistics, not weights
         for i in given:
             problems.add(("models", i, "weight"), "weights are given both here and by weights_from; "
                                                   "remove one (fixed weights, or weights from examples)")
