@@ -90,10 +90,9 @@ def check_recipe(recipe: Recipe) -> Method:
 def check_paths(recipe: Recipe) -> None:
     """Every path of the recipe is a name cocktail can write into its recipe file: not empty, valid
     UTF-8 (a path of invalid bytes fails here, not after the whole merge)."""
-    examples = (recipe.weights_from or {}).get("examples")
     named = [("model", m.path) for m in recipe.models] + [("base", m.base) for m in recipe.models]
-    named += [("base model", recipe.base_model), ("config_from", recipe.config_from), ("output", recipe.output),
-              ("examples", examples if isinstance(examples, (str, os.PathLike)) else None)]
+    named += [("base model", recipe.base_model), ("config_from", recipe.config_from), ("output", recipe.output)]
+    named += [("examples", f) for f in example_files(recipe) if isinstance(f, (str, os.PathLike))]
     for what, path in named:
         if path is None or not isinstance(path, (str, os.PathLike)):
             continue
@@ -106,6 +105,12 @@ def check_paths(recipe: Recipe) -> None:
             text.encode("utf-8")
         except UnicodeEncodeError:
             raise InputError(f"the {what} path {ascii(text)} is not valid UTF-8: rename it") from None
+
+
+def example_files(recipe: Recipe) -> list:
+    """Every file of examples a recipe reads: ``weights_from``'s examples and keep, each model's own."""
+    given = recipe.weights_from or {}
+    return [given.get("examples"), given.get("keep")] + [m.examples for m in recipe.models]
 
 
 def open_checkpoints(recipe: Recipe, objects: Optional[dict] = None
@@ -176,27 +181,31 @@ class Prepared:
 @contextmanager
 def prepare(recipe: Recipe, *, objects: Optional[dict] = None, on_warning: Optional[Callable[[str], None]] = None,
             progress: bool = False, before_weights: Optional[Callable[[Plan], None]] = None,
-            compute_weights: bool = True) -> Iterator[Prepared]:
+            compute_weights: bool = True, statistics=None) -> Iterator[Prepared]:
     """Check ``recipe``, open its models, plan, and resolve every weight (fixed, or from examples);
     the models stay open inside the ``with`` block.
 
     ``before_weights(plan)`` runs once the plan is known and before weights from examples are
     computed (which takes time): :func:`run` checks the output location there. With
-    ``compute_weights=False`` weights from examples are not computed (:func:`check`).
+    ``compute_weights=False`` weights from examples are not computed (:func:`check`). A data-aware
+    method takes ``statistics`` given in memory (a StatisticsSet) instead of computing them from examples.
     """
     warn = on_warning or warn_user
     method = check_recipe(recipe)
     data_aware = method.statistics is not None  # its examples feed statistics; the weights stay as given
-    if not recipe.weights_from or data_aware:
+    searched = bool((recipe.weights_from or {}).get("search"))  # ... unless searched (with those statistics)
+    if not recipe.weights_from or (data_aware and not searched):
         weights, weight_warnings = resolve_weights(recipe, method)
     checkpoints, base = open_checkpoints(recipe, objects)
-    statistics = None
     try:
         recipe = replace(recipe, model_type=settle_model_type(recipe.model_type, checkpoints[0]))
         few_shot = statistics_request = None
-        if data_aware:  # options and examples are checked now, before any tensor is read
+        if data_aware and statistics is not None:
+            if recipe.weights_from:
+                raise InputError("give statistics or examples to compute them from, not both")
+        elif data_aware:  # options and examples are checked now, before any tensor is read
             statistics_request = StatisticsRequest(recipe, method)
-        elif recipe.weights_from:
+        if recipe.weights_from and (searched or not data_aware) and statistics is None:
             few_shot = FewShotRequest(recipe, method)
             weights, weight_warnings = [], []
         plan = build_plan(checkpoints, base, output_dtype(recipe.dtype))
@@ -206,10 +215,11 @@ def prepare(recipe: Recipe, *, objects: Optional[dict] = None, on_warning: Optio
         if (few_shot is not None or statistics_request is not None) and not compute_weights:
             yield Prepared(recipe, method, plan, [], [], [])  # check() stops here: every input is checked
             return
-        if few_shot is not None:  # computed on these (possibly in-memory) models
-            weights, weight_warnings = few_shot.run(plan, progress=progress)
         if statistics_request is not None:
             statistics = statistics_request.run(plan, progress=progress)
+        if few_shot is not None:  # computed on these (possibly in-memory) models
+            weights, weight_warnings = few_shot.run(plan, progress=progress, statistics=statistics)
+        elif statistics is not None:
             weight_warnings = weight_warnings + statistics.notes
         settings, setting_warnings = resolve_settings(plan, method, weights, recipe.parameters, recipe.normalize)
         shards, oversized = shard_counts(plan, parse_size(recipe.max_shard_size))
@@ -239,16 +249,17 @@ def check(recipe: Recipe, *, on_warning: Optional[Callable[[str], None]] = None)
         pass
 
 
-def iter_merged(recipe: Recipe, *, objects: Optional[dict] = None,
-                on_warning: Optional[Callable[[str], None]] = None) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
+def iter_merged(recipe: Recipe, *, objects: Optional[dict] = None, on_warning: Optional[Callable[[str], None]] = None,
+                statistics=None) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
     """Run ``recipe`` in memory: the same checks as :func:`run`, then yield ``(planned, tensor)`` for
     every output tensor, in plan order, one at a time (no folder is written; ``output`` is ignored).
+    A data-aware method may be given its ``statistics`` in memory (see :func:`prepare`).
 
     Every float tensor is checked for NaN and infinity as :func:`run` checks what it writes: without
     ``allow_nonfinite`` the first one holding them ends the yielding, the rest are still checked, and
     an :class:`InputError` names them all; with it they are yielded and a warning names them."""
     nonfinite: list[str] = []
-    with prepare(recipe, objects=objects, on_warning=on_warning) as prepared:
+    with prepare(recipe, objects=objects, on_warning=on_warning, statistics=statistics) as prepared:
         yield from finite_checked(prepared.tensors(), recipe.allow_nonfinite, nonfinite)
         if prepared.ridge_message():
             (on_warning or warn_user)(prepared.ridge_message())
@@ -289,8 +300,7 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
             folders = [c.root for c in every] + [c.folder for c in every if isinstance(c, AdapterCheckpoint)]
             if recipe.config_from:
                 folders.append(side_file_source(recipe, plan))
-            examples = (recipe.weights_from or {}).get("examples")
-            files = [f for f in (recipe_file, examples) if isinstance(f, (str, os.PathLike))]
+            files = [f for f in (recipe_file, *example_files(recipe)) if isinstance(f, (str, os.PathLike))]
             target = check_output(recipe.output, folders, force, plan.output_bytes, input_files=tuple(files))
 
     with prepare(recipe, objects=objects, on_warning=on_warning, progress=progress,
@@ -415,6 +425,8 @@ def resolved_recipe(recipe: Recipe, plan: Plan, weights: list[float], hashes: li
     data = recipe.to_dict()
     for entry, weight, checkpoint in zip(data["models"], weights, plan.checkpoints):
         entry["path"] = _absolute(entry["path"])
+        if isinstance(entry.get("examples"), str):
+            entry["examples"] = _absolute(entry["examples"])
         if weight is not None:  # methods without weights have none
             entry["weight"] = weight
         if isinstance(checkpoint, AdapterCheckpoint):  # the base it was applied to, so a rerun uses the same
@@ -433,13 +445,22 @@ def resolved_recipe(recipe: Recipe, plan: Plan, weights: list[float], hashes: li
     if side_files is not None:  # config, tokenizer, sentence-transformers files: --verify checks them too
         data["provenance"]["side_files"] = side_files
     if few_shot is not None:
-        data["weights_from"] = None
+        # the weights found are fixed above; a data-aware merge keeps its examples (its statistics' source)
+        data["weights_from"] = without_search(data["weights_from"]) if statistics is not None else None
         data["provenance"]["weights_from"] = few_shot
     if statistics is not None:  # the examples stay in weights_from: a rerun fits to them again (or the cache)
         data["provenance"]["statistics"] = statistics
         data["weights_from"] = {key: _absolute(value) if key in ("examples", "keep") and isinstance(value, str)
-                                else value for key, value in data["weights_from"].items()}
+                                else value for key, value in (data["weights_from"] or {}).items()} or None
     return data
+
+
+def without_search(weights_from: dict) -> dict:
+    """A data-aware recipe's ``weights_from`` once its weights were searched: the examples that feed the
+    statistics, without the options of the search (the weights found are written as fixed weights)."""
+    searching = {"search", "search_budget", "holdout", "keep_tolerance", "keep_weight", "search_space",
+                 "temperature"}
+    return {key: value for key, value in weights_from.items() if key not in searching}
 
 
 def _write_provenance(recipe: Recipe, plan: Plan, weights: list[float], hashes: list[dict], dest: Path,

@@ -38,11 +38,13 @@ class FewShotRequest:
         self.keep = load_examples(self.options.keep, recipe.model_type) if self.options.keep is not None else None
         self.result: Optional[FewShotResult] = None
 
-    def run(self, plan, progress: bool = False) -> tuple[list[float], list[str]]:
-        """``(weights, warnings)`` for the checkpoints of ``plan``."""
+    def run(self, plan, progress: bool = False, statistics=None) -> tuple[list[float], list[str]]:
+        """``(weights, warnings)`` for the checkpoints of ``plan`` (a data-aware method's search merges
+        with ``statistics``)."""
         self.result = weights_for_plan(plan, self.model_type, self.options, method=self.method,
                                        parameters=self.parameters, progress=progress, example_set=self.examples,
-                                       keep_set=self.keep, trust_remote_code=self.trust_remote_code)
+                                       keep_set=self.keep, trust_remote_code=self.trust_remote_code,
+                                       statistics=statistics)
         return list(self.result.weights), list(self.result.notes)
 
     def provenance(self) -> Optional[dict]:
@@ -67,37 +69,55 @@ class StatisticsRequest:
     By default every model's statistics come from the target examples (``examples``), and the
     ``keep`` examples feed the base model's (the recipe's ``base_model`` when it is one of the merged
     models): each layer then keeps the fine-tune's behaviour where the target lives and the base's
-    where general skill lives. ``run(plan)`` computes the statistics, or finds them in the cache.
+    where general skill lives. A model with examples of its own in the recipe (``models[i].examples``:
+    several fine-tunes, each on its task) uses those. ``run(plan)`` computes the statistics, or finds
+    them in the cache.
     """
 
     def __init__(self, recipe, method):
         self.kind = method.statistics
         self.method = method
-        if not recipe.weights_from:
-            raise InputError(f"merge method {method.name} fits each tensor to the models' statistics on examples: "
-                             f"give {option('examples')} (the target examples; {option('keep')} for the base model)")
+        own = [entry.examples for entry in recipe.models]
+        given = dict(recipe.weights_from or {})
+        if given.get("examples") is None:
+            if not all(e is not None for e in own):
+                missing = [entry.path for entry in recipe.models if entry.examples is None]
+                raise InputError(f"merge method {method.name} fits each tensor to the models' statistics on examples: "
+                                 f"give {option('examples')} (the target examples; {option('keep')} for the base "
+                                 f"model){'' if len(missing) == len(own) else ' or examples for ' + ', '.join(missing)}")
+            given["examples"] = own[0]  # every model has its own: the options only need one to check
         self.model_type = recipe.model_type
         self.trust_remote_code = bool(recipe.trust_remote_code)
-        self.options = FewShotOptions.from_dict(dict(recipe.weights_from), default_seed=int(recipe.seed or 0))
-        if self.options.search:
-            raise InputError(f"{option('search')} with merge method {method.name} is not supported yet: "
-                             f"give the weights ({option('weights')}) or leave them equal")
-        self.examples = load_examples(self.options.examples, recipe.model_type, self.options.task)
-        self.keep = load_examples(self.options.keep, recipe.model_type) if self.options.keep is not None else None
+        self.options = FewShotOptions.from_dict(given, default_seed=int(recipe.seed or 0))
+        self.sets: dict = {}
+        if recipe.weights_from and recipe.weights_from.get("examples") is not None and not all(e is not None for e in own):
+            self.sets["target"] = load_examples(self.options.examples, recipe.model_type, self.options.task)
+        keep = load_examples(self.options.keep, recipe.model_type) if self.options.keep is not None else None
         base = [i for i, entry in enumerate(recipe.models) if same_model(entry.path, recipe.base_model)]
-        if self.keep is not None and not base:
-            where = (f"the base model {recipe.base_model} is not one of the merged models" if recipe.base_model
-                     else f"no {option('base')} is given")
-            raise InputError(f"{option('keep')} feeds the base model's statistics in a {method.name} merge, but "
-                             f"{where}: merge the base too ({option('models')} ./ft ./base {option('base')} ./base)")
-        self.sources = ["keep" if i in base and self.keep is not None else "target" for i in range(len(recipe.models))]
+        if keep is not None:
+            if not base:
+                where = (f"the base model {recipe.base_model} is not one of the merged models" if recipe.base_model
+                         else f"no {option('base')} is given")
+                raise InputError(f"{option('keep')} feeds the base model's statistics in a {method.name} merge, but "
+                                 f"{where}: merge the base too ({option('models')} ./ft ./base {option('base')} ./base)")
+            if all(own[i] is not None for i in base):
+                raise InputError(f"{option('keep')} feeds the base model's statistics, but the base model has "
+                                 f"examples of its own in the recipe: give one or the other")
+            self.sets["keep"] = keep
+        self.sources = []
+        for i, examples in enumerate(own):
+            if examples is not None:
+                name = f"models[{i}]"
+                self.sets[name] = load_examples(examples, recipe.model_type, self.options.task)
+            else:
+                name = "keep" if i in base and keep is not None else "target"
+            self.sources.append(name)
         self.set: Optional[object] = None
 
     def run(self, plan, progress: bool = False):
         """The :class:`~cocktail.io.statistics_cache.StatisticsSet` of the plan's checkpoints."""
-        self.set = statistics_for_plan(plan, self.model_type, self.kind, self.options, self.sources,
-                                       {"target": self.examples, "keep": self.keep}, progress=progress,
-                                       trust_remote_code=self.trust_remote_code)
+        self.set = statistics_for_plan(plan, self.model_type, self.kind, self.options, self.sources, self.sets,
+                                       progress=progress, trust_remote_code=self.trust_remote_code)
         return self.set
 
     def provenance(self) -> Optional[dict]:

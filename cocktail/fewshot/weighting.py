@@ -172,7 +172,8 @@ def _holdout_count(options: FewShotOptions, total: int) -> int:
 
 def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=None, parameters=None,
                      progress: bool = False, example_set: Optional[ExampleSet] = None,
-                     keep_set: Optional[ExampleSet] = None, trust_remote_code: bool = False) -> FewShotResult:
+                     keep_set: Optional[ExampleSet] = None, trust_remote_code: bool = False,
+                     statistics=None) -> FewShotResult:
     """Few-shot losses and weights for the checkpoints of ``plan`` (the runner's entry point).
 
     Args:
@@ -185,17 +186,16 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
         example_set: the examples, if already loaded (else read from ``options.examples``).
         keep_set: the keep examples, if already loaded (else read from ``options.keep``, when given).
         trust_remote_code: let a model folder's own code (``auto_map``) run.
+        statistics: the models' statistics, when the search merges with a data-aware ``method``.
     """
     options.check()
     seed = int(options.seed or 0)
     example_set = example_set or load_examples(options.examples, model_type, options.task)
-    device = resolve_device(options.device)
     notes: list[str] = []
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
 
     # float32 plan: a merge with one-hot weights is then exactly that model, as loaded on its own
     fplan = build_plan(plan.checkpoints, plan.base, torch.float32)
-    first = fplan.checkpoints[0]
     context = LossContext.of(fplan, model_type, options, trust_remote_code)
     notes += context.notes
     max_length, pooling = context.max_length, context.pooling
@@ -221,7 +221,9 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
 
     data = _ExampleParts(prepared(fit), prepared(held), prepared(keep_fit), prepared(keep_held))
 
+    device = context.device
     skeleton = Skeleton(fplan, model_type, device, trust_remote_code=trust_remote_code)
+    skeleton.statistics = statistics
     names = [c.source for c in fplan.checkpoints]
     per_model = []
     for i, name in enumerate(names):

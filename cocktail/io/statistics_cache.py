@@ -87,8 +87,9 @@ class ModelStatistics:
             raise InputError(f"{self.path}: not a cocktail statistics file (delete it: it is made again)") from None
         self._fd: Optional[int] = None
 
-    def __contains__(self, canonical: str) -> bool:
-        return canonical in self.parameters
+    def name_of(self, planned, index: int) -> Optional[str]:
+        """The name the planned tensor's statistics have here (``None``: it has none)."""
+        return planned.canonical if planned.canonical in self.parameters else None
 
     def read(self, canonical: str) -> Optional[tuple[torch.Tensor, bool]]:
         """``(statistics, transposed)`` of the parameter ``canonical`` (``None`` when it has none);
@@ -118,12 +119,13 @@ class StatisticsSet:
         self.provenance = provenance or {}
         self._cleanup = cleanup  # a temporary folder of statistics (no cache): removed on close
 
-    def for_tensor(self, canonical: str) -> Optional[tuple[list[torch.Tensor], bool]]:
-        """Each model's statistics of ``canonical`` and whether the weight is out×in; ``None`` unless
-        every model has them (the tensor is then merged linearly)."""
-        if not all(canonical in m for m in self.models):
+    def for_tensor(self, planned) -> Optional[tuple[list[torch.Tensor], bool]]:
+        """Each model's statistics of the planned tensor and whether its weight is out×in; ``None``
+        unless every model has them (the tensor is then merged linearly)."""
+        names = [model.name_of(planned, i) for i, model in enumerate(self.models)]
+        if any(name is None for name in names):
             return None
-        found = [m.read(canonical) for m in self.models]
+        found = [model.read(name) for model, name in zip(self.models, names)]
         return [f[0] for f in found], found[0][1]
 
     def close(self) -> None:
@@ -132,3 +134,28 @@ class StatisticsSet:
         if self._cleanup is not None:
             shutil.rmtree(self._cleanup, ignore_errors=True)
             self._cleanup = None
+
+
+class MemoryStatistics:
+    """One model's statistics given in memory: ``{tensor name: statistics}`` (a Gram matrix for each
+    ``nn.Linear`` weight, out×in; or a Fisher of each tensor's shape), by the model's own names."""
+
+    def __init__(self, tensors: dict, label: str = "in memory"):
+        self.tensors = dict(tensors)
+        self.label = label
+        for name, value in self.tensors.items():
+            if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+                raise InputError(f"{label}: statistics must map tensor names to tensors, got {name!r}: "
+                                 f"{type(value).__name__}")
+
+    def name_of(self, planned, index: int) -> Optional[str]:
+        for name in (planned.sources[index], planned.canonical):
+            if name in self.tensors:
+                return name
+        return None
+
+    def read(self, name: str) -> tuple[torch.Tensor, bool]:
+        return self.tensors[name], True
+
+    def close(self) -> None:
+        pass

@@ -86,7 +86,7 @@ def merged_tensors(plan: Plan, method: Method, weights: list, parameters: dict,
 def tensor_statistics(statistics, planned: PlannedTensor, ridged: Optional[list]) -> dict:
     """The keyword arguments a data-aware method gets for one tensor: each model's statistics of it
     (``None`` when it has none: merged linearly), checked against the tensor's shape."""
-    found = statistics.for_tensor(planned.canonical) if planned.component == TRANSFORMER else None
+    found = statistics.for_tensor(planned) if planned.component == TRANSFORMER else None
     if found is None:
         return {"statistics": None}
     tensors, transposed = found

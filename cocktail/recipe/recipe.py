@@ -23,6 +23,7 @@ class ModelEntry:
     path: str
     weight: Optional[float | list] = None  # a number, or a per-tensor schedule (see merging/schedules.py)
     base: Optional[str] = None  # for a LoRA adapter folder: the model it applies to (default: its config's)
+    examples: Any = None  # a data-aware merge: the examples of this model's statistics (a path or a list)
 
     def to_dict(self) -> dict:
         entry: dict[str, Any] = {"path": self.path}
@@ -30,6 +31,8 @@ class ModelEntry:
             entry["weight"] = self.weight
         if self.base is not None:
             entry["base"] = self.base
+        if self.examples is not None:
+            entry["examples"] = self.examples
         return entry
 
 

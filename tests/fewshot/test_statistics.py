@@ -43,8 +43,7 @@ def cocktail_statistics(path, examples, kind, batch_size=2):
         found = statistics_for_plan(plan, "encoder", kind, options, ["target"],
                                     {"target": load_examples(examples, "encoder")})
         try:
-            return {t.canonical: found.for_tensor(t.canonical)[0][0] for t in plan.tensors
-                    if found.for_tensor(t.canonical) is not None}
+            return {t.canonical: found.for_tensor(t)[0][0] for t in plan.tensors if found.for_tensor(t) is not None}
         finally:
             found.close()
 
@@ -179,3 +178,71 @@ def test_bad_inputs_get_one_clear_error(ft_and_base, args, message):
     assert result.returncode == 2, result
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (ft_and_base / "o").exists()
+
+
+def test_recipe_with_examples_per_model_is_the_same_merge_as_examples_and_keep(ft_and_base, cli):
+    """models[i].examples names each model's own examples: the fine-tune on the target ones and the base
+    on the keep ones is exactly what --examples / --keep / --base assign."""
+    assert merge_cli(ft_and_base, "--method", "regmean", "--output", "by-flags").returncode == 0
+    (ft_and_base / "r.yaml").write_text(
+        "merge_method: regmean\n"
+        "models:\n  - path: ft\n    examples: t.jsonl\n  - path: base\n    examples: k.jsonl\n"
+        "output: by-recipe\n")
+    result = cli("run", ft_and_base / "r.yaml", "-q")
+    assert result.returncode == 0, result
+    assert (snapshot(ft_and_base / "by-recipe")["model.safetensors"]
+            == snapshot(ft_and_base / "by-flags")["model.safetensors"])
+
+
+def test_examples_per_model_are_refused_for_a_method_that_does_not_use_them(ft_and_base, cli):
+    (ft_and_base / "r.yaml").write_text(
+        "models:\n  - path: ft\n    examples: t.jsonl\n  - path: base\noutput: o\n")
+    result = cli("run", ft_and_base / "r.yaml")
+    assert result.returncode == 2, result
+    assert "models[0].examples" in result.stderr and "data-aware" in result.stderr
+
+
+def test_api_merge_of_folders_and_of_loaded_models_equals_the_cli(ft_and_base):
+    from transformers import AutoModel
+
+    import cocktail
+
+    assert merge_cli(ft_and_base, "--method", "fisher", "--weights", "0.6", "0.4", "--output", "cli").returncode == 0
+    expected = read_folder_tensors(ft_and_base / "cli")
+    ft, base = ft_and_base / "ft", ft_and_base / "base"
+    cocktail.merge([ft, base], [0.6, 0.4], ft_and_base / "api", method="fisher", base=base,
+                   examples=ft_and_base / "t.jsonl", keep=ft_and_base / "k.jsonl")
+    assert snapshot(ft_and_base / "api")["model.safetensors"] == snapshot(ft_and_base / "cli")["model.safetensors"]
+    loaded = [AutoModel.from_pretrained(str(p)) for p in (ft, base)]
+    merged = cocktail.merge(loaded, [0.6, 0.4], method="fisher", base=loaded[1],
+                            examples=ft_and_base / "t.jsonl", keep=ft_and_base / "k.jsonl")
+    for name, tensor in merged.state_dict().items():
+        if name in expected:
+            assert torch.allclose(tensor, expected[name], atol=1e-6), name
+
+
+def test_merge_state_dicts_takes_the_statistics_in_memory():
+    import numpy as np
+
+    from cocktail import merge_state_dicts
+
+    gen = torch.Generator().manual_seed(0)
+    models = [{"dense.weight": torch.randn(3, 4, generator=gen), "dense.bias": torch.randn(3, generator=gen)}
+              for _ in range(2)]
+    inputs = [torch.randn(6, 4, generator=gen), torch.randn(5, 4, generator=gen)]
+    merged = merge_state_dicts(models, [0.5, 0.5], method="regmean", alpha=1.0,
+                               statistics=[{"dense.weight": x.T @ x} for x in inputs])
+    stacked = np.vstack([x.numpy() for x in inputs])
+    outputs = np.vstack([(x @ m["dense.weight"].T).numpy() for x, m in zip(inputs, models)])
+    fit, *_ = np.linalg.lstsq(stacked, outputs, rcond=None)
+    np.testing.assert_allclose(merged["dense.weight"].numpy(), fit.T, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(merged["dense.bias"], 0.5 * models[0]["dense.bias"] + 0.5 * models[1]["dense.bias"])
+
+
+def test_state_dicts_cannot_be_run_on_examples():
+    import cocktail
+    from cocktail.errors import InputError
+
+    state = {"dense.weight": torch.zeros(2, 2)}
+    with pytest.raises(InputError, match="not state dicts"):
+        cocktail.merge([state, dict(state)], method="regmean", examples=[{"query": "a", "pos": ["b"]}])
