@@ -267,6 +267,8 @@ def test_every_registered_method_gives_the_same_tensors_from_state_dicts_and_pat
     sds = [berts["ma"].state_dict(), berts["mb"].state_dict()]
     base_sd = load_file(str(base / "model.safetensors"))
     for name, method in sorted(cocktail.METHODS.items()):
+        if method.statistics is not None:  # examples or statistics needed: tests/fewshot/test_statistics.py
+            continue
         weights = list(W) if method.uses_weights else None
         result = cocktail.merge([berts["a"], berts["b"]], weights=weights, output=tmp_path / f"out-{name}",
                                 method=name, base=base if method.needs_base else None)

@@ -49,9 +49,13 @@ from cocktail.recipe.weights_from import FewShotOptions
 
 def linear_layers(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, str]]:
     """``{module name: (module, layout)}`` of every linear layer: ``nn.Linear`` (weight out×in) and
-    GPT-2's ``Conv1D`` (weight in×out)."""
+    GPT-2's ``Conv1D`` (weight in×out). A layer whose weight is also an embedding (a decoder's tied
+    ``lm_head``) is left out: that one tensor is merged as the embedding it also is, linearly."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     found = {}
     for name, module in model.named_modules():
+        if id(getattr(module, "weight", None)) in embeddings:
+            continue
         if isinstance(module, torch.nn.Linear):
             found[name] = (module, OUT_IN)
         elif type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None \

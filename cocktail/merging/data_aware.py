@@ -39,6 +39,7 @@ DEFAULT_FISHER_FLOOR = 1e-12  # ε added to every model's Fisher before the weig
 RIDGE_START = 1e-8  # the first ridge tried, relative to the mean diagonal of Σ w_i G̃_i
 RIDGE_GROWTH = 100.0
 RIDGE_TRIES = 6
+WELL_POSED = 1e-12  # smallest Cholesky pivot², relative to the largest diagonal entry, solved without a ridge
 
 
 def reduce_off_diagonal(gram: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -68,31 +69,37 @@ def regmean_solve(weights_: Sequence[torch.Tensor], grams: Sequence[torch.Tensor
         target = (g @ w) * c if target is None else target.add_(g @ w, alpha=c)
         mean = w * c if mean is None else mean.add_(w, alpha=c)
         del g
-    scale = float(total.diagonal().abs().mean()) if total.numel() else 0.0
+    solution = _cholesky_solve(total, target)
     ridge = None
-    solution, info = torch.linalg.solve_ex(total, target)
-    if int(info) != 0 or not bool(torch.isfinite(solution).all()) or not _well_posed(total):
-        base = scale if scale > 0 else 1.0
+    if solution is None:
+        scale = float(total.diagonal().abs().mean()) if total.numel() else 0.0
         for attempt in range(RIDGE_TRIES):
-            ridge = base * RIDGE_START * RIDGE_GROWTH ** attempt
+            ridge = (scale if scale > 0 else 1.0) * RIDGE_START * RIDGE_GROWTH ** attempt
             regularised = total.clone()
             regularised.diagonal().add_(ridge)
-            solution, info = torch.linalg.solve_ex(regularised, target + ridge * mean)
-            if int(info) == 0 and bool(torch.isfinite(solution).all()):
+            solution = _cholesky_solve(regularised, target + ridge * mean, strict=False)
+            if solution is not None:
                 break
+        else:  # pragma: no cover - a ridge of 100 x the mean diagonal always factors
+            solution = torch.linalg.lstsq(total, target).solution
     merged = solution.T if transposed else solution
     return merged.contiguous(), ridge
 
 
-def _well_posed(matrix: torch.Tensor) -> bool:
-    """Whether ``matrix`` (symmetric, positive semi-definite) is comfortably invertible: its Cholesky
-    factor exists and no pivot is tiny against the largest diagonal entry."""
+def _cholesky_solve(matrix: torch.Tensor, rhs: torch.Tensor, strict: bool = True) -> Optional[torch.Tensor]:
+    """``matrix⁻¹ rhs`` for a symmetric positive semi-definite ``matrix`` by its Cholesky factor, or
+    ``None`` when it has none, or (``strict``) when a pivot is so small against the largest diagonal
+    entry that the solve would amplify rounding into the result."""
     factor, info = torch.linalg.cholesky_ex(matrix)
     if int(info) != 0:
-        return False
-    pivots = factor.diagonal() ** 2
-    top = float(matrix.diagonal().max()) if matrix.numel() else 0.0
-    return top > 0 and float(pivots.min()) > top * 1e-12
+        return None
+    if strict:
+        pivots = factor.diagonal() ** 2
+        top = float(matrix.diagonal().max()) if matrix.numel() else 0.0
+        if not top > 0 or float(pivots.min()) <= top * WELL_POSED:
+            return None
+    solution = torch.cholesky_solve(rhs, factor)
+    return solution if bool(torch.isfinite(solution).all()) else None
 
 
 def fisher_mean(tensors: Sequence[torch.Tensor], fishers: Sequence[torch.Tensor], coefficients: Sequence[float],

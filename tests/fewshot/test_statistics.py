@@ -246,3 +246,25 @@ def test_state_dicts_cannot_be_run_on_examples():
     state = {"dense.weight": torch.zeros(2, 2)}
     with pytest.raises(InputError, match="not state dicts"):
         cocktail.merge([state, dict(state)], method="regmean", examples=[{"query": "a", "pos": ["b"]}])
+
+
+def test_search_over_regmean_merges_finds_weights_whose_regmean_merge_has_the_reported_loss(ft_and_base, cli):
+    """--search with --method regmean: every merge the search scores is a RegMean merge (the weights
+    scaling the statistics); the written model is the RegMean merge at the weights found, and its loss
+    on the examples is the loss the search reports."""
+    result = merge_cli(ft_and_base, "--method", "regmean", "--search", "--search-budget", "4", "--json",
+                       "--output", "out")
+    assert result.returncode == 0, result
+    summary = json.loads(result.stdout)
+    search = summary["weights_from"]["search"]
+    assert search["evaluations"] >= 1
+    weights = summary["weights"]
+    recipe = yaml.safe_load((ft_and_base / "out" / "cocktail_recipe.yaml").read_text())
+    assert [m["weight"] for m in recipe["models"]] == weights
+    assert "search" not in recipe["weights_from"] and recipe["weights_from"]["keep"].endswith("k.jsonl")
+    scored = cli("weights", "--models", ft_and_base / "out", "--examples", ft_and_base / "t.jsonl", "--json", "-q")
+    assert scored.returncode == 0, scored
+    assert json.loads(scored.stdout)["losses"][0] == pytest.approx(search["loss"], abs=1e-5)
+    again = cli("run", ft_and_base / "out" / "cocktail_recipe.yaml", "--output", ft_and_base / "again", "-q")
+    assert again.returncode == 0, again
+    assert snapshot(ft_and_base / "again")["model.safetensors"] == snapshot(ft_and_base / "out")["model.safetensors"]

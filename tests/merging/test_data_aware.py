@@ -162,3 +162,13 @@ def test_out_of_range_parameters_are_refused(name, value):
     from cocktail.merging.methods import parameter_problem
 
     assert parameter_problem(name, value) is not None
+
+
+@pytest.mark.parametrize("name", ["regmean", "fisher"])
+def test_data_aware_methods_do_not_modify_their_inputs(layer, name):
+    weights, inputs = layer
+    statistics = [gram(x) for x in inputs] if name == "regmean" else [w.abs() for w in weights]
+    copies = [w.clone() for w in weights], [s.clone() for s in statistics]
+    get_method(name)(weights, [0.5, 0.5], statistics=statistics)
+    assert all(torch.equal(a, b) for a, b in zip(weights, copies[0]))
+    assert all(torch.equal(a, b) for a, b in zip(statistics, copies[1]))
