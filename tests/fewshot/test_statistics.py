@@ -213,9 +213,11 @@ def test_api_merge_of_folders_and_of_loaded_models_equals_the_cli(ft_and_base):
     cocktail.merge([ft, base], [0.6, 0.4], ft_and_base / "api", method="fisher", base=base,
                    examples=ft_and_base / "t.jsonl", keep=ft_and_base / "k.jsonl")
     assert snapshot(ft_and_base / "api")["model.safetensors"] == snapshot(ft_and_base / "cli")["model.safetensors"]
+    from transformers import AutoTokenizer
+
     loaded = [AutoModel.from_pretrained(str(p)) for p in (ft, base)]
-    merged = cocktail.merge(loaded, [0.6, 0.4], method="fisher", base=loaded[1],
-                            examples=ft_and_base / "t.jsonl", keep=ft_and_base / "k.jsonl")
+    merged = cocktail.merge(loaded, [0.6, 0.4], method="fisher", base=loaded[1], tokenizer=AutoTokenizer.from_pretrained(
+        str(ft)), examples=ft_and_base / "t.jsonl", keep=ft_and_base / "k.jsonl")
     for name, tensor in merged.state_dict().items():
         if name in expected:
             assert torch.allclose(tensor, expected[name], atol=1e-6), name
