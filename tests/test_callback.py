@@ -194,6 +194,9 @@ def test_regmean_merge_at_train_end_like_the_cli(tmp_path, base):
     trainer = trainer_for(base, tmp_path, callback)
     trainer.train()
     trainer.save_model(str(tmp_path / "trained"))
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(tmp_path / "trained"))  # the CLI scores with it
     (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(e) for e in target))
     (tmp_path / "k.jsonl").write_text("\n".join(json.dumps(e) for e in keep))
     cli = run_cli("merge", "--models", tmp_path / "trained", base, "--base", base, "--weights", 0.7, 0.3,

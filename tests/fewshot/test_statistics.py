@@ -270,3 +270,15 @@ def test_search_over_regmean_merges_finds_weights_whose_regmean_merge_has_the_re
     again = cli("run", ft_and_base / "out" / "cocktail_recipe.yaml", "--output", ft_and_base / "again", "-q")
     assert again.returncode == 0, again
     assert snapshot(ft_and_base / "again")["model.safetensors"] == snapshot(ft_and_base / "out")["model.safetensors"]
+
+
+def test_layers_that_need_a_ridge_are_named(ft_and_base):
+    """At alpha 1 with weight on the fine-tune alone, the FFN's output layer (64 inputs) sees fewer tokens
+    than it has inputs: its Gram matrix is singular, the merge adds a ridge there and says which layers."""
+    result = run_cli("merge", "--models", "./ft", "./base", "--examples", "t.jsonl", "--method", "regmean",
+                     "--param", "alpha=1", "--weights", "1", "0", "--output", "out", "-q", cwd=ft_and_base)
+    assert result.returncode == 0, result
+    assert "needed a small ridge" in result.stderr and "encoder.layer.0." in result.stderr
+    merged, ft = read_folder_tensors(ft_and_base / "out"), read_folder_tensors(ft_and_base / "ft")
+    for name, tensor in ft.items():  # the ridge pulls what no example saw toward the (here: ft's) average
+        assert torch.allclose(merged[name], tensor, rtol=1e-4, atol=1e-5), name
