@@ -59,8 +59,7 @@ from cocktail.evaluation.datasets import RetrievalSet, STSSet, read_beir  # noqa
 from cocktail.evaluation.evaluate import Task, evaluate_models  # noqa: E402
 from cocktail.io.figure import pyplot, save_png  # noqa: E402
 
-DATA = next((p for p in (REPO / "shared" / "data", REPO.parent / "shared" / "data", Path("/work/shared/data"))
-             if (p / "scifact").is_dir()), REPO.parent / "shared" / "data")
+DATA = REPO.parent / "shared" / "data"  # the real data sets, beside the checkout
 SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
                                "1_Pooling", "2_Normalize")
 COLUMNS = (("SciFact", "ndcg@10"), ("STS-B", "spearman"), ("SICK", "spearman"))

@@ -31,11 +31,7 @@ from pathlib import Path
 from measure import measure
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO.parent / "shared" / "data" / "flagembedding_toy"
-for candidate in (REPO / "shared" / "data" / "flagembedding_toy", Path("/work/shared/data/flagembedding_toy")):
-    if candidate.is_dir():
-        DATA = candidate
-        break
+DATA = REPO.parent / "shared" / "data" / "flagembedding_toy"  # the real data sets, beside the checkout
 SMALL = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=12, intermediate_size=1536,
              vocab_size=30522, max_position_embeddings=512)
 

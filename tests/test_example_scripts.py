@@ -31,6 +31,8 @@ def test_instruction_merge_example_quick(tmp_path, minilm_path):
         assert (work / name / "model.safetensors").is_file()
     assert (work / "merged-0.5" / "cocktail_recipe.yaml").is_file()
     assert_png(plot)
+    # it is never silent for long: each model and data set it scores is named on stderr as it starts
+    assert "eval [5/5] merged" in proc.stderr and "scifact, no instruction" in proc.stderr, proc.stderr[-3000:]
 
 
 BLOCK = """

@@ -10,7 +10,7 @@ import warnings
 
 import click
 
-from cocktail.errors import DOOR, CocktailError, CocktailWarning
+from cocktail.errors import DOOR, LINE_LIMIT, CocktailError, CocktailWarning, cut
 from cocktail.version import __version__
 
 NUMBER = re.compile(r"^-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
@@ -107,7 +107,8 @@ def _interrupt_on_sigterm() -> None:
 
 
 def fail(message: str, code: int) -> None:
-    click.echo(f"error: {' '.join(str(message).split())}", err=True)
+    """One ``error:`` line, cut to LINE_LIMIT characters however long the values it quotes."""
+    click.echo(f"error: {cut(' '.join(str(message).split()), LINE_LIMIT)}", err=True)
     sys.exit(code)
 
 

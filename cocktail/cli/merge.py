@@ -173,11 +173,9 @@ def run_command(recipe_file, output, overrides, verify, force, dry_run, as_json,
     from cocktail.runner import run
 
     DOOR.set("recipe")  # options the recipe sets are named by their keys (normalize: true)
-    recipe = Recipe.from_yaml(recipe_file, overrides)
+    recipe = Recipe.from_yaml(recipe_file, overrides, trust_remote_code=trust_remote_code)
     if output:
         recipe.output = os.path.abspath(os.path.expanduser(output))
-    if trust_remote_code:
-        recipe.trust_remote_code = True
     if allow_nonfinite:
         recipe.allow_nonfinite = True
     if not recipe.output and not dry_run:

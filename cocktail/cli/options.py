@@ -3,7 +3,6 @@ few examples (``cocktail merge`` and ``cocktail weights``), and how ``eval`` / `
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Optional
@@ -58,16 +57,22 @@ def parse_parameter(text: str) -> tuple[str, object]:
     key, raw = key.strip(), raw.strip()
     if not sep or not key:
         raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="'--param'")
+    from cocktail.errors import quoted
+    from cocktail.io import json_input
+
     if NUMBER.match(raw):
-        return key, int(raw) if re.fullmatch(r"-?\d+", raw) else float(raw)
+        try:
+            return key, json_input.integer(raw) if re.fullmatch(r"-?\d+", raw) else float(raw)
+        except ValueError as exc:
+            raise click.BadParameter(f"{key}: {exc}", param_hint="'--param'") from None
     parts = [p.strip() for p in raw.split(",")]
     if len(parts) > 1 and all(NUMBER.match(p) for p in parts):
         return key, [float(p) for p in parts]
     if raw[:1] in "[{":
         try:
-            return key, json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise click.BadParameter(f"{key}: {raw!r} is not valid JSON ({exc.msg})", param_hint="'--param'") from None
+            return key, json_input.loads(raw)
+        except ValueError as exc:
+            raise click.BadParameter(f"{key}: {quoted(raw)} is not valid JSON ({exc.msg})", param_hint="'--param'") from None
     return key, raw
 
 
@@ -153,7 +158,9 @@ def check_png_option(name: str, path: Optional[str]) -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise click.UsageError(f"{name} needs matplotlib: pip install 'cocktail[plot]'") from None
+        from cocktail.version import install_hint
+
+        raise click.UsageError(f"{name} needs matplotlib: {install_hint('plot')}") from None
 
 
 def quiet_transformers() -> None:
@@ -168,6 +175,9 @@ def encode_options(fn):
     fn = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")(fn)
     fn = click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")(fn)
     fn = click.option("--device", help="Where to run the models (default: cuda when present, else cpu).")(fn)
+    fn = click.option("--hybrid-weights", type=float, nargs=3, default=None, metavar="DENSE SPARSE COLBERT",
+                      help="bge-m3's hybrid mode: the weights of its dense, sparse and colbert scores "
+                           "(default 0.4 0.2 0.4, as bge-m3's model card advises).")(fn)
     fn = click.option("--max-length", type=click.IntRange(min=1), default=512, show_default=True,
                       help="Longest input in tokens (also capped by the model).")(fn)
     fn = click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,

@@ -22,13 +22,14 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
 from cocktail.errors import InputError
+from cocktail.io import json_input
+from cocktail.io.text_lines import bounded_lines
 
 STS_FIRST = ("sentence1", "sentence_1", "sentence a", "sentence_a", "sentencea", "s1", "text1", "text_a", "text_1",
              "sent1", "premise", "query")
@@ -105,7 +106,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """``(line number, line)`` for every non-blank line; decoding errors become a DataError."""
     try:
         with _open_text(path) as handle:
-            for number, line in enumerate(handle, 1):
+            for number, line in bounded_lines(handle, path, DataError):
                 if line.strip():
                     yield number, line
     except UnicodeDecodeError as exc:
@@ -117,7 +118,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 def _json_records(path: Path) -> Iterator[tuple[int, dict]]:
     for number, line in _lines(path):
         try:
-            record = json.loads(line)
+            record = json_input.loads(line)
         except ValueError as exc:
             raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict):
@@ -321,7 +322,8 @@ def read_sts(path: Path, name: Optional[str] = None, split: str = "test") -> STS
     keep: Optional[tuple[int, tuple[str, ...]]] = None
     try:
         with _open_text(path) as handle:
-            reader = csv.reader(handle, delimiter="\t" if tab else ",",
+            lines = (line for _, line in bounded_lines(handle, path, DataError))
+            reader = csv.reader(lines, delimiter="\t" if tab else ",",
                                 quoting=csv.QUOTE_NONE if tab else csv.QUOTE_MINIMAL)
             row_start = 1
             for row in reader:

@@ -36,12 +36,22 @@ from cocktail.modeling.encoder import Encoder
 from cocktail.modeling.llm_embedder import LLMEmbedder
 from cocktail.modeling.llm_reranker import LLMReranker
 from cocktail.modeling.m3 import COLBERT_FILE, SPARSE_FILE, M3Encoder, has_m3_heads
+from cocktail.modeling.m3 import hybrid_weights as m3_hybrid_weights
 from cocktail.recipe.model_type import settle as settle_model_type
 
 QUERY_CHUNK = 1024
 # the scorer of each model type; an encoder with bge-m3's head files gets M3Encoder (see scorer_class)
 SCORERS = {"encoder": Encoder, "llm-embedder": LLMEmbedder, "reranker": CrossEncoder, "llm-reranker": LLMReranker}
 RERANKERS = ("reranker", "llm-reranker")
+
+
+class EvalInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during :func:`evaluate_models`: ``rows`` holds the scores finished before it,
+    ``where`` what was being scored (``model 2 of 3 (./b), data set 1 of 2 (sts.tsv)``)."""
+
+    def __init__(self, rows: list[dict], where: str):
+        super().__init__(where)
+        self.rows, self.where = rows, where
 
 
 @dataclass
@@ -115,11 +125,12 @@ def describe_scorer(model_type: str, scorer) -> str:
 
 
 def trivial_queries(data: RetrievalSet) -> int:
-    """How many queries have nothing but relevant passages to rank (their metrics are 1 whatever the model)."""
+    """How many queries have nothing but relevant passages to rank (their metrics are 1 whatever the model);
+    a query with no candidates at all scores 0, and is not one of them."""
     if data.candidates is None:
         return 0
     return sum(1 for q in data.qrels
-               if all(data.qrels[q].get(d, 0) > 0 for d in data.candidates.get(q, ())))
+               if data.candidates.get(q) and all(data.qrels[q].get(d, 0) > 0 for d in data.candidates[q]))
 
 
 def warn_degenerate(tasks: Sequence[Task]) -> None:
@@ -131,12 +142,27 @@ def warn_degenerate(tasks: Sequence[Task]) -> None:
                      f"so every model scores 1 on them: add 'neg' passages to rank against")
 
 
-def open_scorer(model_type: str, source: str, adapter_base: Optional[str] = None, **options):
-    """The scorer of one model (a folder, cached hub id, or LoRA adapter folder), filled with its weights."""
+def open_scorer(model_type: str, source: str, adapter_base: Optional[str] = None,
+                hybrid: Optional[dict[str, float]] = None, **options):
+    """The scorer of one model (a folder, cached hub id, or LoRA adapter folder), filled with its weights
+    (``hybrid``: bge-m3's hybrid weights, see :func:`use_hybrid_weights`)."""
     with open_path(str(source), adapter_base) as checkpoint:
         plan = build_plan([checkpoint], dtype=torch.float32)
         scorer = scorer_class(model_type, plan)(plan, **options)
         scorer.fill_from_checkpoint(0)
+    return use_hybrid_weights(scorer, hybrid)
+
+
+def use_hybrid_weights(scorer, hybrid: Optional[dict[str, float]]):
+    """``scorer``, its hybrid mode weighted by ``hybrid`` (from :func:`~cocktail.modeling.m3.hybrid_weights`;
+    ``None``: the default); a warning for a model without a hybrid mode."""
+    if hybrid is None:
+        return scorer
+    if isinstance(scorer, M3Encoder):
+        scorer.hybrid = hybrid
+    else:
+        warn(f"{scorer.label} is not a bge-m3 model (it has no hybrid mode): {option('hybrid_weights')} does not "
+             "apply to it")
     return scorer
 
 
@@ -269,7 +295,7 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
                     labels: Optional[Sequence[str]] = None, trust_remote_code: bool = False,
                     model_type: Optional[str] = None, adapter_base: Optional[str] = None,
                     candidates: Optional[str] = None, retriever: Optional[str] = None,
-                    top_k: int = TOP_K) -> list[dict]:
+                    top_k: int = TOP_K, hybrid_weights: Optional[Sequence[float]] = None) -> list[dict]:
     """Score every model on every data set.
 
     Args:
@@ -292,12 +318,18 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
         retriever: for rerankers on BEIR folders, an embedder whose ``top_k`` results are the candidates
             (computed once for every reranker; its own scores come first, labelled ``(first stage)``).
         top_k: how many candidates each query keeps.
+        hybrid_weights: bge-m3's hybrid mode as ``(dense, sparse, colbert)`` weights (default 0.4, 0.2,
+            0.4, as bge-m3's model card advises; ``BGEM3FlagModel.compute_score`` defaults to 1, 1, 1).
 
     Returns:
         Rows ``{"model": ..., "data": ..., "metric": ..., "value": ...}`` (and ``"mode"`` for bge-m3).
+
+    Raises:
+        EvalInterrupted: on Ctrl-C while models are scored, with the rows finished before it.
     """
     if model_type is not None and model_type not in SCORERS:
         raise InputError(f"cocktail eval scores {', '.join(SCORERS)} models, not {model_type!r}")
+    hybrid = None if hybrid_weights is None else m3_hybrid_weights(hybrid_weights)
     tasks = make_tasks(data, query_instruction, split)
     labels = list(labels) if labels is not None else [str(m) for m in models]
     bases = bases_for(models, adapter_base)
@@ -309,17 +341,23 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
                    trust_remote_code=trust_remote_code)
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
     rows: list[dict] = []
-    reranked = tasks  # what rerankers score: BEIR folders get their candidates first
-    if any(t in RERANKERS for t in types):
-        reranked, rows = first_stage(tasks, candidates, retriever, top_k, options)
-    warn_degenerate(reranked)
-    for i, (model, label, base, kind) in enumerate(zip(models, labels, bases, types), 1):
-        scorer = open_scorer(kind, str(model), base, label=label, **options)
-        say(f"eval [{i}/{len(models)}] {label}: {describe_scorer(kind, scorer)}")
-        for j, task in enumerate(reranked if kind in RERANKERS else tasks, 1):
-            say(f"  [{j}/{len(tasks)}] {task.name}")
-            rows += score_encoder(scorer, [task], label)
-        del scorer
+    where = "the first stage"
+    try:
+        reranked = tasks  # what rerankers score: BEIR folders get their candidates first
+        if any(t in RERANKERS for t in types):
+            reranked, rows = first_stage(tasks, candidates, retriever, top_k, options)
+        warn_degenerate(reranked)
+        for i, (model, label, base, kind) in enumerate(zip(models, labels, bases, types), 1):
+            where = f"model {i} of {len(models)} ({label})"
+            scorer = open_scorer(kind, str(model), base, hybrid, label=label, **options)
+            say(f"eval [{i}/{len(models)}] {label}: {describe_scorer(kind, scorer)}")
+            for j, task in enumerate(reranked if kind in RERANKERS else tasks, 1):
+                where = f"model {i} of {len(models)} ({label}) on data set {j} of {len(tasks)} ({task.name})"
+                say(f"  [{j}/{len(tasks)}] {task.name}")
+                rows += score_encoder(scorer, [task], label)
+            del scorer
+    except KeyboardInterrupt:
+        raise EvalInterrupted(rows, where) from None
     return rows
 
 

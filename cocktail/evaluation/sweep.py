@@ -11,13 +11,11 @@ pooling, as ``cocktail merge`` does.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
-from tqdm import tqdm
 
 from cocktail.errors import InputError, option
 from cocktail.evaluation.evaluate import (
@@ -28,6 +26,7 @@ from cocktail.evaluation.evaluate import (
     modes_of,
     score_encoder,
     scorer_class,
+    use_hybrid_weights,
 )
 from cocktail.fewshot.examples import load_examples
 from cocktail.fewshot.request import same_model
@@ -38,6 +37,8 @@ from cocktail.io.figure import check_target, pareto_front, pyplot, save_png
 from cocktail.merging.methods import get_method
 from cocktail.merging.plan import build_plan
 from cocktail.merging.tensor_settings import parameter_schedules
+from cocktail.modeling.m3 import hybrid_weights as m3_hybrid_weights
+from cocktail.modeling.progress import progress_bar
 from cocktail.recipe.choices import DATA_AWARE_METHODS
 from cocktail.recipe.weights_from import FewShotOptions
 
@@ -92,7 +93,8 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
                   batch_size: int = 32, max_length: int = 512, device: Optional[str] = None,
                   progress: bool = False, trust_remote_code: bool = False,
                   adapter_base: Optional[str] = None, model_type: Optional[str] = None,
-                  temperature: float = 5.0, mode: Optional[str] = None, method: str = "linear",
+                  temperature: float = 5.0, mode: Optional[str] = None,
+                  hybrid_weights: Optional[Sequence[float]] = None, method: str = "linear",
                   parameters: Optional[dict] = None, keep=None, base: Optional[str] = None) -> SweepResult:
     """Merge two models in memory at weights 0, 1/(steps-1), ..., 1 and score each merge on ``data``.
 
@@ -110,7 +112,8 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
             ``parameters``): each point is then that merge with weights ``[w, 1 - w]`` scaling each model's
             statistics, computed once (and cached) from ``examples``, and from ``keep`` for the model
             that is ``base``: a frontier of the data-aware merge.
-        split, batch_size, max_length, device, progress, trust_remote_code, adapter_base, model_type: as
+        split, batch_size, max_length, device, progress, trust_remote_code, adapter_base, model_type,
+            hybrid_weights: as
             for ``evaluate_models`` (a bge-m3 pair is scored in each mode; a reranker ranks each query's own
             passages of query/pos/neg data).
     """
@@ -121,6 +124,7 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
         raise InputError(f"cocktail sweep scores {', '.join(SCORERS)} models, not {model_type!r}")
     model_type = eval_model_type(model_type, models[0], bases_for(models, adapter_base)[0])
     points = sweep_points(steps)
+    hybrid = None if hybrid_weights is None else m3_hybrid_weights(hybrid_weights)
     tasks = make_tasks(data, query_instruction, split)
     bases = bases_for(models, adapter_base)
     merge_method = get_method(method)
@@ -146,8 +150,9 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
                                   adapter_base, model_type, temperature) if examples is not None else None)
         if shots is not None and all(abs(shots[0] - p) > 1e-9 for p in points):
             points = sorted(points + [shots[0]])
-        encoder = scorer(plan, device=device, batch_size=batch_size, max_length=max_length, progress=progress,
-                         label="merge", trust_remote_code=trust_remote_code)
+        encoder = use_hybrid_weights(scorer(plan, device=device, batch_size=batch_size, max_length=max_length,
+                                            progress=progress, label="merge", trust_remote_code=trust_remote_code),
+                                     hybrid)
         rows: list[dict] = []
         encoder.skeleton.statistics = statistics
         for weight in _progress(points, progress):
@@ -184,7 +189,7 @@ def sweep_statistics(plan, models: list[str], model_type: str, kind: str, exampl
 
 
 def _progress(points: list[float], enabled: bool):
-    return tqdm(points, desc="sweep", unit="weight", file=sys.stderr, leave=False, disable=not enabled)
+    return progress_bar(len(points), "sweep", enabled, unit="weight", iterable=points)
 
 
 def table_rows(result: SweepResult) -> list[dict]:

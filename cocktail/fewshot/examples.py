@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from cocktail.errors import InputError, option
+from cocktail.io import json_input
+from cocktail.io.json_input import JSONLimitError
+from cocktail.io.text_lines import bounded_lines
 from cocktail.recipe.choices import MODEL_TYPES
 
 ExampleSource = Union[str, os.PathLike, Sequence[dict], dict]
@@ -106,7 +109,8 @@ def _read_file(path: Path, task) -> tuple[list[tuple[Any, str]], str, list[str]]
     if path.is_dir():
         raise InputError(f"examples file {path} is a folder, not a file")
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as handle:  # universal newlines, as Path.read_text
+            text = "".join(line for _, line in bounded_lines(handle, path))
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
@@ -126,7 +130,7 @@ def _read_file(path: Path, task) -> tuple[list[tuple[Any, str]], str, list[str]]
         return items, label, []
     if stripped.startswith("{"):
         try:
-            whole = json.loads(text)
+            whole = json_input.loads(text)
         except ValueError:
             whole = None
         if isinstance(whole, dict) and not _looks_like_example(whole) and whole \
@@ -141,9 +145,11 @@ def _read_file(path: Path, task) -> tuple[list[tuple[Any, str]], str, list[str]]
 
 def _parse_whole(text: str, path: Path) -> Any:
     try:
-        return json.loads(text)
+        return json_input.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{path} line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    except JSONLimitError as exc:
+        raise InputError(f"{path}: JSON cocktail does not read: {exc}") from None
 
 
 def _read_jsonl(text: str, path: Path) -> list[tuple[Any, str]]:
@@ -153,9 +159,11 @@ def _read_jsonl(text: str, path: Path) -> list[tuple[Any, str]]:
         if not line:
             continue
         try:
-            items.append((json.loads(line), f"{path.name} line {number}"))
+            items.append((json_input.loads(line), f"{path.name} line {number}"))
         except json.JSONDecodeError as exc:
             raise InputError(f"{path} line {number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        except JSONLimitError as exc:
+            raise InputError(f"{path} line {number}: JSON cocktail does not read: {exc}") from None
     return items
 
 

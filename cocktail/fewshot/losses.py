@@ -38,6 +38,7 @@ from cocktail.modeling.llm_embedder import llm_query_text
 from cocktail.modeling.llm_reranker import pair_ids, yes_scores, yes_token
 from cocktail.modeling.loading import pad_token_id
 from cocktail.modeling.pooling import Pooling
+from cocktail.modeling.text_cut import cut, cut_all
 
 TEMPERATURE_SCALE = 0.05  # LM-Cocktail / BGE: scores are cosine similarities divided by 0.05
 ENCODE_CHUNK = 32  # most texts per forward pass (the loss grouping is separate)
@@ -102,6 +103,8 @@ def _chunks_by_length(rows: list[dict], pad_id: int, device) -> list[tuple[list[
 
 def _tokenize(tokenizer, first: list[str], second: Optional[list[str]], max_length: int) -> list[dict]:
     kwargs = dict(truncation=True, max_length=max_length)
+    first = cut_all(first, max_length)
+    second = None if second is None else cut_all(second, max_length)
     encoded = tokenizer(first, second, **kwargs) if second is not None else tokenizer(first, **kwargs)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
     return [{k: list(encoded[k][i]) for k in keys} for i in range(len(first))]
@@ -344,10 +347,11 @@ def _pair_groups(groups: list[list[Example]], add: Callable[[Example, str], int]
 
 def _decoder_row(tokenizer, example: Example, max_length: int) -> dict:
     """LM-Cocktail's decoder tokenisation: ``input + " " + output`` then EOS; the input's tokens masked."""
-    ids = list(tokenizer.encode(example.input + " " + example.output))
+    prompt = cut(example.input, max_length)  # a longer input leaves no output token, as it would whole
+    ids = list(tokenizer.encode(prompt + " " + cut(example.output, max_length)))
     if tokenizer.eos_token_id is not None:
         ids.append(int(tokenizer.eos_token_id))
-    prompt_len = len(tokenizer.encode(example.input))
+    prompt_len = len(tokenizer.encode(prompt))
     labels = [-100] * prompt_len + ids[prompt_len:]
     ids, labels = ids[:max_length], labels[:max_length]
     if all(label == -100 for label in labels[1:]):

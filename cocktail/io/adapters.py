@@ -26,10 +26,11 @@ from typing import Optional
 
 import torch
 
-from cocktail.errors import InputError, few_names
+from cocktail.errors import InputError, few_names, quoted
 from cocktail.io.checkpoints import TRANSFORMER, Checkpoint, TensorInfo, _open_weight_file, read_json, resolve
 from cocktail.io.containment import inside
 from cocktail.io.hashing import relative, sha256_file
+from cocktail.io.patterns import compile_pattern
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -108,10 +109,16 @@ class LoraPatch:
     replace: Optional[str] = None  # adapter tensor that replaces the base tensor
 
 
+def _module_pattern(key: str):
+    """PEFT's ``get_pattern_key`` matches ``(.*\\.)?(KEY)$`` at the start of a module path (the key matches
+    its end, after a dot or from the start): the same pattern, compiled with RE2 (it cannot hang)."""
+    return compile_pattern(rf"(.*\.)?({key})$")
+
+
 def _pattern_value(patterns: dict, module: str, default):
     """PEFT's ``get_pattern_key``: the first pattern that matches the end of the module path wins."""
     for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({key})$", module):
+        if _module_pattern(key).match(module):
             return value
     return default
 
@@ -142,9 +149,10 @@ def _check_config(source: str, config: dict) -> None:
                 raise InputError(f"{source}: {ADAPTER_CONFIG} {key}[{pattern!r}] is {value!r}; expected a positive "
                                  "number")
             try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise InputError(f"{source}: {ADAPTER_CONFIG} {key} has an invalid pattern {pattern!r} ({exc})") from None
+                _module_pattern(pattern)
+            except InputError as exc:
+                raise InputError(f"{source}: {ADAPTER_CONFIG} {key} has a pattern cocktail cannot match, "
+                                 f"{quoted(pattern)} ({exc})") from None
 
 
 def _positive(value) -> bool:

@@ -1,12 +1,16 @@
-"""A YAML loader for files cocktail did not write: no anchors or aliases, bounded nesting.
+"""A YAML loader for files cocktail did not write: no anchors or aliases, bounded nesting, integers
+no longer than Python converts.
 
 PyYAML's safe loader builds no objects, but it expands aliases (a few hundred bytes of ``&a [*a, *a,
 ...]`` levels grow to gigabytes) and composes nested collections recursively (a deep one is a
-``RecursionError``). :class:`BoundedLoader` refuses both with a :class:`YAMLLimitError` that
+``RecursionError``), and an integer of more digits than ``sys.get_int_max_str_digits()`` is a bare
+``ValueError``. :class:`BoundedLoader` refuses all three with a :class:`YAMLLimitError` that
 carries the line, so recipes and model cards are read in bounded time and memory.
 """
 
 from __future__ import annotations
+
+import sys
 
 import yaml
 
@@ -36,3 +40,14 @@ class BoundedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def construct_yaml_int(self, node):
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # more digits than Python converts
+            digits = sum(c.isdigit() for c in str(node.value))
+            raise YAMLLimitError(problem=f"an integer of {digits} digits (at most {sys.get_int_max_str_digits()} "
+                                         "are read)", problem_mark=node.start_mark) from None
+
+
+BoundedLoader.add_constructor("tag:yaml.org,2002:int", BoundedLoader.construct_yaml_int)

@@ -11,7 +11,6 @@ tensors are read with ``pread`` when asked for, so a checkpoint costs no memory 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import warnings
@@ -21,11 +20,13 @@ from typing import Optional, Protocol
 
 import torch
 
-from cocktail.errors import InputError
+from cocktail.errors import InputError, cut, few_names, quoted, warn
+from cocktail.io import json_input
 from cocktail.io import safetensors_format as st_format
-from cocktail.io.containment import inside
+from cocktail.io.containment import inside, read_inside
 from cocktail.io.hashing import file_hashes
 from cocktail.io.head_files import head_file_names, tensor_prefix
+from cocktail.io.json_input import JSONLimitError
 
 TRANSFORMER = "transformer"  # key of the main weights; sentence-transformers modules use their folder
 SAFE_INDEX = "model.safetensors.index.json"
@@ -159,17 +160,26 @@ class Component:
     _infos: dict = field(default_factory=dict)
 
     def infos(self) -> dict[str, TensorInfo]:
+        """Every tensor's dtype and shape; with a shard index, only the tensors its ``weight_map`` lists
+        (transformers ignores the others, and so does cocktail, with a warning)."""
         if not self._infos:
+            unlisted = []
             for f in self.files:
                 for name, info in f.infos().items():
+                    if self.weight_map is not None and name not in self.weight_map:
+                        unlisted.append(name)
+                        continue
                     if name in self._where:
-                        raise InputError(f"tensor {name!r} is in two shards, {self._where[name].path.name} and "
+                        raise InputError(f"tensor {quoted(name)} is in two shards, {self._where[name].path.name} and "
                                          f"{f.path.name} ({self.index}): which one transformers loads is undefined")
                     self._infos[name] = info
                     self._where[name] = f
             for name, shard in (self.weight_map or {}).items():
                 if name not in self._where or self._where[name].path.name != Path(shard).name:
-                    raise InputError(f"{self.index}: weight_map puts tensor {name!r} in {shard}, which does not hold it")
+                    raise InputError(f"{self.index}: weight_map puts tensor {quoted(name)} in {cut(shard)}, which does not hold it")
+            if unlisted:
+                warn(f"{self.index}: {len(unlisted)} tensor{'s' if len(unlisted) > 1 else ''} in its shards that "
+                     f"weight_map does not list, ignored as transformers ignores them: {few_names(unlisted)}")
         return self._infos
 
     def read(self, name: str) -> torch.Tensor:
@@ -180,29 +190,30 @@ class Component:
         return [f.path for f in self.files]
 
 
-def _read_index(index_path: Path) -> dict[str, str]:
-    """A shard index's ``weight_map``: tensor name -> shard file name, both strings."""
-    index = read_json(index_path, dict, "a JSON object (a shard index)")
+def _read_index(index_path: Path, root: Path) -> dict[str, str]:
+    """A shard index's ``weight_map`` (tensor name -> shard file name, both strings), read from the
+    model folder ``root``."""
+    index = read_json(index_path, dict, "a JSON object (a shard index)", root=root)
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise InputError(f"{index_path}: not a valid shard index (weight_map must be a mapping of tensor names "
                          f"to shard files, got {type(weight_map).__name__})")
     bad = next((k for k, v in weight_map.items() if not isinstance(v, str)), None)
     if bad is not None:
-        raise InputError(f"{index_path}: weight_map names {weight_map[bad]!r} as the shard of {bad!r}: "
+        raise InputError(f"{index_path}: weight_map names {quoted(weight_map[bad])} as the shard of {quoted(bad)}: "
                          f"expected a file name")
     return weight_map
 
 
-def _sharded(folder: Path, index_name: str, key: str, rel_dir: str, layout: str) -> Component:
+def _sharded(folder: Path, index_name: str, key: str, rel_dir: str, layout: str, root: Path) -> Component:
     """The weights of a shard index: each tensor is read from the shard its ``weight_map`` names."""
     index_path = folder / index_name
-    weight_map = _read_index(index_path)
+    weight_map = _read_index(index_path, root)
     shards = {}
     for name in dict.fromkeys(weight_map.values()):
         path = inside(folder, name, "shard", index_path)
-        if not path.is_file():
-            raise InputError(f"{index_path}: lists shard {name} which is not in the folder")
+        if not os.path.isfile(path):  # False, not an error, for a name too long for the file system
+            raise InputError(f"{index_path}: lists shard {cut(name)} which is not in the folder")
         shards[name] = _open_weight_file(path)
     return Component(key, rel_dir, layout, list(shards.values()), weight_map=weight_map, index=index_path)
 
@@ -218,11 +229,11 @@ def find_weights(folder: Path, key: str, rel_dir: str, required: bool, root: Opt
     if (folder / SAFE_SINGLE).is_file():
         return Component(key, rel_dir, "safetensors", [_SafetensorsFile(file(SAFE_SINGLE))])
     if (folder / SAFE_INDEX).is_file():
-        return _sharded(folder, SAFE_INDEX, key, rel_dir, "sharded safetensors")
+        return _sharded(folder, SAFE_INDEX, key, rel_dir, "sharded safetensors", root)
     if (folder / BIN_SINGLE).is_file():
         return Component(key, rel_dir, "pytorch .bin", [_TorchBinFile(file(BIN_SINGLE))])
     if (folder / BIN_INDEX).is_file():
-        return _sharded(folder, BIN_INDEX, key, rel_dir, "sharded pytorch .bin")
+        return _sharded(folder, BIN_INDEX, key, rel_dir, "sharded pytorch .bin", root)
     others = sorted(folder.glob("*.safetensors"))
     if len(others) == 1:
         return Component(key, rel_dir, "safetensors", [_SafetensorsFile(file(others[0].name))])
@@ -318,7 +329,7 @@ class Checkpoint:
         if path.is_file():
             if path.suffix != ".safetensors":
                 raise InputError(f"{source}: a single weight file must be .safetensors (or give its folder)")
-            config = read_config(path.parent / "config.json", required=False)
+            config = read_config(path.parent / "config.json", required=False, root=path.parent)
             components = {TRANSFORMER: Component(TRANSFORMER, "", "safetensors", [_SafetensorsFile(path)])}
             return cls(source, path.parent, config, components, sentence_transformers=False)
         modules = read_modules(path)
@@ -338,7 +349,7 @@ class Checkpoint:
         for name in head_file_names(main_dir):
             head = inside(path, str((main_dir / name).relative_to(path)), "head file", path)
             components[name] = Component(name, transformer_dir, "torch head file", [_HeadFile(head)], head_file=name)
-        config = read_config(main_dir / "config.json", required=True)
+        config = read_config(main_dir / "config.json", required=True, root=path)
         return cls(source, path, config, components, sentence_transformers=modules is not None)
 
     # -- facts -----------------------------------------------------------------------------------
@@ -388,29 +399,36 @@ class Checkpoint:
         return f"Checkpoint({self.source!r}, {self.layout})"
 
 
-def read_json(path: Path, kind: type = object, what: str = "JSON"):
-    """A JSON file's value; unreadable, invalid or not of ``kind`` is a one-line InputError."""
+def read_json(path: Path, kind: type = object, what: str = "JSON", root: Optional[Path] = None):
+    """A JSON file's value, read as :func:`~cocktail.io.containment.read_inside` reads a file of the model
+    folder ``root`` (default: the file's folder); unreadable, outside, not a regular file, invalid or
+    not of ``kind`` is a one-line InputError."""
+    data = read_inside(path, root or path.parent)
     try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        value = json_input.loads(data)
+    except JSONLimitError as exc:
+        raise InputError(f"{path}: JSON cocktail does not read: {exc}") from None
+    except ValueError as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(value, kind):
         raise InputError(f"{path}: expected {what}")
     return value
 
 
-def read_config(path: Path, required: bool) -> dict:
-    if not path.is_file():
+def read_config(path: Path, required: bool, root: Optional[Path] = None) -> dict:
+    """The ``config.json`` at ``path`` in the model folder ``root`` (``{}`` when there is none and it is
+    not ``required``)."""
+    if not os.path.lexists(path):
         if required:
             raise InputError(f"{path.parent}: no config.json (is this a transformers model folder?)")
         return {}
-    config = read_json(path, dict, "a JSON object")
+    config = read_json(path, dict, "a JSON object", root=root)
     model_type, architectures = config.get("model_type"), config.get("architectures")
     if model_type is not None and not isinstance(model_type, str):
-        raise InputError(f"{path}: model_type must be a string, got {model_type!r}")
+        raise InputError(f"{path}: model_type must be a string, got {quoted(model_type)}")
     if architectures is not None and not (isinstance(architectures, list)
                                           and all(isinstance(a, str) for a in architectures)):
-        raise InputError(f"{path}: architectures must be a list of class names, got {architectures!r}")
+        raise InputError(f"{path}: architectures must be a list of class names, got {quoted(architectures)}")
     return config
 
 
@@ -427,12 +445,12 @@ def read_modules(folder: Path) -> list[tuple[str, str]] | None:
     """The ``(type, path)`` of each module a sentence-transformers ``modules.json`` lists (``None``
     without one); every path is checked to stay inside ``folder``."""
     path = folder / "modules.json"
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
     modules = []
-    for module in read_json(path, list, "a list of modules"):
+    for module in read_json(path, list, "a list of modules", root=folder):
         if not isinstance(module, dict) or not isinstance(module.get("type", ""), str):
-            raise InputError(f"{path}: expected a list of modules (mappings with a type and a path), got {module!r}")
+            raise InputError(f"{path}: expected a list of modules (mappings with a type and a path), got {quoted(module)}")
         module_path = module.get("path", "")
         if module_path:
             inside(folder, module_path, "module path", path)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence, Union
 
 from cocktail.errors import InputError
+from cocktail.version import install_hint
 
 
 def pyplot():
@@ -20,7 +21,7 @@ def pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise InputError("drawing a plot needs matplotlib: pip install 'cocktail[plot]'") from None
+        raise InputError(f"drawing a plot needs matplotlib: {install_hint('plot')}") from None
     return plt
 
 

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from cocktail.io import json_input
+
 CHUNK = 8 * 1024 * 1024
 CACHE_ENV = "COCKTAIL_CACHE_DIR"
 CACHE_FILE = "sha256.json"
@@ -61,7 +63,7 @@ def _valid_entry(entry) -> bool:
 def _read_cache(folder: Path) -> dict[str, dict]:
     """The cache's entries by real path; ``{}`` for a missing, unreadable or corrupt cache file."""
     try:
-        data = json.loads((folder / CACHE_FILE).read_text(encoding="utf-8"))
+        data = json_input.loads((folder / CACHE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("files"), dict):

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 
-from cocktail.errors import InputError
+from cocktail.errors import InputError, quoted
 from cocktail.io import safetensors_format as st_format
 from cocktail.io import sidefiles
 from cocktail.io.adapters import AdapterCheckpoint, open_path
@@ -103,6 +103,9 @@ class MemoryCheckpoint:
     def __init__(self, source: str, config: dict, components: dict[str, MemoryComponent],
                  sentence_transformers: bool = False, module: Optional[torch.nn.Module] = None,
                  write_side_files: Optional[Callable[[Path], None]] = None):
+        for component in components.values():
+            for name, tensor in component.tensors.items():
+                _check_values(source, name, tensor)
         self.source = source
         self.config = config
         self.components = components
@@ -173,6 +176,20 @@ class MemoryCheckpoint:
 
     def __repr__(self) -> str:
         return f"MemoryCheckpoint({self.source!r}, {self.layout})"
+
+
+def _check_values(label: str, name: str, tensor: torch.Tensor) -> None:
+    """Refuse a tensor whose values cannot be read as a dense array: on the meta device (a model built
+    without weights), sparse or quantized."""
+    if tensor.is_meta:
+        raise InputError(f"{label}: tensor {quoted(name)} is on the meta device, so it holds no values "
+                         f"(load the model's weights first)")
+    if tensor.layout != torch.strided:
+        raise InputError(f"{label}: tensor {quoted(name)} is a sparse tensor ({str(tensor.layout).replace('torch.', '')}); "
+                         f"cocktail merges dense tensors (give tensor.to_dense())")
+    if tensor.is_quantized:
+        raise InputError(f"{label}: tensor {quoted(name)} is quantized ({tensor.dtype}); cocktail merges "
+                         f"float tensors (give tensor.dequantize())")
 
 
 # -- building ------------------------------------------------------------------------------------

@@ -16,12 +16,14 @@ from typing import Optional, Sequence
 
 import yaml
 
-from cocktail.errors import InputChangedError, InputError, few_names, option
+from cocktail.errors import InputChangedError, InputError, few_names, option, warn
 from cocktail.io.adapters import AdapterCheckpoint, open_path
 from cocktail.io.bounded_yaml import BoundedLoader
 from cocktail.io.checkpoints import CheckpointLike, looks_like_hub_id
+from cocktail.io.containment import inside, read_inside
 from cocktail.io.hashing import relative, sha256_file
 from cocktail.io.sidefiles import side_file_folder, side_file_hashes
+from cocktail.version import DISTRIBUTION, PROJECT_PAGE
 
 RECIPE_FILE = "cocktail_recipe.yaml"
 CARD_FILE = "README.md"
@@ -77,11 +79,17 @@ CARD_HEAD_LIMIT = 64 * 1024  # the most of an input's README.md read for its met
 
 def card_metadata(folder: Path) -> dict:
     """The hub metadata (YAML front matter) of a model folder's ``README.md``, or ``{}``: never an error,
-    and read bounded (the first 64 KB, no YAML aliases), as the folder is not ours."""
+    and read bounded (the first 64 KB, no YAML aliases, only a regular file inside the folder), as the
+    folder is not ours. A card that cannot be read so is skipped with a warning."""
+    path = Path(folder) / CARD_FILE
+    if not os.path.lexists(path):
+        return {}
     try:
-        with open(Path(folder) / CARD_FILE, "rb") as f:
-            text = f.read(CARD_HEAD_LIMIT).decode("utf-8")
-    except (OSError, UnicodeDecodeError):
+        text = read_inside(path, Path(folder), CARD_HEAD_LIMIT).decode("utf-8")
+    except InputError as exc:
+        warn(f"{exc}: its model card metadata (base_model, license) is not used")
+        return {}
+    except UnicodeDecodeError:
         return {}
     end = text.find("\n---", 3)
     if not text.startswith("---") or end < 0:
@@ -143,7 +151,7 @@ def model_card(recipe: dict, weights: list, summary: dict, library_name: str, ve
     front.update({"library_name": library_name, "tags": ["merge", "cocktail"]})
     lines = ["---", dump_yaml(front).rstrip(), "---", "",
              "# Merged model", "",
-             f"This model was merged with [cocktail](https://pypi.org/project/cocktail/) {version} "
+             f"This model was merged with [{DISTRIBUTION}]({PROJECT_PAGE}) {version} "
              f"using the `{recipe['merge_method']}` method ({recipe['model_type']}).", "",
              "| model | weight |", "|---|---|"]
     for name, weight in zip(names[:count], weights):
@@ -286,7 +294,7 @@ def verify_inputs(recipe) -> int:
             raise InputChangedError(f"input changed since the recipe was written: {current[name]} is a weight "
                                     f"file the recipe does not record")
         for name, expected in hashes.items():
-            _check_hash(current.get(name, root / name), expected)
+            _check_hash(current.get(name) or inside(root, name, "file", "the recipe's provenance"), expected)
             checked += 1
     return checked + _verify_side_files(recipe, provenance.get("side_files"), first_root)
 

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from cocktail.errors import InputError
+from cocktail.errors import InputError, quoted
+from cocktail.io import json_input
+from cocktail.io.containment import open_regular
 
 DTYPE_FROM_CODE = {
     "F64": torch.float64,
@@ -63,7 +65,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorEntry], dict[s
     a known dtype, a shape and two offsets that are non-negative integers, the tensors laid out one
     after the other from the first data byte to the last, each as long as its dtype and shape say."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # a FIFO would block an ordinary open forever
             raw = f.read(8)
             file_size = os.fstat(f.fileno()).st_size
             if len(raw) != 8:
@@ -79,7 +81,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorEntry], dict[s
     except OSError as exc:
         raise InputError(f"{path}: cannot read safetensors header ({exc.strerror or exc})") from None
     try:
-        header = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+        header = json_input.loads(body.decode("utf-8"), parse_constant=_no_constant)
     except UnicodeDecodeError:
         raise InputError(f"{path}: safetensors header is not UTF-8 text") from None
     except ValueError as exc:
@@ -108,41 +110,41 @@ def _check_header(header, path, data_start: int, file_size: int) -> tuple[dict[s
     layout = []
     for name, info in header.items():
         if _lone_surrogate(name):
-            raise InputError(f"{bad} tensor name {name!r} is not valid Unicode")
+            raise InputError(f"{bad} tensor name {quoted(name)} is not valid Unicode")
         if not isinstance(info, dict):
-            raise InputError(f"{bad} tensor {name!r} is {type(info).__name__}, not an object with dtype, shape "
+            raise InputError(f"{bad} tensor {quoted(name)} is {type(info).__name__}, not an object with dtype, shape "
                              f"and data_offsets")
         missing = [key for key in ("dtype", "shape", "data_offsets") if key not in info]
         if missing:
-            raise InputError(f"{bad} tensor {name!r} has no {missing[0]}")
+            raise InputError(f"{bad} tensor {quoted(name)} has no {missing[0]}")
         code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if code not in FORMAT_BITS:
-            raise InputError(f"{bad} tensor {name!r} has unknown dtype {code!r}")
+            raise InputError(f"{bad} tensor {quoted(name)} has unknown dtype {quoted(code)}")
         if not isinstance(shape, list) or not all(_usize(d) for d in shape):
-            raise InputError(f"{bad} tensor {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+            raise InputError(f"{bad} tensor {quoted(name)}: shape must be a list of non-negative integers, got {quoted(shape)}")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_usize(o) for o in offsets)):
-            raise InputError(f"{bad} tensor {name!r}: data_offsets must be two non-negative integers, got {offsets!r}")
+            raise InputError(f"{bad} tensor {quoted(name)}: data_offsets must be two non-negative integers, got {quoted(offsets)}")
         layout.append((tuple(offsets), name, code, tuple(shape)))
     layout.sort(key=lambda item: item[0])  # as safetensors does: by (begin, end)
     entries = {}
     position = 0
     for (begin, end), name, code, shape in layout:
         if begin != position or end < begin:
-            raise InputError(f"{bad} tensor {name!r} has data_offsets [{begin}, {end}]: tensors must follow one "
+            raise InputError(f"{bad} tensor {quoted(name)} has data_offsets [{begin}, {end}]: tensors must follow one "
                              f"another from offset 0 without gaps or overlaps (expected it to start at {position})")
         count = 1
         for dim in shape:
             count *= dim
             if count >= USIZE:
-                raise InputError(f"{bad} tensor {name!r} has an impossible shape {list(shape)}")
+                raise InputError(f"{bad} tensor {quoted(name)} has an impossible shape {list(shape)}")
         if count * FORMAT_BITS[code] >= USIZE or count * FORMAT_BITS[code] % 8:
-            raise InputError(f"{bad} tensor {name!r} has an impossible shape {list(shape)} for {code}")
+            raise InputError(f"{bad} tensor {quoted(name)} has an impossible shape {list(shape)} for {code}")
         if end - begin != count * FORMAT_BITS[code] // 8:
-            raise InputError(f"{bad} tensor {name!r} is {end - begin} bytes, but {code} {list(shape)} needs "
+            raise InputError(f"{bad} tensor {quoted(name)} is {end - begin} bytes, but {code} {list(shape)} needs "
                              f"{count * FORMAT_BITS[code] // 8}")
         position = end
         if code not in DTYPE_FROM_CODE:
-            raise InputError(f"{path}: tensor {name!r} has dtype {code}, which cocktail cannot merge")
+            raise InputError(f"{path}: tensor {quoted(name)} has dtype {code}, which cocktail cannot merge")
         entries[name] = TensorEntry(DTYPE_FROM_CODE[code], shape, data_start + begin, end - begin)
     if data_start + position != file_size:
         what = "is truncated" if data_start + position > file_size else "has bytes after its last tensor"

@@ -17,8 +17,8 @@ from typing import Optional
 
 import torch
 
-from cocktail.io.checkpoints import read_modules, resolve
-from cocktail.io.containment import check_write, inside
+from cocktail.io.checkpoints import read_json, read_modules, resolve
+from cocktail.io.containment import check_write, inside, open_regular
 from cocktail.io.hashing import sha256_file
 
 SIDE_SUFFIXES = {".json", ".txt", ".model", ".py", ".tiktoken", ".jinja", ".vocab"}
@@ -30,14 +30,15 @@ WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgp
 
 
 def _is_side_file(path: Path) -> bool:
-    return path.is_file() and path.suffix in SIDE_SUFFIXES and path.name not in NOT_COPIED
+    """A file to copy by its name (one that is not a regular file is refused when it is read)."""
+    return path.suffix in SIDE_SUFFIXES and path.name not in NOT_COPIED and not path.is_dir()
 
 
 def copy_side_files(source: Path, dest: Path) -> list[str]:
     """Copy config, tokenizer and sentence-transformers files from ``source``; returns what was copied.
 
-    Every file read stays inside ``source`` and every file written inside ``dest``; copies get the
-    user's ordinary file mode (a read-only input gives a writable output)."""
+    Every file read stays inside ``source`` and is a regular file, and every file written lies inside
+    ``dest``; copies get the user's ordinary file mode (a read-only input gives a writable output)."""
     copied = []
     for path in sorted(source.iterdir()):
         if _is_side_file(path):
@@ -77,9 +78,11 @@ def side_file_hashes(source: Path) -> dict[str, str]:
 
 
 def _copy(path: Path, target: Path, dest: Path) -> None:
-    """Copy the bytes of ``path`` to ``target`` inside ``dest``, as a new file of the user's normal mode."""
+    """Copy the bytes of ``path`` (a regular file) to ``target`` inside ``dest``, as a new file of the
+    user's normal mode."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, check_write(target, dest))
+    with open_regular(path) as source, open(check_write(target, dest), "wb") as copy:
+        shutil.copyfileobj(source, copy)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -101,7 +104,7 @@ def set_config_dtype(config_path: Path, dtype: torch.dtype) -> None:
     uses (the other one is dropped, so the two can never disagree)."""
     if not config_path.is_file():
         return
-    config = json.loads(config_path.read_text())
+    config = read_json(config_path, dict, "a JSON object")
     key = config_dtype_key()
     config.pop("torch_dtype" if key == "dtype" else "dtype", None)
     config[key] = dtype_name(dtype)

@@ -7,7 +7,7 @@ A value can be given three ways:
   (first number) to the last layer (last number); tensors outside the layers (embeddings, pooler)
   take the value at the first layer;
 - a list of ``{filter: <regex>, value: <number or list of numbers>}`` entries: the first entry whose
-  filter is found (``re.search``) in the tensor's name wins; an entry without ``filter`` is the
+  filter is found (``search``, by RE2: no input pattern can hang) in the tensor's name wins; an entry without ``filter`` is the
   default and must come last.
 
 The layer of a tensor comes from its name: ``encoder.layer.3.``, ``layers.3.``, ``h.3.``, ``block.3.``.
@@ -20,7 +20,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
-from cocktail.errors import InputError
+from cocktail.errors import InputError, quoted
+from cocktail.io.patterns import compile_pattern
 
 LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
 ENTRY_KEYS = ("filter", "value")
@@ -68,7 +69,7 @@ class TensorName:
 class Entry:
     key: str  # where it came from, e.g. models[0].weight[1]
     filter: Optional[str]
-    pattern: Optional[re.Pattern]
+    pattern: Any  # compiled by RE2 (cocktail.io.patterns): search as in re
     values: tuple[float, ...]
 
     def matches(self, tensor: TensorName) -> bool:
@@ -125,9 +126,10 @@ class Schedule:
                 if not isinstance(pattern_text, str):
                     raise InputError(f"{where}.filter must be a regular expression string, got {pattern_text!r}")
                 try:
-                    pattern = re.compile(pattern_text)
-                except re.error as exc:
-                    raise InputError(f"{where}.filter {pattern_text!r} is not a valid regular expression: {exc}") from None
+                    pattern = compile_pattern(pattern_text)
+                except InputError as exc:
+                    raise InputError(f"{where}.filter {quoted(pattern_text)} is not a valid regular expression: "
+                                     f"{exc}") from None
             entries.append(Entry(where, pattern_text, pattern, _numbers(raw["value"], f"{where}.value")))
         return cls(key, entries)
 

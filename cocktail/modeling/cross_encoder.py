@@ -18,6 +18,7 @@ from cocktail.merging.plan import Plan
 from cocktail.modeling.loading import embedding_rows, load_tokenizer
 from cocktail.modeling.scorer import PlanScorer
 from cocktail.modeling.skeleton import Skeleton, model_folder
+from cocktail.modeling.text_cut import cut, cut_all, token_lengths
 
 POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "xlm-roberta-xl": 2}
 
@@ -31,7 +32,7 @@ class CrossEncoder(PlanScorer):
 
     def __init__(self, plan: Plan, device: Optional[str] = None, batch_size: int = 32, max_length: int = 512,
                  progress: bool = False, label: Optional[str] = None, trust_remote_code: bool = False):
-        super().__init__(plan, device, batch_size, label)
+        super().__init__(plan, device, batch_size, label, progress)
         first = plan.checkpoints[0]
         self.tokenizer = load_tokenizer(model_folder(plan), "to score pairs", trust_remote_code, embedding_rows(plan))
         self.skeleton = Skeleton(plan, "reranker", torch.device(self.device), trust_remote_code=trust_remote_code)
@@ -45,6 +46,7 @@ class CrossEncoder(PlanScorer):
     def _query(self, query: str) -> str:
         """The query, cut to 3/4 of the length as FlagReranker cuts it (its tokens, decoded back)."""
         limit = self.max_length * 3 // 4
+        query = cut(query, limit)
         ids = self.tokenizer(query, add_special_tokens=False)["input_ids"]
         return query if len(ids) <= limit else self.tokenizer.decode(ids[:limit])
 
@@ -53,17 +55,18 @@ class CrossEncoder(PlanScorer):
         """The logit of each ``(query, passage)`` pair (higher: more relevant); ``instruction`` goes before
         each query."""
         queries = [self._query((instruction or "") + q) for q, _ in pairs]
-        passages = [p for _, p in pairs]
-        lengths = [len(ids) for ids in self.tokenizer(queries, passages, truncation="only_second",
-                                                      max_length=self.max_length)["input_ids"]] if pairs else []
+        passages = cut_all([p for _, p in pairs], self.max_length)
+        lengths = token_lengths(self.tokenizer, queries, self.max_length, passages, truncation="only_second")
         order = sorted(range(len(pairs)), key=lambda i: -lengths[i])
         scores = [0.0] * len(pairs)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            batch = self.tokenizer([queries[i] for i in chunk], [passages[i] for i in chunk], padding=True,
-                                   truncation="only_second", max_length=self.max_length, return_tensors="pt")
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            logits = self.model(**batch, return_dict=True).logits.view(-1).float()
-            for i, value in zip(chunk, logits.tolist()):
-                scores[i] = value
+        with self.bar(len(pairs), "scoring", unit="pair") as bar:
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start:start + self.batch_size]
+                batch = self.tokenizer([queries[i] for i in chunk], [passages[i] for i in chunk], padding=True,
+                                       truncation="only_second", max_length=self.max_length, return_tensors="pt")
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                logits = self.model(**batch, return_dict=True).logits.view(-1).float()
+                for i, value in zip(chunk, logits.tolist()):
+                    scores[i] = value
+                bar.update(len(chunk))
         return scores

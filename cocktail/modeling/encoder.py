@@ -12,11 +12,9 @@ from one model (:meth:`Encoder.open`) or from an in-memory merge of a plan's mod
 
 from __future__ import annotations
 
-import sys
 from typing import Callable, Optional, Sequence
 
 import torch
-from tqdm import tqdm
 
 from cocktail.errors import InputError
 from cocktail.io.checkpoints import read_json
@@ -26,6 +24,7 @@ from cocktail.modeling.loading import embedding_rows, load_tokenizer
 from cocktail.modeling.pooling import Pooling, read_pooling
 from cocktail.modeling.scorer import PlanScorer
 from cocktail.modeling.skeleton import Skeleton, model_folder
+from cocktail.modeling.text_cut import cut_all, token_lengths
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "torch.nn.modules.activation.Tanh": torch.tanh,
@@ -35,7 +34,6 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "torch.nn.modules.activation.Sigmoid": torch.sigmoid,
 }
 POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "xlm-roberta-xl": 2}
-PROGRESS_MIN_TEXTS = 512  # shorter encodes get no progress bar
 
 
 class Encoder(PlanScorer):
@@ -52,15 +50,14 @@ class Encoder(PlanScorer):
 
     def __init__(self, plan: Plan, device: Optional[str] = None, batch_size: int = 32, max_length: int = 512,
                  progress: bool = False, label: Optional[str] = None, trust_remote_code: bool = False):
-        super().__init__(plan, device, batch_size, label)
+        super().__init__(plan, device, batch_size, label, progress)
         first = plan.checkpoints[0]
-        self.progress = progress
         self.root = first.root
         self.transformer_dir = model_folder(plan)
         self.pooling = read_pooling(self.root, self.default_pooling)
         self.dense = self._read_dense()
         st_config = self.root / "sentence_bert_config.json"
-        st = read_json(st_config) if st_config.is_file() else {}
+        st = read_json(st_config, root=self.root) if st_config.is_file() else {}
         self.lowercase = bool(st.get("do_lower_case", False))
         self.tokenizer = load_tokenizer(self.transformer_dir, "to embed texts", trust_remote_code,
                                         embedding_rows(plan))
@@ -109,11 +106,11 @@ class Encoder(PlanScorer):
         modules_path = self.root / "modules.json"
         if not modules_path.is_file():
             return dense
-        for module in read_json(modules_path):
+        for module in read_json(modules_path, root=self.root):
             kind = str(module.get("type", ""))
             path = module.get("path", "")
             if kind.endswith("Dense"):
-                config = read_json(self.root / path / "config.json")
+                config = read_json(self.root / path / "config.json", root=self.root)
                 activation = config.get("activation_function", "torch.nn.modules.linear.Identity")
                 if activation not in ACTIVATIONS:
                     raise InputError(f"{self.root / path}: activation {activation} is not supported")
@@ -148,12 +145,13 @@ class Encoder(PlanScorer):
         return int(self.model.config.hidden_size)
 
     def _encode_uncached(self, texts: list[str], desc: str) -> torch.Tensor:
-        prepared = [t.lower() for t in texts] if self.lowercase else texts
-        tokens = self.tokenizer(prepared, truncation=True, max_length=self.max_length)["input_ids"]
-        order = sorted(range(len(texts)), key=lambda i: len(tokens[i]), reverse=True)
+        prepared = cut_all(texts, self.max_length)
+        if self.lowercase:
+            prepared = [t.lower() for t in prepared]
+        lengths = token_lengths(self.tokenizer, prepared, self.max_length)
+        order = sorted(range(len(texts)), key=lambda i: lengths[i], reverse=True)
         out = torch.empty(len(texts), self.dimension)
-        bar = tqdm(total=len(texts), desc=f"{desc} {self.label}", unit="text", file=sys.stderr, leave=False,
-                   disable=not self.progress or len(texts) < PROGRESS_MIN_TEXTS)
+        bar = self.bar(len(texts), desc)
         try:
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start:start + self.batch_size]

@@ -23,6 +23,7 @@ from cocktail.merging.plan import Plan
 from cocktail.modeling.loading import embedding_rows, load_tokenizer, pad_token_id
 from cocktail.modeling.scorer import PlanScorer
 from cocktail.modeling.skeleton import Skeleton, model_folder
+from cocktail.modeling.text_cut import cut
 
 DEFAULT_PROMPT = ("Given a query A and a passage B, determine whether the passage contains an answer to the query "
                   "by providing a prediction of either 'Yes' or 'No'.")
@@ -41,7 +42,8 @@ def yes_token(tokenizer) -> int:
 def pair_ids(tokenizer, query: str, passage: str, prompt: Optional[str], max_length: int) -> list[int]:
     """The token ids FlagEmbedding's decoder reranker scores for one pair (see the module docstring)."""
     def ids(text: str, **limit) -> list[int]:
-        return list(tokenizer(text, add_special_tokens=False, truncation=bool(limit), **limit)["input_ids"])
+        return list(tokenizer(cut(text, max_length), add_special_tokens=False, truncation=bool(limit),
+                              **limit)["input_ids"])
 
     query_ids = ids(QUERY_PREFIX + query, max_length=max_length * 3 // 4)
     passage_ids = ids(PASSAGE_PREFIX + passage, max_length=max_length)
@@ -100,7 +102,7 @@ class LLMReranker(PlanScorer):
     def __init__(self, plan: Plan, device: Optional[str] = None, batch_size: int = PAIR_CHUNK,
                  max_length: int = 512, progress: bool = False, label: Optional[str] = None,
                  trust_remote_code: bool = False):
-        super().__init__(plan, device, batch_size, label)
+        super().__init__(plan, device, batch_size, label, progress)
         first = plan.checkpoints[0]
         self.max_length = max_length
         self.tokenizer = load_tokenizer(model_folder(plan), "to score pairs", trust_remote_code, embedding_rows(plan))
@@ -116,9 +118,11 @@ class LLMReranker(PlanScorer):
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
         scores = [0.0] * len(rows)
         pad = pad_token_id(self.tokenizer)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            batch = pad_rows([rows[i] for i in chunk], pad, self.device)
-            for i, value in zip(chunk, yes_scores(self.model, batch, self.yes_id).tolist()):
-                scores[i] = value
+        with self.bar(len(rows), "scoring", unit="pair") as bar:
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start:start + self.batch_size]
+                batch = pad_rows([rows[i] for i in chunk], pad, self.device)
+                for i, value in zip(chunk, yes_scores(self.model, batch, self.yes_id).tolist()):
+                    scores[i] = value
+                bar.update(len(chunk))
         return scores

@@ -13,7 +13,9 @@ from typing import Optional
 
 import torch
 
-from cocktail.errors import InputError
+from cocktail.errors import InputError, quoted
+from cocktail.io.containment import check_files
+from cocktail.io.sidefiles import SIDE_SUFFIXES
 from cocktail.recipe.choices import MODEL_TYPES
 
 #: The transformers class that loads each model type (LM-Cocktail's choice; FlagEmbedding's for the LLM ones).
@@ -41,9 +43,15 @@ def resolve_device(name: Optional[str]) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise InputError(f"unknown device {name!r} (e.g. cpu, cuda, cuda:1)") from None
+        raise InputError(f"unknown device {quoted(name)} (e.g. cpu, cuda, cuda:1)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {name} asked for, but CUDA is not available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"device {name} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {name} asked for, but MPS is not available here")
+    if device.type not in ("cpu", "cuda", "mps"):  # meta holds no values; others cocktail never ran on
+        raise InputError(f"device {name} cannot run the models: use cpu, cuda or cuda:N (or mps)")
     return device
 
 
@@ -70,6 +78,7 @@ def load_config(folder: Path, trust_remote_code: bool = False):
     """The transformers config saved in ``folder`` (its own code runs only with ``trust_remote_code``)."""
     from transformers import AutoConfig
 
+    check_files(Path(folder), SIDE_SUFFIXES)  # what transformers reads stays inside and is regular
     try:
         return AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises many kinds for unreadable configs
@@ -100,6 +109,7 @@ def load_tokenizer(folder: Path, needed_for: str = "to score examples", trust_re
         # transformers 5 would build an empty tokenizer that maps every word to [UNK]
         raise InputError(f"{folder}: cannot load its tokenizer, needed {needed_for} (no tokenizer files: "
                          f"expected one of {', '.join(TOKENIZER_FILES[:3])}, ...)")
+    check_files(Path(folder), SIDE_SUFFIXES)  # what transformers reads stays inside and is regular
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises many kinds when no tokenizer is there

@@ -10,7 +10,8 @@ encoder (bge-m3 and its fine-tunes) is scored in every mode it has:
 - ``colbert`` (multi-vector): ``colbert_linear(hidden[:, 1:])`` of every token but ``[CLS]``,
   L2-normalised; the score is the mean over the query's vectors of their best dot product with the
   passage's vectors;
-- ``hybrid``: ``0.4 dense + 0.2 sparse + 0.4 colbert``, FlagEmbedding's default weights.
+- ``hybrid``: ``0.4 dense + 0.2 sparse + 0.4 colbert`` by default, the weights bge-m3's model card
+  advises (``BGEM3FlagModel.compute_score``'s own default is ``[1, 1, 1]``); ``--hybrid-weights`` sets them.
 
 The encoder, its tokenizer and batching are :class:`~cocktail.modeling.encoder.Encoder`'s; the heads'
 weights come through the skeleton like every other component, so a merge in memory (``sweep``) merges
@@ -19,20 +20,20 @@ them too.
 
 from __future__ import annotations
 
-import sys
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
-from tqdm import tqdm
 
-from cocktail.errors import InputError
+from cocktail.errors import InputError, option
 from cocktail.merging.plan import Plan
-from cocktail.modeling.encoder import PROGRESS_MIN_TEXTS, Encoder
+from cocktail.modeling.encoder import Encoder
+from cocktail.modeling.text_cut import cut_all, token_lengths
 
 COLBERT_FILE, SPARSE_FILE = "colbert_linear.pt", "sparse_linear.pt"
 MODES = ("dense", "sparse", "colbert", "hybrid")
-HYBRID_WEIGHTS = {"dense": 0.4, "sparse": 0.2, "colbert": 0.4}  # BGEM3FlagModel's default
+HYBRID_WEIGHTS = {"dense": 0.4, "sparse": 0.2, "colbert": 0.4}  # bge-m3's model card advises these
 DOC_CHUNK = 128  # passages scored at once by ColBERT's max-sim
 QUERY_BLOCK = 32  # queries scored at once (their vectors against a chunk of passages: one matrix product)
 
@@ -108,8 +109,20 @@ def colbert_scores(queries: Sequence[torch.Tensor], docs: Sequence[torch.Tensor]
     return out
 
 
-def similarity(queries: M3Vectors, docs: M3Vectors, mode: str) -> torch.Tensor:
-    """``(queries, docs)`` scores in one of :data:`MODES`."""
+def hybrid_weights(values: Sequence[float]) -> dict[str, float]:
+    """The hybrid mode's weights of dense, sparse and colbert from ``values`` (three numbers, none
+    negative, not all zero), as :data:`HYBRID_WEIGHTS`."""
+    values = [float(v) for v in values]
+    if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values) or not any(values):
+        raise InputError(f"{option('hybrid_weights')} takes three weights, of dense, sparse and colbert, none "
+                         f"negative and not all 0 (bge-m3's model card advises 0.4 0.2 0.4), got "
+                         f"{' '.join(f'{v:g}' for v in values)}")
+    return dict(zip(HYBRID_WEIGHTS, values))
+
+
+def similarity(queries: M3Vectors, docs: M3Vectors, mode: str,
+               hybrid: dict[str, float] = HYBRID_WEIGHTS) -> torch.Tensor:
+    """``(queries, docs)`` scores in one of :data:`MODES` (``hybrid``: the weights of the hybrid mode)."""
     if mode == "dense":
         return queries.dense @ docs.dense.T
     if mode == "sparse":
@@ -117,21 +130,23 @@ def similarity(queries: M3Vectors, docs: M3Vectors, mode: str) -> torch.Tensor:
     if mode == "colbert":
         return colbert_scores(queries.colbert, docs.colbert)
     if mode == "hybrid":
-        return sum(weight * similarity(queries, docs, part) for part, weight in HYBRID_WEIGHTS.items())
+        return sum(weight * similarity(queries, docs, part) for part, weight in hybrid.items())
     raise InputError(f"unknown retrieval mode {mode!r} (choose from {', '.join(MODES)})")
 
 
-def pair_similarity(first: M3Vectors, second: M3Vectors, mode: str) -> torch.Tensor:
+def pair_similarity(first: M3Vectors, second: M3Vectors, mode: str,
+                    hybrid: dict[str, float] = HYBRID_WEIGHTS) -> torch.Tensor:
     """The score of each pair ``(first[i], second[i])`` in ``mode``."""
     if mode == "dense":
         return (first.dense * second.dense).sum(-1)
-    return torch.stack([similarity(first[[i]], second[[i]], mode)[0, 0] for i in range(len(first))])
+    return torch.stack([similarity(first[[i]], second[[i]], mode, hybrid)[0, 0] for i in range(len(first))])
 
 
 class M3Encoder(Encoder):
     """An :class:`Encoder` for bge-m3: ``encode`` gives :class:`M3Vectors`, scored in every mode of :data:`MODES`."""
 
     modes = MODES
+    hybrid = HYBRID_WEIGHTS  # the hybrid mode's weights (see hybrid_weights)
 
     def __init__(self, plan: Plan, *args, **kwargs):
         super().__init__(plan, *args, **kwargs)
@@ -147,10 +162,10 @@ class M3Encoder(Encoder):
                                     tokenizer.unk_token_id) if i is not None}
 
     def similarity(self, queries: M3Vectors, docs: M3Vectors, mode: str = "dense") -> torch.Tensor:
-        return similarity(queries, docs, mode)
+        return similarity(queries, docs, mode, self.hybrid)
 
     def pair_similarity(self, first: M3Vectors, second: M3Vectors, mode: str = "dense") -> torch.Tensor:
-        return pair_similarity(first, second, mode)
+        return pair_similarity(first, second, mode, self.hybrid)
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], cache: bool = False, desc: str = "encoding") -> M3Vectors:
@@ -171,15 +186,15 @@ class M3Encoder(Encoder):
         return tensors[f"{name}.weight"], tensors.get(f"{name}.bias")
 
     def _encode_m3(self, texts: list[str], desc: str) -> M3Vectors:
-        tokens = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
-        order = sorted(range(len(texts)), key=lambda i: len(tokens[i]), reverse=True)
+        texts = cut_all(texts, self.max_length)
+        lengths = token_lengths(self.tokenizer, texts, self.max_length)
+        order = sorted(range(len(texts)), key=lambda i: lengths[i], reverse=True)
         dense = torch.empty(len(texts), self.dimension)
         sparse: list[dict[int, float]] = [{} for _ in texts]
         colbert: list[Optional[torch.Tensor]] = [None] * len(texts)
         sparse_w, sparse_b = self._head(SPARSE_FILE, "sparse_linear")
         colbert_w, colbert_b = self._head(COLBERT_FILE, "colbert_linear")
-        bar = tqdm(total=len(texts), desc=f"{desc} {self.label}", unit="text", file=sys.stderr, leave=False,
-                   disable=not self.progress or len(texts) < PROGRESS_MIN_TEXTS)
+        bar = self.bar(len(texts), desc)
         try:
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start:start + self.batch_size]

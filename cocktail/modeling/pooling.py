@@ -56,13 +56,13 @@ def read_pooling(root: Path, default: Pooling = Pooling()) -> Pooling:
     modules_path = root / "modules.json"
     if not modules_path.is_file():
         return default
-    modules = read_json(modules_path)
+    modules = read_json(modules_path, root=root)
     pooling_dir = next((m.get("path", "") for m in modules if isinstance(m, dict)
                         and str(m.get("type", "")).endswith("Pooling")), None) if isinstance(modules, list) else None
     if pooling_dir is None:
         return default
     config_path = root / pooling_dir / "config.json"
-    config = read_json(config_path, dict, "a JSON object")
+    config = read_json(config_path, dict, "a JSON object", root=root)
     if "pooling_mode" in config:
         mode = config["pooling_mode"]
         modes = (mode,) if isinstance(mode, str) else tuple(mode)

@@ -12,6 +12,7 @@ from cocktail.io.adapters import open_path
 from cocktail.merging.methods import Method
 from cocktail.merging.plan import Plan, build_plan
 from cocktail.modeling.loading import resolve_device
+from cocktail.modeling.progress import progress_bar
 
 
 class PlanScorer:
@@ -19,13 +20,19 @@ class PlanScorer:
 
     skeleton = None  # a cocktail.modeling.skeleton.Skeleton, built by the subclass
 
-    def __init__(self, plan: Plan, device: Optional[str], batch_size: int, label: Optional[str]):
+    def __init__(self, plan: Plan, device: Optional[str], batch_size: int, label: Optional[str],
+                 progress: bool = False):
         first = plan.checkpoints[0]
         self.plan = plan
         self.source = str(first.source)
         self.label = label or self.source
         self.device = str(resolve_device(device))
         self.batch_size = batch_size
+        self.progress = progress
+
+    def bar(self, total: int, desc: str, unit: str = "text"):
+        """A progress bar of this scorer's work on ``total`` texts or pairs (see :mod:`cocktail.modeling.progress`)."""
+        return progress_bar(total, f"{desc} {self.label}", self.progress, unit)
 
     @classmethod
     def open(cls, source: str, adapter_base: Optional[str] = None, **options):

@@ -50,7 +50,7 @@ class Recipe:
     max_shard_size: str = "5GB"
     config_from: Optional[str] = None
     seed: int = 0
-    trust_remote_code: bool = False  # let a model folder's own code run (few-shot weights need the model)
+    trust_remote_code: bool = False  # let a model folder's own code run: set by the user, never by a recipe file
     allow_nonfinite: bool = False  # write an output holding NaN or inf (refused by default)
     provenance: Optional[dict] = None  # what a merge was made from (input sha256, versions): kept for --verify
 
@@ -75,6 +75,15 @@ class Recipe:
             missing = [m.path for m in self.models if m.weight is None]
             raise InputError(f"weights are given for some models but not for {', '.join(missing)}")
         return given
+
+    def read_paths(self) -> list[tuple[str, str | bytes]]:
+        """``(what it is, path)`` of every file or folder this recipe has the run read, whatever key names
+        it (models, adapter bases, base model, config_from, examples, keep set: ``schema.READ_PATH_KEYS``),
+        as given: a hub id stays a name. Examples given as a list are not a path."""
+        data = self.to_dict()
+        return [(label, os.fspath(container[key])) for pattern, _, label in schema.READ_PATH_KEYS
+                for container, key, _ in schema.values_at(data, pattern)
+                if isinstance(container[key], (str, os.PathLike))]
 
     def to_dict(self) -> dict:
         data: dict[str, Any] = {
@@ -107,10 +116,14 @@ class Recipe:
 
     # -- YAML recipe files -------------------------------------------------------------------------
     @classmethod
-    def from_yaml(cls, path: Union[str, os.PathLike], overrides: Iterable[str] = ()) -> "Recipe":
+    def from_yaml(cls, path: Union[str, os.PathLike], overrides: Iterable[str] = (),
+                  trust_remote_code: bool = False) -> "Recipe":
         """Read and check the recipe file ``path``; relative paths in it are relative to its folder.
 
         ``overrides`` are ``KEY.PATH=VALUE`` strings (``models.1.weight=0.3``), applied before the checks.
+        A recipe cannot turn on a model folder's code: one that says ``trust_remote_code: true`` is
+        refused unless ``trust_remote_code`` (the user's ``--trust-remote-code``) allows it, and with
+        it the recipe runs trusted whatever it says.
         Raises :class:`~cocktail.errors.RecipeError` naming the key path and line of every problem.
         """
         path = Path(path).expanduser()
@@ -120,17 +133,21 @@ class Recipe:
             raise RecipeError(f"recipe file not found: {path}") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise RecipeError(f"{path}: cannot be read ({exc})") from None
-        return cls.from_yaml_text(text, base_dir=path.absolute().parent, source=str(path), overrides=overrides)
+        return cls.from_yaml_text(text, base_dir=path.absolute().parent, source=str(path), overrides=overrides,
+                                  trust_remote_code=trust_remote_code)
 
     @classmethod
     def from_yaml_text(cls, text: str, base_dir: Union[str, os.PathLike] = ".", source: str = "<recipe>",
-                       overrides: Iterable[str] = ()) -> "Recipe":
+                       overrides: Iterable[str] = (), trust_remote_code: bool = False) -> "Recipe":
         """Like :meth:`from_yaml` for recipe text; relative paths are relative to ``base_dir``."""
         data, lines = parse_yaml(text, source)
         for assignment in [overrides] if isinstance(overrides, str) else overrides:
             data = apply_override(data, lines, assignment)
         schema.check(data, lines, base_dir, source)
-        return cls.from_dict(schema.resolve_paths(data, base_dir))
+        schema.check_remote_code(data, lines, source, allowed=trust_remote_code)
+        recipe = cls.from_dict(schema.resolve_paths(data, base_dir))
+        recipe.trust_remote_code = bool(trust_remote_code)
+        return recipe
 
     def check(self, base_dir: Union[str, os.PathLike] = ".") -> None:
         """Run the recipe file checks on this recipe (relative paths against ``base_dir``)."""

@@ -14,12 +14,12 @@ there are accepted here without a change.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from cocktail.errors import InputError, RecipeError, did_you_mean
 from cocktail.io.checkpoints import looks_like_hub_id
+from cocktail.io.patterns import compile_pattern
 from cocktail.io.writer import parse_size
 from cocktail.merging.methods import METHODS
 from cocktail.merging.schedules import is_number
@@ -30,6 +30,38 @@ from cocktail.recipe.yaml_lines import SET, KeyPath, key_path
 
 # Keys of the recipe that name files or models, resolved against the recipe file's folder.
 MODEL_PATH_KEYS = (("base_model",), ("config_from",))
+
+#: Every key of a recipe that names a file or folder the run reads (``"*"``: each item of a list), what
+#: it names (a ``"model"``: a local path, or a hub id that stays as it is; or a ``"file"``) and what
+#: messages call it. The one list of them: relative paths are resolved against the recipe's folder
+#: from it, and the output is checked against every path on it before anything is removed
+#: (``Recipe.read_paths``).
+READ_PATH_KEYS: tuple[tuple[KeyPath, str, str], ...] = (
+    (("models", "*", "path"), "model", "model"),
+    (("models", "*", "base"), "model", "adapter base"),
+    (("base_model",), "model", "base model"),
+    (("config_from",), "model", "config_from"),
+    (("weights_from", "examples"), "file", "examples"),
+    (("weights_from", "keep"), "file", "keep"),
+    (("models", "*", "examples"), "file", "examples"),
+)
+
+
+def values_at(data: Any, pattern: KeyPath, where: KeyPath = ()):
+    """``(container, key, key path)`` of every value of ``data`` that ``pattern`` names, ``"*"``
+    standing for each item of a list (absent keys and values of other shapes are skipped)."""
+    if not pattern:
+        return
+    head, rest = pattern[0], pattern[1:]
+    if head == "*":
+        keys = range(len(data)) if isinstance(data, list) else ()
+    else:
+        keys = (head,) if isinstance(data, dict) and head in data else ()
+    for key in keys:
+        if rest:
+            yield from values_at(data[key], rest, where + (key,))
+        else:
+            yield data, key, where + (key,)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,8 +147,8 @@ def _check_regex(value: Any, path: KeyPath, problems: Problems) -> None:
         problems.add(path, f"expected a regular expression (a string), got {_describe(value)}")
         return
     try:
-        re.compile(value)
-    except re.error as exc:
+        compile_pattern(value)
+    except InputError as exc:
         problems.add(path, f"not a valid regular expression ({exc})")
 
 
@@ -289,6 +321,17 @@ def check(data: Any, lines: dict, base_dir: Union[str, os.PathLike], source: str
     problems.raise_any()
 
 
+def check_remote_code(data: dict, lines: dict, source: str, allowed: bool) -> None:
+    """A recipe is data a user downloads (or finds in a merged folder): it cannot turn on a model
+    folder's own code. ``trust_remote_code: true`` is refused unless the user ``allowed`` it."""
+    if data.get("trust_remote_code") is True and not allowed:
+        problems = Problems(source, lines)
+        problems.add(("trust_remote_code",), "a recipe cannot turn on a model folder's own code; pass "
+                                             "--trust-remote-code on the command line (trust_remote_code=True "
+                                             "from Python) if you trust these models' code")
+        problems.raise_any()
+
+
 def _registered_method(name: Any):
     """The registered method called ``name``, or ``None``."""
     return METHODS.get(name) if isinstance(name, str) else None
@@ -396,24 +439,14 @@ def _check_method(data: dict, problems: Problems) -> None:
 def resolve_paths(data: dict, base_dir: Union[str, os.PathLike]) -> dict:
     """A copy of checked recipe ``data`` with every local path made absolute against ``base_dir``."""
     data = {key: value for key, value in data.items() if not (key == "parameters" and value is None)}
-    models = []
-    for entry in data.get("models") or []:
-        entry = {"path": entry} if isinstance(entry, str) else dict(entry)
-        entry["path"] = resolve_model_path(entry["path"], base_dir)
-        if entry.get("base"):
-            entry["base"] = resolve_model_path(entry["base"], base_dir)
-        if isinstance(entry.get("examples"), str):
-            entry["examples"] = str(local_path(entry["examples"], base_dir))
-        models.append(entry)
-    data["models"] = models
-    for (key,) in MODEL_PATH_KEYS:
-        if data.get(key):
-            data[key] = resolve_model_path(data[key], base_dir)
-    if data.get("output"):
-        data["output"] = str(local_path(data["output"], base_dir))
+    data["models"] = [{"path": entry} if isinstance(entry, str) else dict(entry) for entry in data.get("models") or []]
     if isinstance(data.get("weights_from"), dict):
         data["weights_from"] = dict(data["weights_from"])
-        for key in ("examples", "keep"):
-            if isinstance(data["weights_from"].get(key), str):
-                data["weights_from"][key] = str(local_path(data["weights_from"][key], base_dir))
+    for pattern, kind, _ in READ_PATH_KEYS:
+        for container, key, _ in list(values_at(data, pattern)):
+            value = container[key]
+            if isinstance(value, str) and value:
+                container[key] = resolve_model_path(value, base_dir) if kind == "model" else str(local_path(value, base_dir))
+    if data.get("output"):
+        data["output"] = str(local_path(data["output"], base_dir))
     return data

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from cocktail.errors import RecipeError
+from cocktail.errors import RecipeError, quoted
 from cocktail.io.bounded_yaml import BoundedLoader, YAMLLimitError
 
 KeyPath = tuple  # ("models", 1, "weight")
@@ -106,7 +106,8 @@ def apply_override(data: Any, lines: dict, assignment: str) -> dict:
     try:
         value = yaml.load(raw, Loader=RecipeLoader) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise RecipeError(f"--set {key}: the value {raw!r} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"--set {key}: the value {quoted(raw)} is not valid YAML ({problem})") from None
     if not isinstance(data, dict):
         data = {}
     container: Any = data

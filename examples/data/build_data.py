@@ -1,6 +1,6 @@
 """Rebuild the small data files in this folder from the full public data sets (see README.md here).
 
-    python examples/data/build_data.py /path/to/shared/data
+    python examples/data/build_data.py [/path/to/shared/data]    # default: ../shared/data from the repository root
 
 Deterministic: the same sources give the same files (fixed seed, sorted ids, gzip without a timestamp).
 """
@@ -80,4 +80,4 @@ def main(shared: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "/work/shared/data"))
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE.parents[1].parent / "shared" / "data")  # beside the checkout

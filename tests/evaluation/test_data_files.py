@@ -1,7 +1,8 @@
 """Evaluation data as its owners distribute it (STS Benchmark, SICK, BEIR), and strict values in it.
 
-Each layout is read from the shared copy of the real files where the machine has them (the test is
-skipped otherwise), and from a small file built here in exactly the same format.
+Each layout is read from the shared copy of the real files (``../shared/data`` from the repository root;
+a test without them is skipped, or fails under CI), and from a small file built here in exactly the same
+format.
 """
 
 from __future__ import annotations
@@ -13,17 +14,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import shared_data
 
 from cocktail.evaluation.datasets import DataError, RetrievalSet, STSSet, load_dataset
-
-SHARED = Path("/work/shared/data")
-
-
-def shared(relative: str) -> Path:
-    path = SHARED / relative
-    if not path.exists():
-        pytest.skip(f"shared data {relative} not present")
-    return path
 
 
 def read_tsv_rows(text: str) -> list[list[str]]:
@@ -33,7 +26,7 @@ def read_tsv_rows(text: str) -> list[list[str]]:
 
 # -- STS Benchmark: sts-*.csv, tab-separated despite the name, no header, 7 or 9 columns ---------------------
 def test_sts_benchmark_csv_as_distributed(tmp_path):
-    with tarfile.open(shared("stsbenchmark/Stsbenchmark.tar.gz")) as archive:
+    with tarfile.open(shared_data("stsbenchmark/Stsbenchmark.tar.gz")) as archive:
         text = archive.extractfile("stsbenchmark/sts-test.csv").read().decode("utf-8")
     path = tmp_path / "sts-test.csv"
     path.write_text(text, encoding="utf-8")
@@ -56,7 +49,7 @@ def test_sts_benchmark_layout_built_here(tmp_path):
 # -- SICK: SICK.txt (12 columns, CRLF, SemEval_set picks the split) and SICK_test_annotated.txt ---------------
 def test_sick_txt_as_distributed_gives_the_split_asked_for(tmp_path):
     path = tmp_path / "SICK.txt"
-    with gzip.open(shared("sick/SICK.txt.gz"), "rb") as source, open(path, "wb") as target:
+    with gzip.open(shared_data("sick/SICK.txt.gz"), "rb") as source, open(path, "wb") as target:
         shutil.copyfileobj(source, target)
     raw = path.read_bytes()
     assert b"\r\n" in raw and not raw.endswith(b"\n")  # CRLF, no final newline: as SICK ships it
@@ -82,7 +75,7 @@ def test_sick_test_annotated_txt(tmp_path):
 
 # -- BEIR: folders as unzipped, plain or .gz -----------------------------------------------------------------
 def test_beir_folder_plain_and_gz_as_distributed(tmp_path):
-    source = shared("scifact")
+    source = shared_data("scifact")
     plain = tmp_path / "scifact"
     (plain / "qrels").mkdir(parents=True)
     for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):
@@ -119,3 +112,22 @@ def test_an_sts_score_that_is_not_finite_is_an_error(tmp_path, score):
     path.write_text(f"a\tb\t1\nc\td\t{score}\ne\tf\t2\n")
     with pytest.raises(DataError, match=f"line 2: score '{score}' is not a finite number"):
         load_dataset(path)
+
+
+# -- the rule for a missing shared data folder -------------------------------------------------------------
+@pytest.mark.parametrize("ci, outcome", [(None, pytest.skip.Exception), ("false", pytest.skip.Exception),
+                                         ("true", pytest.fail.Exception), ("1", pytest.fail.Exception)])
+def test_missing_shared_data_skips_locally_and_fails_under_ci(tmp_path, monkeypatch, ci, outcome):
+    """A checkout without ../shared/data skips the tests that need it; CI, which has it, must not skip in silence."""
+    import conftest
+
+    monkeypatch.setattr(conftest, "SHARED_DATA", tmp_path / "no-shared-data")
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="shared data scifact not found"):
+        shared_data("scifact")
+    (tmp_path / "no-shared-data" / "scifact").mkdir(parents=True)  # present: found, whatever CI says
+    assert shared_data("scifact") == tmp_path / "no-shared-data" / "scifact"
+

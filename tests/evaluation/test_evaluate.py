@@ -5,11 +5,17 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_bert, run_cli
+from conftest import REPO, make_bert, run_cli, shared_data
 
 from cocktail.evaluation.datasets import DataError, RetrievalSet, STSSet, load_dataset
 from cocktail.evaluation.metrics import average_ranks, mrr_at_k, ndcg_at_k, recall_at_k, retrieval_scores, spearman
@@ -114,10 +120,7 @@ def test_beir_title_joins_text(tmp_path):
 
 
 def test_shared_scifact_reads(tmp_path):
-    scifact = Path("/work/shared/data/scifact")
-    if not scifact.is_dir():
-        pytest.skip("shared data not present")
-    data = load_dataset(scifact)
+    data = load_dataset(shared_data("scifact"))
     assert len(data.corpus) == 5183 and len(data.qrels) == 300
     assert sum(len(r) for r in data.qrels.values()) == 339
 
@@ -342,3 +345,96 @@ def test_a_shrunk_retrieval_set_keeps_the_first_queries_their_documents_and_some
     relevant = {d for rel in small.qrels.values() for d in rel}
     assert relevant <= set(small.corpus) and len(set(small.corpus) - relevant) == 1
     assert data.shrunk(0, 1) is data
+
+
+def eval_in_process(*args):
+    """``cocktail eval ARGS`` in this process (stderr apart from stdout), so a test can reach its code."""
+    from click.testing import CliRunner
+
+    from cocktail.cli import cli
+
+    return CliRunner().invoke(cli, ["eval", *map(str, args)], catch_exceptions=False)
+
+
+def test_cli_eval_shows_progress_on_stderr_for_a_slow_step_whatever_its_size_and_none_with_quiet(tmp_path, monkeypatch):
+    from cocktail.modeling import progress
+
+    monkeypatch.setattr(progress, "DELAY_S", 0)  # the test machine may be fast: count every step as slow
+    model = make_bert(tmp_path / "m")
+    beir = make_beir(tmp_path / "beir")
+    sts = _write(tmp_path / "sts.tsv", "the cat\ta cat\t4\nthe dog\tsun moon\t1\nred\tblue\t2\n")
+    shown = eval_in_process("-m", model, "--data", beir, sts)
+    assert shown.exit_code == 0, shown.output
+    assert f"corpus {model}: " in shown.stderr and "/4 [" in shown.stderr  # the 4 documents' bar
+    assert f"sentences {model}: " in shown.stderr and "/3 [" in shown.stderr  # the 3 pairs' bar
+    assert "ndcg@10" in shown.stdout and "sentences" not in shown.stdout
+    quiet = eval_in_process("-m", model, "--data", beir, sts, "-q")
+    assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == shown.stdout
+
+
+def test_a_reranker_shows_progress_while_it_scores_pairs(tmp_path, monkeypatch):
+    from cocktail.modeling import progress
+
+    monkeypatch.setattr(progress, "DELAY_S", 0)
+    model = make_bert(tmp_path / "r", model_class="BertForSequenceClassification")
+    data = _write(tmp_path / "qpn.jsonl", _jsonl([{"query": "red cat", "pos": ["the cat is red"], "neg": ["sun"]}]))
+    shown = eval_in_process("-m", model, "--data", data)
+    assert shown.exit_code == 0, shown.output
+    assert f"scoring {model}: " in shown.stderr and "/2 [" in shown.stderr
+
+
+SLOW = '''
+import os
+import time
+from pathlib import Path
+from transformers import BertConfig, BertModel
+
+
+class SlowConfig(BertConfig):
+    model_type = "slowbert"
+
+
+class SlowModel(BertModel):
+    """A BERT that, once it is asked to encode, says so in a file and waits for Ctrl-C."""
+    config_class = SlowConfig
+
+    def forward(self, *args, **kwargs):
+        Path(os.environ["COCKTAIL_TEST_MARKER"]).write_text("scoring")
+        time.sleep(600)
+        return super().forward(*args, **kwargs)
+'''
+
+
+def make_slow_model(folder: Path) -> Path:
+    """A tiny BERT whose own code (``auto_map``, run with ``--trust-remote-code``) waits in its forward."""
+    make_bert(folder, seed=3)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="slowbert", architectures=["SlowModel"],
+                  auto_map={"AutoConfig": "slow.SlowConfig", "AutoModel": "slow.SlowModel"})
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "slow.py").write_text(SLOW)
+    return folder
+
+
+def test_ctrl_c_in_eval_keeps_the_scores_of_the_models_finished_before(tmp_path):
+    first, slow = make_bert(tmp_path / "first", seed=1), make_slow_model(tmp_path / "slow")
+    sts = _write(tmp_path / "sts.tsv", "the cat\ta cat\t4\nthe dog\tsun moon\t1\nred\tblue\t2\n")
+    marker = tmp_path / "marker"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "COCKTAIL_TEST_MARKER": str(marker),
+           "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    proc = subprocess.Popen([sys.executable, "-m", "cocktail", "eval", "-m", first, slow, "--data", sts,
+                             "--trust-remote-code"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        while not marker.exists() and proc.poll() is None:  # the second model has started encoding
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, (stdout, stderr)
+    assert stderr.strip().splitlines()[-1] == (f"error: interrupted while scoring model 2 of 2 ({slow}) on data set "
+                                               f"1 of 1 ({sts}); the scores finished before it are above")
+    assert stdout.startswith("partial results (interrupted):\n")
+    assert re.search(rf"^  {re.escape(str(first))} +-?[01]\.\d{{4}}$", stdout, re.MULTILINE), stdout
+    assert str(slow) not in stdout

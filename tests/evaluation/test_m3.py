@@ -116,3 +116,28 @@ def test_half_a_bge_m3_is_scored_dense_only_and_says_so(tmp_path, data, kept):
     assert all("mode" not in r for r in json.loads(result.stdout))
     whole = run_cli("eval", "--models", make_m3(tmp_path / "whole", seed=0), "--data", data, "--json", "--quiet")
     assert "warning: " not in whole.stderr and {r["mode"] for r in json.loads(whole.stdout)} == set(MODES)
+
+
+def test_hybrid_weights_are_the_users_to_set(tmp_path):
+    """0.4 / 0.2 / 0.4 is the model card's advice (BGEM3FlagModel.compute_score defaults to 1 / 1 / 1):
+    --hybrid-weights sets them; weights 1 0 0 make hybrid the dense score, 0 1 0 the sparse one."""
+    from click.testing import CliRunner
+
+    from cocktail.cli import cli
+
+    m3 = make_m3(tmp_path / "m3")
+    sts = tmp_path / "sts.tsv"
+    sts.write_text("the cat\ta cat\t4\nthe dog\tsun moon\t1\nred car\tblue sea\t2\nthe sun\tsun star\t3\n"
+                   "one two\tthree\t0.5\n")
+    for weights, same_as in ((["1", "0", "0"], "dense"), (["0", "1", "0"], "sparse"), (["0", "0", "2"], "colbert")):
+        result = CliRunner().invoke(cli, ["eval", "-m", str(m3), "--data", str(sts), "--hybrid-weights", *weights,
+                                          "--json", "--quiet"])
+        assert result.exit_code == 0, result.output
+        scores = by_mode(json.loads(result.stdout))
+        assert scores[("hybrid", "spearman")] == pytest.approx(scores[(same_as, "spearman")]), weights
+    default = by_mode(evaluate_models([str(m3)], [str(sts)]))
+    assert default == by_mode(evaluate_models([str(m3)], [str(sts)], hybrid_weights=[0.4, 0.2, 0.4]))
+    bad = CliRunner().invoke(cli, ["eval", "-m", str(m3), "--data", str(sts), "--hybrid-weights", "-1", "1", "1"])
+    assert bad.exit_code == 2 and bad.stderr.strip().splitlines() == [
+        "error: --hybrid-weights takes three weights, of dense, sparse and colbert, none negative and not all 0 "
+        "(bge-m3's model card advises 0.4 0.2 0.4), got -1 1 1"]

@@ -158,3 +158,15 @@ def test_sweep_of_two_rerankers_ends_at_each_one(tmp_path, reranker):
     for weight, model in ((1.0, reranker), (0.0, second)):
         expected = evaluate_models([str(model)], [str(path)], model_type="reranker")
         assert {r["metric"]: r["value"] for r in rows if r["weight"] == weight} == pytest.approx(values(expected, model))
+
+
+def test_a_run_file_that_misses_queries_says_so_once_and_nothing_false(tmp_path, reranker):
+    """Queries a run file leaves out have no candidates (they score 0): not 'no negatives, every model scores 1'."""
+    beir = make_beir(tmp_path / "beir")
+    run = tmp_path / "run.trec"
+    run.write_text("q1 Q0 d3 1 9.0 bm25\nq1 Q0 d1 2 8.0 bm25\n")  # 1 of the 3 judged queries
+    result = run_cli("eval", "--model-type", "reranker", "--models", reranker, "--data", beir, "--candidates", run,
+                     "--quiet")
+    assert result.returncode == 0, result
+    assert result.stderr.strip().splitlines() == [
+        f"warning: {run}: 2 of 3 judged queries have no candidates (they score 0)"]

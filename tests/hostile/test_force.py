@@ -88,25 +88,6 @@ def test_an_empty_folder_and_a_read_only_previous_output_are_replaced(models, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["A", "B", "out"]  # no .out.old-* left
 
 
-def dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
-
-
-def test_the_temporary_folders_of_a_killed_run_are_removed_by_the_next(models, tmp_path):
-    a, b = models
-    out = tmp_path / "out"
-    stale = [tmp_path / f".out.cocktail-{dead_pid()}-abc123", tmp_path / f".out.old-{dead_pid()}-0a1b2c3d"]
-    live = tmp_path / f".out.cocktail-{os.getppid()}-def456"  # a running process's: kept
-    other = tmp_path / f".other.cocktail-{dead_pid()}-abc123"  # another output's: kept
-    for folder in stale + [live, other]:
-        (folder / "sub").mkdir(parents=True)
-        (folder / "sub" / "model.safetensors").write_bytes(b"partial")
-    assert run_in_process(["merge", "--models", a, b, "-o", out, "--quiet"]).exit_code == 0
-    assert not any(p.exists() for p in stale) and live.exists() and other.exists()
-
-
 def test_a_killed_merge_leaves_a_folder_the_next_run_removes(models, tmp_path):
     """``kill -9`` in the middle of a real merge (stopped while writing), then a second run."""
     a, b = models

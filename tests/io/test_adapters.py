@@ -30,6 +30,10 @@ CASES = {
     "bert": (lambda d: make_bert(d, seed=1), "BertModel", dict(
         r=4, lora_alpha=8, target_modules=["query", "value", "word_embeddings"], bias="lora_only",
         rank_pattern={"value": 2}, alpha_pattern={"query": 3})),
+    # rank_pattern / alpha_pattern keys that are regular expressions, matched as PEFT matches them
+    "bert-regex-patterns": (lambda d: make_bert(d, seed=6), "BertModel", dict(
+        r=4, lora_alpha=8, target_modules=["query", "key", "value"],
+        rank_pattern={r"layer\.1\..*value": 2, r"(query|key)": 3}, alpha_pattern={r"\d\.attention\.self\.key": 5})),
     # a reranker with its classifier saved whole (modules_to_save) and rsLoRA scaling
     "bert-classifier": (lambda d: make_bert(d, seed=2, model_class="BertForSequenceClassification"),
                         "BertForSequenceClassification", dict(

@@ -2,12 +2,13 @@
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import make_bert, make_gpt2, make_xlmr, read_folder_tensors, snapshot
+from conftest import REPO, make_bert, make_gpt2, make_xlmr, read_folder_tensors, snapshot
 
 import cocktail
 from cocktail.errors import IncompatibleModelsError, InputError, OutputError
@@ -286,6 +287,19 @@ def test_provenance_recipe_and_model_card(two_berts, tmp_path):
     assert "| `a` | 0.25 |" in card and "| `b` | 0.75 |" in card
     assert str(tmp_path) not in card  # never a local absolute path on a card meant for the hub
     assert "seed" not in card  # linear draws no random numbers
+
+
+def test_model_card_links_to_this_project_not_to_pypis_cocktail(two_berts, tmp_path):
+    """PyPI's `cocktail` is an unrelated project: the card names this distribution (pyproject's name)."""
+    from cocktail.version import DISTRIBUTION, PROJECT_PAGE
+
+    a, b = two_berts
+    cocktail.merge([a, b], [0.5, 0.5], tmp_path / "out")
+    card = (tmp_path / "out" / "README.md").read_text()
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert re.search(r'^name = "([^"]+)"', pyproject, re.M).group(1) == DISTRIBUTION != "cocktail"
+    assert f"[{DISTRIBUTION}](https://pypi.org/project/{DISTRIBUTION}/)" in card and PROJECT_PAGE in card
+    assert "pypi.org/project/cocktail/" not in card
 
 
 def write_card(folder: Path, **front) -> None:

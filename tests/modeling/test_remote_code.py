@@ -99,17 +99,56 @@ def test_python_api_refuses_too(custom, env, tmp_path, monkeypatch):
     assert not Path(env["COCKTAIL_TEST_MARKER"]).exists()
 
 
-@pytest.mark.parametrize("trusted", [False, True])
-def test_a_recipe_says_trust_remote_code_itself(custom, env, tmp_path, trusted):
+def write_recipe(tmp_path: Path, custom, extra: str = "trust_remote_code: true\n") -> Path:
     examples, _ = data_files(tmp_path)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"models: [{custom[0]}, {custom[1]}]\nweights_from: {{examples: {examples}}}\n"
-                      f"output: {tmp_path / 'out'}\n" + ("trust_remote_code: true\n" if trusted else ""))
-    result = run_cli("run", recipe, "--quiet", env=env)
-    assert result.returncode == (0 if trusted else 2), result
-    assert Path(env["COCKTAIL_TEST_MARKER"]).exists() == trusted
-    if trusted:
-        assert "trust_remote_code: true" in (tmp_path / "out" / "cocktail_recipe.yaml").read_text()
+                      f"output: {tmp_path / 'out'}\n" + extra)
+    return recipe
+
+
+def assert_refused_before_any_code(result, env, tmp_path):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--trust-remote-code" in lines[0], result
+    assert "cannot turn on" in lines[0], result
+    assert not Path(env["COCKTAIL_TEST_MARKER"]).exists()
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("how", ["key", "--set"])
+def test_a_recipe_cannot_turn_on_remote_code(custom, env, tmp_path, how):
+    """A recipe is data a user downloads: its ``trust_remote_code: true`` (or a ``--set`` of it) is refused,
+    naming the line, before any model is built; the folder's code never runs."""
+    recipe = write_recipe(tmp_path, custom, "trust_remote_code: true\n" if how == "key" else "")
+    extra = ["--set", "trust_remote_code=true"] if how == "--set" else []
+    result = run_cli("run", recipe, *extra, "--quiet", env=env, stdin="y\ny\ny\n")
+    assert_refused_before_any_code(result, env, tmp_path)
+    assert "trust_remote_code" in result.stderr and (how != "key" or "r.yaml:4" in result.stderr), result
+
+
+def test_the_command_line_flag_lets_a_recipe_run_the_code(custom, env, tmp_path):
+    recipe = write_recipe(tmp_path, custom)
+    result = run_cli("run", recipe, "--quiet", "--trust-remote-code", env=env)
+    assert result.returncode == 0, result
+    assert Path(env["COCKTAIL_TEST_MARKER"]).read_text() == "the folder's code ran"
+    assert "trust_remote_code: true" in (tmp_path / "out" / "cocktail_recipe.yaml").read_text()
+
+
+def test_a_merged_folders_recipe_cannot_turn_it_on_either(custom, env, tmp_path):
+    """The ``cocktail_recipe.yaml`` of an output made with the flag says ``trust_remote_code: true``:
+    rerunning it needs the flag again; the Python door (``cocktail.run(path)``) refuses it the same way."""
+    import cocktail
+    from cocktail.errors import RecipeError
+
+    made = run_cli("merge", "--models", *custom, "-o", tmp_path / "made", "--quiet", "--trust-remote-code", env=env)
+    assert made.returncode == 0, made
+    recipe = tmp_path / "made" / "cocktail_recipe.yaml"
+    assert "trust_remote_code: true" in recipe.read_text()
+    result = run_cli("run", recipe, "-o", tmp_path / "out", "--quiet", env=env)
+    assert_refused_before_any_code(result, env, tmp_path)
+    with pytest.raises(RecipeError, match="trust_remote_code=True"):
+        cocktail.run(recipe, dry_run=True)
 
 
 def test_a_tokenizer_that_names_its_own_code_never_runs_it_nor_asks(tmp_path, env):

@@ -2,13 +2,17 @@
 contradicts is refused (a reranker merged as an embedder would get bi-encoder files and be scored as one)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 import yaml
-from conftest import make_bert, make_decoder, run_cli, snapshot
+from conftest import REPO, make_bert, make_decoder, run_cli, snapshot
 
 import cocktail
+from cocktail.recipe import model_type
 from cocktail.recipe.model_type import detect
 
 
@@ -103,3 +107,43 @@ def test_weights_from_examples_detect_the_type_too(rerankers, tmp_path):
     assert json.loads(res.stdout)["model_type"] == "reranker"
     res = run_cli("weights", "--models", *rerankers, "--examples", examples, "--model-type", "encoder")
     assert res.returncode == 2 and "--model-type encoder contradicts" in res.stderr, res
+
+
+def names_to_check():
+    """(class name, family) pairs: every one the name tables decide, and those the test models use."""
+    pairs = [(prefix + head, family) for family, prefix in model_type.ENCODER_FAMILIES.items()
+             for head in (*model_type.ENCODER_HEADS, "ForSequenceClassification", "ForCausalLM")]
+    pairs += [(bare, family) for family, bare in model_type.BARE_DECODERS.items()]
+    pairs += [(name, None) for name in sorted(model_type.CAUSAL_LM_HEADS)]
+    pairs += [(prefix + head, family) for family, prefix in
+              {"llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral", "gemma2": "Gemma2", "gemma": "Gemma"}.items()
+              for head in ("ForCausalLM", "Model", "ForSequenceClassification")]
+    return pairs + [("GPT2LMHeadModel", "gpt2"), ("XLMRobertaModel", "xlm-roberta")]
+
+
+def test_the_types_read_from_names_alone_are_transformers_answers():
+    """The shortcut that spares the import of transformers gives what transformers' tables give."""
+    from transformers.models.auto import modeling_auto as auto
+
+    for family, prefix in model_type.ENCODER_FAMILIES.items():  # the prefixes are the families' own
+        assert auto.MODEL_MAPPING_NAMES[family] == prefix + "Model", family
+    for family, bare in model_type.BARE_DECODERS.items():
+        assert auto.MODEL_MAPPING_NAMES[family] == bare, family
+    assert model_type.CAUSAL_LM_HEADS <= set(auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    for arch, family in names_to_check():
+        by_name = model_type.detect_by_name(arch, family)
+        assert by_name is not None and by_name == model_type.detect_with_transformers(arch, family), (arch, family)
+    assert model_type.detect_by_name("NomicBertModel", "nomic_bert") is None  # not in the tables: transformers decides
+    assert detect({"architectures": ["BertModel"], "model_type": ["bert"]}) is None  # a family that is no string
+
+
+def test_a_merge_of_encoders_or_rerankers_does_not_import_transformers(two_berts, rerankers, tmp_path):
+    """Reading the model type must not cost the import of transformers (over a second) when the names decide it."""
+    code = (f"import sys, cocktail\n"
+            f"cocktail.merge([{str(two_berts[0])!r}, {str(two_berts[1])!r}], [0.5, 0.5], {str(tmp_path / 'e')!r})\n"
+            f"cocktail.merge([{str(rerankers[0])!r}, {str(rerankers[1])!r}], [0.5, 0.5], {str(tmp_path / 'r')!r})\n"
+            f"assert 'transformers' not in sys.modules, 'transformers was imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "e" / "modules.json").exists() and not (tmp_path / "r" / "modules.json").exists()
