@@ -12,7 +12,10 @@ Reproduces the measurement of issue 15 on the data in ../shared/data:
    pairs, 16 STS Benchmark train pairs scored 4 or more, random sentences as negatives) at the default
    tolerance, and the *graded* one (SICK train premises, their most related hypothesis against
    hypotheses of the same premise rated a point or more less related) at tolerance 0.002, with the
-   linear search and K = 2, 3;
+   linear search and K = 2, 3; and the data-aware merges, the fine-tune's statistics on the target
+   examples and the base's on the easy keep set: RegMean at fine-tune weight 0.5, 0.7, 0.85 (alpha
+   0.9) and at 0.5 / 0.5 with alpha 0.1 and 0.5, Fisher at 0.5 / 0.5, and RegMean's weights searched
+   against the graded keep set (which then feeds the base's statistics) (``--rows '^(regmean|fisher)'``);
 3. score every model with its own mean pooling on SciFact test (300 queries, the full 5,183-document
    corpus, nDCG@10 x 100), STS-B test and SICK test (Spearman x 100);
 4. print the table, each merge's distance to the linear line (SICK at equal SciFact, SciFact at
@@ -83,11 +86,15 @@ class Settings:
     linear: tuple = (0.3, 0.5, 0.7, 0.85)
     groups: tuple = (2, 3, 6)
     graded_groups: tuple = (2, 3)
+    regmean: tuple = (0.5, 0.7, 0.85)  # the fine-tune's weight in RegMean merges at regmean_alpha
+    regmean_alpha: float = 0.9
+    regmean_alphas: tuple = (0.1, 0.5)  # other alphas, at weights 0.5 / 0.5
+    fisher: tuple = (0.5,)
 
 
 QUICK = Settings(epochs=1, batch_size=8, query_length=32, passage_length=64, train_queries=24, test_queries=16,
                  distractors=200, sts_pairs=64, examples=6, keep=6, negatives=2, budget=3, per_group=1,
-                 linear=(0.5, 0.7), groups=(2,), graded_groups=(2,))
+                 linear=(0.5, 0.7), groups=(2,), graded_groups=(2,), regmean=(0.5,), regmean_alphas=(0.1,))
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -252,6 +259,20 @@ def merge_specs(tuned: Path, base: Path, target: Path, keep: Path, graded: Path,
     for k in settings.graded_groups:
         add(f"search + graded keep, layers:{k}", "searched", *few, *graded_args, "--search", "--search-space",
             f"layers:{k}", "--search-budget", settings.budget + settings.per_group * k)
+    # data-aware merges: the fine-tune's statistics on the target examples, the base's on the keep examples
+    data_aware = [*few, *keep_args, "--base", base]
+    for w in settings.regmean:
+        add(f"regmean {w:g} / {1 - w:g}, alpha {settings.regmean_alpha:g}", "fixed", *data_aware, "--method", "regmean",
+            "--param", f"alpha={settings.regmean_alpha:g}", "--weights", w, 1 - w)
+    for alpha in settings.regmean_alphas:
+        add(f"regmean 0.5 / 0.5, alpha {alpha:g}", "fixed", *data_aware, "--method", "regmean",
+            "--param", f"alpha={alpha:g}", "--weights", 0.5, 0.5)
+    for w in settings.fisher:
+        add(f"fisher {w:g} / {1 - w:g}", "fixed", *data_aware, "--method", "fisher", "--weights", w, 1 - w)
+    # the RegMean merge's weights searched against the graded keep set (which also feeds the base's statistics)
+    add(f"regmean alpha {settings.regmean_alpha:g}, search + graded keep", "searched", *few, *graded_args, "--base",
+        base, "--method", "regmean", "--param", f"alpha={settings.regmean_alpha:g}", "--search", "--search-budget",
+        settings.budget)
     return specs
 
 

@@ -21,9 +21,12 @@ from cocktail.errors import InputError
 from cocktail.io import memory
 from cocktail.io.adapters import bases_for
 from cocktail.io.checkpoints import TRANSFORMER, Checkpoint, find_weights, resolve
+from cocktail.io.statistics_cache import MemoryStatistics, StatisticsSet
 from cocktail.merging.engine import output_dtype
+from cocktail.merging.methods import get_method
 from cocktail.modeling.clone import empty_clone, fill_clone
 from cocktail.modeling.loading import load_pretrained
+from cocktail.recipe.choices import DATA_AWARE_METHODS
 from cocktail.recipe.recipe import Recipe
 from cocktail.runner import iter_merged, run
 
@@ -37,7 +40,7 @@ def merge(models: Sequence[ModelInput], weights: Union[Sequence[float], str, Non
           normalize: bool = False, max_shard_size: Union[str, int] = "5GB", config_from: Optional[PathLike] = None,
           force: bool = False, dry_run: bool = False, progress: bool = False, examples: Any = None,
           tokenizer: Any = None, seed: int = 0, trust_remote_code: bool = False,
-          adapter_base: Optional[PathLike] = None, allow_nonfinite: bool = False) -> Any:
+          adapter_base: Optional[PathLike] = None, allow_nonfinite: bool = False, keep: Any = None) -> Any:
     """Merge models: folders on disk, hub ids, loaded models or state dicts, mixed freely.
 
     Args:
@@ -66,7 +69,12 @@ def merge(models: Sequence[ModelInput], weights: Union[Sequence[float], str, Non
         dry_run: run every check, merge and write nothing (returns a ``MergeResult``).
         progress: show a progress bar on stderr.
         examples: the few-shot examples for ``weights="examples"``: a ``.jsonl`` path, a list of dicts, or
-            a dict of few-shot options (``temperature``, ...) holding them under ``"examples"``.
+            a dict of few-shot options (``temperature``, ...) holding them under ``"examples"``. For the
+            data-aware methods (``regmean``, ``fisher``) the examples every model's statistics come from
+            (the weights then stay numbers, or equal, and scale each model's statistics).
+        keep: examples of what the merge must keep (same forms as ``examples``): with ``weights="examples"``
+            the search's keep set; with ``regmean`` / ``fisher`` the examples of the ``base`` model's
+            statistics (the base being one of ``models``).
         tokenizer: saved into ``output`` when the first model is a transformers model held in memory
             (otherwise its tokenizer files come from the first model given as a folder).
         seed: seed of random methods (``dare_*``); recorded in the output's recipe.
@@ -96,7 +104,7 @@ def merge(models: Sequence[ModelInput], weights: Union[Sequence[float], str, Non
                               parameters=parameters, dtype=dtype, normalize=normalize,
                               max_shard_size=max_shard_size, config_from=config_from, examples=examples,
                               tokenizer=tokenizer, seed=seed, trust_remote_code=trust_remote_code,
-                              adapter_base=adapter_base, allow_nonfinite=allow_nonfinite)
+                              adapter_base=adapter_base, allow_nonfinite=allow_nonfinite, keep=keep)
     first = models[0]
     if dry_run or memory.is_path(first):
         return run(recipe, force=force, dry_run=dry_run, progress=progress, objects=objects)
@@ -117,7 +125,8 @@ def prepare(models: Sequence[ModelInput], weights: Union[Sequence[float], str, N
             normalize: bool = False, max_shard_size: Union[str, int] = "5GB",
             config_from: Optional[PathLike] = None, examples: Any = None, tokenizer: Any = None,
             seed: int = 0, trust_remote_code: bool = False,
-            adapter_base: Optional[PathLike] = None, allow_nonfinite: bool = False) -> tuple[Recipe, dict]:
+            adapter_base: Optional[PathLike] = None, allow_nonfinite: bool = False,
+            keep: Any = None) -> tuple[Recipe, dict]:
     """The :class:`Recipe` for a merge of any inputs, and the in-memory models it names.
 
     Models on disk appear in the recipe by their path; models in memory as
@@ -134,19 +143,33 @@ def prepare(models: Sequence[ModelInput], weights: Union[Sequence[float], str, N
             objects[labels[i]] = memory.open_any(value, labels[i], tokenizer=tokenizer if i == 0 else None,
                                                  side_files_from=side_from if i == 0 else None)
     base_label = None
+    data_aware = method in DATA_AWARE_METHODS
     if base is not None:
-        base_label = str(base) if memory.is_path(base) else _memory_label(base, "base")
-        if not memory.is_path(base):
-            objects[base_label] = memory.open_any(base, base_label)
+        # a data-aware merge's base among the models is that model (its statistics come from keep=)
+        base_label = next((label for label, model in zip(labels, models) if model is base), None) \
+            if data_aware and not memory.is_path(base) else None
+        if base_label is None:
+            base_label = str(base) if memory.is_path(base) else _memory_label(base, "base")
+            if not memory.is_path(base):
+                objects[base_label] = memory.open_any(base, base_label)
     weights_from = None
     if isinstance(weights, str):
-        if weights != "examples":
-            raise InputError(f"weights must be numbers, one per model, or 'examples'; got {weights!r}")
-        if any(memory.is_state_dict(m) for m in models):
-            raise InputError("weights from examples need models (folders or loaded models), not state dicts")
+        if weights != "examples" or data_aware:
+            raise InputError(f"weights must be numbers, one per model{'' if data_aware else ', or examples'}; "
+                             f"got {weights!r}" + (f" (merge method {method} takes its examples as examples=)"
+                                                   if data_aware else ""))
         weights_from, weights = examples_request(examples), None
+    elif examples is not None and data_aware:
+        weights_from = examples_request(examples)
     elif examples is not None:
-        raise InputError("examples are used only with weights='examples'")
+        raise InputError("examples are used only with weights='examples' or a data-aware method "
+                         f"({', '.join(DATA_AWARE_METHODS)})")
+    if keep is not None:
+        if weights_from is None:
+            raise InputError("keep= needs examples= (and weights='examples' or a data-aware method)")
+        weights_from["keep"] = str(keep) if isinstance(keep, (str, os.PathLike)) else list(keep)
+    if weights_from is not None and any(memory.is_state_dict(m) for m in models):
+        raise InputError("examples need models cocktail can run (folders or loaded models), not state dicts")
     recipe = Recipe.from_models(
         labels, None if weights is None else list(weights), bases_for(models, adapter_base),
         output=str(output) if output is not None else None,
@@ -161,7 +184,7 @@ def prepare(models: Sequence[ModelInput], weights: Union[Sequence[float], str, N
 def merge_state_dicts(state_dicts: Sequence[Mapping[str, "torch.Tensor"]], weights: Optional[Sequence[float]] = None,
                       method: str = "linear", base: Optional[Mapping[str, "torch.Tensor"]] = None, *,
                       dtype: Optional[str] = None, normalize: bool = False, seed: int = 0,
-                      **parameters: Any) -> dict:
+                      statistics: Optional[Sequence[Mapping[str, "torch.Tensor"]]] = None, **parameters: Any) -> dict:
     """Merge state dicts ``{name: tensor}`` into a new state dict, with the engine of ``cocktail merge``.
 
     Args:
@@ -172,6 +195,10 @@ def merge_state_dicts(state_dicts: Sequence[Mapping[str, "torch.Tensor"]], weigh
         dtype: ``float32``, ``float16`` or ``bfloat16`` (default: each tensor's dtype in the first).
         normalize: divide the weights by their sum instead of requiring it to be 1.
         seed: the seed of methods that draw random numbers.
+        statistics: for the data-aware methods, one ``{name: tensor}`` per state dict (state dicts cannot
+            be run on examples): for ``regmean`` the Gram matrix of each ``nn.Linear`` weight's inputs
+            (in×in, the weight stored out×in), for ``fisher`` the diagonal Fisher of each tensor (its
+            shape). Tensors without statistics are merged linearly.
         **parameters: the method's parameters, e.g. ``density=0.5``.
 
     Returns:
@@ -186,8 +213,23 @@ def merge_state_dicts(state_dicts: Sequence[Mapping[str, "torch.Tensor"]], weigh
             raise InputError(f"model {i + 1}: expected a state dict {{name: tensor}}, got {type(state).__name__}")
     if base is not None and not memory.is_state_dict(base):
         raise InputError(f"base: expected a state dict {{name: tensor}}, got {type(base).__name__}")
-    return merge(state_dicts, weights, method=method, base=base, parameters=parameters, dtype=dtype,
-                 normalize=normalize, seed=seed)
+    if statistics is None:
+        return merge(state_dicts, weights, method=method, base=base, parameters=parameters, dtype=dtype,
+                     normalize=normalize, seed=seed)
+    kind = get_method(method).statistics
+    if kind is None:
+        raise InputError(f"merge method {method} takes no statistics (the data-aware methods: "
+                         f"{', '.join(DATA_AWARE_METHODS)})")
+    statistics = list(statistics)
+    if len(statistics) != len(state_dicts):
+        raise InputError(f"got statistics for {len(statistics)} models, but {len(state_dicts)} state dicts: "
+                         f"give one {{name: tensor}} per state dict")
+    given = StatisticsSet(kind, [MemoryStatistics(dict(found), f"statistics of model {i + 1}")
+                                 for i, found in enumerate(statistics)])
+    recipe, objects = prepare(state_dicts, weights, method=method, base=base, parameters=parameters, dtype=dtype,
+                              normalize=normalize, seed=seed)
+    tensors = ((p.component, p.name, t) for p, t in iter_merged(recipe, objects=objects, statistics=given))
+    return _into_state_dict(state_dicts[0], objects, tensors)
 
 
 def _as_list(models) -> list:

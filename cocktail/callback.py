@@ -39,7 +39,10 @@ class CocktailCallback(TrainerCallback):
         on: ``"train_end"`` (default): once, when training ends, into ``output_dir``;
             ``"save"``: at every checkpoint save, into ``output_dir/checkpoint-<step>``;
             ``("save", "train_end")``: both, the final one into ``output_dir/final``.
-        examples: the few-shot examples for ``weights="examples"``.
+        examples: the few-shot examples for ``weights="examples"``; with ``method="regmean"`` or
+            ``"fisher"`` the examples of the trained model's statistics (the weights then scale them).
+        keep: with ``weights="examples"``, the search's keep examples; with ``regmean`` / ``fisher`` the
+            examples of the base model's statistics (default: ``examples`` for both).
         model_type: ``encoder``, ``reranker``, ``decoder``, ... (default: read off the config, as for
             ``cocktail merge``).
         method: the merge method (default ``linear``). A method that needs a base model (e.g.
@@ -60,7 +63,7 @@ class CocktailCallback(TrainerCallback):
                  output_dir: Optional[Union[str, os.PathLike]] = None, on: Union[str, Sequence[str]] = "train_end",
                  *, examples: Any = None, model_type: Optional[str] = None, method: str = "linear",
                  parameters: Optional[dict] = None, dtype: Optional[str] = None, force: bool = False,
-                 max_shard_size: Union[str, int] = "5GB", trust_remote_code: bool = False):
+                 max_shard_size: Union[str, int] = "5GB", trust_remote_code: bool = False, keep: Any = None):
         events = (on,) if isinstance(on, str) else tuple(on)
         unknown = [e for e in events if e not in EVENTS]
         if not events or unknown:
@@ -75,14 +78,20 @@ class CocktailCallback(TrainerCallback):
         elif len(list(weights)) != 2:
             raise InputError(f"got {len(list(weights))} weights for 2 models (the trained model and the base): "
                              "give [w_trained, w_base]")
-        if examples is not None and weights != "examples":
-            raise InputError("examples are used only with weights='examples'")
-        get_method(method)  # an unknown method is an error now, not after training
+        data_aware = get_method(method).statistics is not None  # an unknown method is an error now
+        if data_aware and examples is None:
+            raise InputError(f"merge method {method} fits each layer to the models' statistics on examples: give "
+                             f"examples= (the trained model's; keep= for the base's)")
+        if examples is not None and weights != "examples" and not data_aware:
+            raise InputError("examples are used only with weights='examples' or a data-aware method (regmean, fisher)")
+        if keep is not None and examples is None:
+            raise InputError("keep= needs examples=")
         self.base = base
         self.weights = weights if weights is None or isinstance(weights, str) else list(weights)
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.events = events
         self.examples = examples
+        self.keep = keep
         self.model_type = model_type
         self.method = method
         self.parameters = dict(parameters or {})
@@ -135,11 +144,12 @@ class CocktailCallback(TrainerCallback):
         tokenizer = event_kwargs.get("processing_class") or event_kwargs.get("tokenizer")
         if tokenizer is not None and not hasattr(tokenizer, "save_pretrained"):
             tokenizer = None
-        method_base = self.base if get_method(self.method).needs_base else None
+        method = get_method(self.method)
+        method_base = self.base if method.needs_base or method.statistics else None
         recipe, objects = prepare([model, self.base], self.weights, output, model_type=self.model_type,
                                   method=self.method, base=method_base, parameters=self.parameters, dtype=self.dtype,
                                   max_shard_size=self.max_shard_size, examples=self.examples, tokenizer=tokenizer,
-                                  trust_remote_code=self.trust_remote_code)
+                                  trust_remote_code=self.trust_remote_code, keep=self.keep)
         result = run(recipe, force=self.force, objects=objects)
         self.outputs.append(result.output)
         self.results.append(result)

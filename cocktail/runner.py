@@ -16,7 +16,7 @@ import torch
 
 from cocktail.errors import InputError, few_names, option
 from cocktail.errors import warn as warn_user
-from cocktail.fewshot.request import FewShotRequest
+from cocktail.fewshot.request import FewShotRequest, StatisticsRequest
 from cocktail.io import provenance, sidefiles
 from cocktail.io.adapters import AdapterCheckpoint
 from cocktail.io.checkpoints import TRANSFORMER, CheckpointLike, read_config, transformer_dir
@@ -159,46 +159,70 @@ class Prepared:
     messages: list[str]
     few_shot: Optional[dict] = None  # how weights from examples were computed (for provenance)
     shards: dict = field(default_factory=dict)  # safetensors files per component folder
+    statistics: Optional[object] = None  # a data-aware method's StatisticsSet (io/statistics_cache.py)
+    ridged: list = field(default_factory=list)  # the layers a RegMean solve had to regularise
 
     def tensors(self, on_tensor: Optional[Callable[[PlannedTensor], None]] = None, reuse: bool = False
                 ) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
         """The merged tensors, one at a time; ``reuse``: the caller is done with each before the next
         (a tensor may then be overwritten by a later one, see :func:`merged_tensors`)."""
         return merged_tensors(self.plan, self.method, self.weights, self.recipe.parameters, on_tensor,
-                              settings=self.settings, seed=self.recipe.seed, reuse=reuse)
+                              settings=self.settings, seed=self.recipe.seed, reuse=reuse,
+                              statistics=self.statistics, ridged=self.ridged)
+
+    def ridge_message(self) -> Optional[str]:
+        """What the merge says when some RegMean layers needed a ridge to be solved (``None``: none did)."""
+        if not self.ridged:
+            return None
+        one = len(self.ridged) == 1
+        return (f"{len(self.ridged)} layer{'' if one else 's'} needed a small ridge to be solved (their inputs on "
+                f"the examples span fewer directions than the layer has: more or longer examples, or a lower "
+                f"alpha, avoid it; the unseen directions are averaged linearly): {few_names(self.ridged)}")
 
 
 @contextmanager
 def prepare(recipe: Recipe, *, objects: Optional[dict] = None, on_warning: Optional[Callable[[str], None]] = None,
             progress: bool = False, before_weights: Optional[Callable[[Plan], None]] = None,
-            compute_weights: bool = True) -> Iterator[Prepared]:
+            compute_weights: bool = True, statistics=None) -> Iterator[Prepared]:
     """Check ``recipe``, open its models, plan, and resolve every weight (fixed, or from examples);
     the models stay open inside the ``with`` block.
 
     ``before_weights(plan)`` runs once the plan is known and before weights from examples are
     computed (which takes time): :func:`run` checks the output location there. With
-    ``compute_weights=False`` weights from examples are not computed (:func:`check`).
+    ``compute_weights=False`` weights from examples are not computed (:func:`check`). A data-aware
+    method takes ``statistics`` given in memory (a StatisticsSet) instead of computing them from examples.
     """
     warn = on_warning or warn_user
     method = check_recipe(recipe)
-    if not recipe.weights_from:
+    data_aware = method.statistics is not None  # its examples feed statistics; the weights stay as given
+    searched = bool((recipe.weights_from or {}).get("search"))  # ... unless searched (with those statistics)
+    if not recipe.weights_from or (data_aware and not searched):
         weights, weight_warnings = resolve_weights(recipe, method)
     checkpoints, base = open_checkpoints(recipe, objects)
     try:
         recipe = replace(recipe, model_type=settle_model_type(recipe.model_type, checkpoints[0]))
-        few_shot = None
-        if recipe.weights_from:  # options and examples are checked now, before any tensor is read
+        few_shot = statistics_request = None
+        if data_aware and statistics is not None:
+            if recipe.weights_from:
+                raise InputError("give statistics or examples to compute them from, not both")
+        elif data_aware:  # options and examples are checked now, before any tensor is read
+            statistics_request = StatisticsRequest(recipe, method)
+        if recipe.weights_from and (searched or not data_aware) and statistics is None:
             few_shot = FewShotRequest(recipe, method)
             weights, weight_warnings = [], []
         plan = build_plan(checkpoints, base, output_dtype(recipe.dtype))
         check_config_from(recipe, plan)
         if before_weights is not None:
             before_weights(plan)
-        if few_shot is not None and not compute_weights:  # check() stops here: every input is checked
-            yield Prepared(recipe, method, plan, [], [], [])
+        if (few_shot is not None or statistics_request is not None) and not compute_weights:
+            yield Prepared(recipe, method, plan, [], [], [])  # check() stops here: every input is checked
             return
+        if statistics_request is not None:
+            statistics = statistics_request.run(plan, progress=progress)
         if few_shot is not None:  # computed on these (possibly in-memory) models
-            weights, weight_warnings = few_shot.run(plan, progress=progress)
+            weights, weight_warnings = few_shot.run(plan, progress=progress, statistics=statistics)
+        elif statistics is not None:
+            weight_warnings = weight_warnings + statistics.notes
         settings, setting_warnings = resolve_settings(plan, method, weights, recipe.parameters, recipe.normalize,
                                                      recipe.model_parameters)
         shards, oversized = shard_counts(plan, parse_size(recipe.max_shard_size))
@@ -212,8 +236,10 @@ def prepare(recipe: Recipe, *, objects: Optional[dict] = None, on_warning: Optio
         for message in messages:
             warn(message)
         yield Prepared(recipe, method, plan, weights, settings, messages,
-                       few_shot.provenance() if few_shot else None, shards)
+                       few_shot.provenance() if few_shot else None, shards, statistics)
     finally:
+        if statistics is not None:
+            statistics.close()
         for ckpt in checkpoints + ([base] if base else []):
             ckpt.close()
 
@@ -226,17 +252,20 @@ def check(recipe: Recipe, *, on_warning: Optional[Callable[[str], None]] = None)
         pass
 
 
-def iter_merged(recipe: Recipe, *, objects: Optional[dict] = None,
-                on_warning: Optional[Callable[[str], None]] = None) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
+def iter_merged(recipe: Recipe, *, objects: Optional[dict] = None, on_warning: Optional[Callable[[str], None]] = None,
+                statistics=None) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
     """Run ``recipe`` in memory: the same checks as :func:`run`, then yield ``(planned, tensor)`` for
     every output tensor, in plan order, one at a time (no folder is written; ``output`` is ignored).
+    A data-aware method may be given its ``statistics`` in memory (see :func:`prepare`).
 
     Every float tensor is checked for NaN and infinity as :func:`run` checks what it writes: without
     ``allow_nonfinite`` the first one holding them ends the yielding, the rest are still checked, and
     an :class:`InputError` names them all; with it they are yielded and a warning names them."""
     nonfinite: list[str] = []
-    with prepare(recipe, objects=objects, on_warning=on_warning) as prepared:
+    with prepare(recipe, objects=objects, on_warning=on_warning, statistics=statistics) as prepared:
         yield from finite_checked(prepared.tensors(), recipe.allow_nonfinite, nonfinite)
+        if prepared.ridge_message():
+            (on_warning or warn_user)(prepared.ridge_message())
     if nonfinite and not recipe.allow_nonfinite:
         raise InputError(f"{nonfinite_message(nonfinite)}; nothing was returned "
                          f"({option('allow_nonfinite')} returns them anyway)")
@@ -288,6 +317,9 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
                              dry_run=dry_run, few_shot=prepared.few_shot, shards=prepared.shards)
         if not dry_run:
             result.files, nonfinite, hashes, side_hashes = _write(prepared, target, force, progress)
+            if prepared.ridge_message():
+                (on_warning or warn_user)(prepared.ridge_message())
+                result.warnings.append(prepared.ridge_message())
             for message in (provenance.changed_inputs(recipe.provenance, hashes)
                             + provenance.changed_side_files(recipe.provenance, side_hashes)):
                 (on_warning or warn_user)(message)
@@ -318,7 +350,8 @@ def _write(prepared: Prepared, target: Path, force: bool, progress: bool
             copied_from = (plan.checkpoints[0].source if isinstance(plan.checkpoints[0], MemoryCheckpoint)
                            and not recipe.config_from else str(side_file_source(recipe, plan)))
             files += _write_provenance(recipe, plan, prepared.weights, hashes, folder.tmp, prepared.few_shot,
-                                       {"from": copied_from, "sha256": side_hashes})
+                                       {"from": copied_from, "sha256": side_hashes},
+                                       prepared.statistics.provenance if prepared.statistics else None)
             folder.commit()
     except BaseException:
         hasher.cancel()
@@ -390,7 +423,8 @@ def _absolute(path: Optional[str]) -> Optional[str]:
 
 
 def resolved_recipe(recipe: Recipe, plan: Plan, weights: list[float], hashes: list[dict],
-                    few_shot: Optional[dict] = None, side_files: Optional[dict] = None) -> dict:
+                    few_shot: Optional[dict] = None, side_files: Optional[dict] = None,
+                    statistics: Optional[dict] = None) -> dict:
     """The recipe as run: absolute paths, the weights used, and what the inputs were.
 
     Weights computed from examples are written as fixed weights (``weights_from: null``), so the
@@ -398,6 +432,8 @@ def resolved_recipe(recipe: Recipe, plan: Plan, weights: list[float], hashes: li
     data = recipe.to_dict()
     for entry, weight, checkpoint in zip(data["models"], weights, plan.checkpoints):
         entry["path"] = _absolute(entry["path"])
+        if isinstance(entry.get("examples"), str):
+            entry["examples"] = _absolute(entry["examples"])
         if weight is not None:  # methods without weights have none
             entry["weight"] = weight
         if isinstance(checkpoint, AdapterCheckpoint):  # the base it was applied to, so a rerun uses the same
@@ -416,14 +452,28 @@ def resolved_recipe(recipe: Recipe, plan: Plan, weights: list[float], hashes: li
     if side_files is not None:  # config, tokenizer, sentence-transformers files: --verify checks them too
         data["provenance"]["side_files"] = side_files
     if few_shot is not None:
-        data["weights_from"] = None
+        # the weights found are fixed above; a data-aware merge keeps its examples (its statistics' source)
+        data["weights_from"] = without_search(data["weights_from"]) if statistics is not None else None
         data["provenance"]["weights_from"] = few_shot
+    if statistics is not None:  # the examples stay in weights_from: a rerun fits to them again (or the cache)
+        data["provenance"]["statistics"] = statistics
+        data["weights_from"] = {key: _absolute(value) if key in ("examples", "keep") and isinstance(value, str)
+                                else value for key, value in (data["weights_from"] or {}).items()} or None
     return data
 
 
+def without_search(weights_from: dict) -> dict:
+    """A data-aware recipe's ``weights_from`` once its weights were searched: the examples that feed the
+    statistics, without the options of the search (the weights found are written as fixed weights)."""
+    searching = {"search", "search_budget", "holdout", "keep_tolerance", "keep_weight", "search_space",
+                 "temperature"}
+    return {key: value for key, value in weights_from.items() if key not in searching}
+
+
 def _write_provenance(recipe: Recipe, plan: Plan, weights: list[float], hashes: list[dict], dest: Path,
-                      few_shot: Optional[dict] = None, side_files: Optional[dict] = None) -> list[str]:
-    data = resolved_recipe(recipe, plan, weights, hashes, few_shot, side_files)
+                      few_shot: Optional[dict] = None, side_files: Optional[dict] = None,
+                      statistics: Optional[dict] = None) -> list[str]:
+    data = resolved_recipe(recipe, plan, weights, hashes, few_shot, side_files, statistics)
     (dest / provenance.RECIPE_FILE).write_text(provenance.dump_yaml(data))
     library = "sentence-transformers" if sidefiles.has_sentence_transformers_files(dest) else "transformers"
     every = plan.checkpoints + ([plan.base] if plan.base else [])

@@ -179,3 +179,38 @@ def test_sentence_transformer_trainer(tmp_path):
     assert_close(read_folder_tensors(tmp_path / "mixed"), half_half(trained, base_tensors))
     merged = SentenceTransformer(str(tmp_path / "mixed"), device="cpu")
     assert type(merged[1]).__name__ == "Pooling" and merged[1].get_config_dict()["pooling_mode"] == "mean"
+
+
+def test_regmean_merge_at_train_end_like_the_cli(tmp_path, base):
+    """A data-aware merge from inside training: the trained model's statistics on examples=, the base's on
+    keep=; the same merge as `cocktail merge --method regmean` of the saved model."""
+    import json
+
+    target = [{"query": "the cat", "pos": ["a red cat"], "neg": ["the sea"]},
+              {"query": "gene", "pos": ["protein cell gene"], "neg": ["fast car", "moon"]}]
+    keep = [{"query": "blue sky", "pos": ["the sky is blue"], "neg": ["a dog"]}]
+    callback = cocktail.CocktailCallback(base=base, weights=[0.7, 0.3], output_dir=tmp_path / "cocktail",
+                                         model_type="reranker", method="regmean", examples=target, keep=keep)
+    trainer = trainer_for(base, tmp_path, callback)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "trained"))
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(tmp_path / "trained"))  # the CLI scores with it
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(e) for e in target))
+    (tmp_path / "k.jsonl").write_text("\n".join(json.dumps(e) for e in keep))
+    cli = run_cli("merge", "--models", tmp_path / "trained", base, "--base", base, "--weights", 0.7, 0.3,
+                  "--method", "regmean", "--examples", tmp_path / "t.jsonl", "--keep", tmp_path / "k.jsonl",
+                  "--model-type", "reranker", "--output", tmp_path / "cli", "-q")
+    assert cli.returncode == 0, cli
+    merged, expected = read_folder_tensors(tmp_path / "cocktail"), read_folder_tensors(tmp_path / "cli")
+    assert_close(merged, expected)
+    trained = frozen(trainer.model)
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    linear = 0.7 * trained[name] + 0.3 * load_file(str(base / "model.safetensors"))[name]
+    assert not torch.allclose(merged[name], linear, atol=1e-4)  # fitted, not averaged
+
+
+def test_regmean_callback_needs_examples(base):
+    with pytest.raises(cocktail.InputError, match="examples="):
+        cocktail.CocktailCallback(base=base, method="regmean")

@@ -7,7 +7,7 @@ import json
 import click
 
 from cocktail.cli.group import VariadicCommand, cli, fail
-from cocktail.cli.options import check_png_option, encode_options, quiet_transformers
+from cocktail.cli.options import check_png_option, encode_options, parse_parameter, quiet_transformers
 
 EVAL_MODEL_TYPES = ("encoder", "llm-embedder", "reranker", "llm-reranker")
 MODEL_TYPE_HELP = ("encoder: BERT-style embedder (bge-m3, with its colbert_linear.pt and sparse_linear.pt, is scored "
@@ -65,9 +65,16 @@ def eval_command(models, model_type, candidates, retriever, top_k, data, query_i
               help=MODEL_TYPE_HELP + " Default: what each model's config.json says.")
 @click.option("--mode", type=click.Choice(("dense", "sparse", "colbert", "hybrid")), default=None,
               help="The retrieval mode --plot draws for bge-m3 (default: dense; the table shows every mode).")
+@click.option("--method", default="linear", show_default=True, metavar="NAME",
+              help="linear, or a data-aware method (regmean, fisher) fitted to statistics of each model on "
+                   "--examples (--keep for the --base model): the weights then scale the statistics.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A parameter of --method, e.g. alpha=0.5.")
+@click.option("--base", type=click.Path(), help="With --keep: which of the two models is the base.")
+@click.option("--keep", type=click.Path(dir_okay=False), metavar="FILE",
+              help="With a data-aware --method: the examples of the --base model's statistics.")
 @encode_options
-def sweep_command(models, steps, plot, frontier_plot, examples, temperature, model_type, mode, data,
-                  query_instruction, split,
+def sweep_command(models, steps, plot, frontier_plot, examples, temperature, model_type, mode, method, params, base,
+                  keep, data, query_instruction, split,
                   batch_size, hybrid_weights, max_length, device, as_json, quiet, trust_remote_code, adapter_base):
     """Merge two models in memory at weights 0..1 and score each merge: the trade-off curve."""
     from cocktail.evaluation.evaluate import format_table
@@ -87,7 +94,8 @@ def sweep_command(models, steps, plot, frontier_plot, examples, temperature, mod
                            batch_size=batch_size, max_length=max_length, device=device,
                            progress=not quiet and not as_json, trust_remote_code=trust_remote_code,
                            adapter_base=adapter_base, model_type=model_type, temperature=temperature,
-                           mode=mode, hybrid_weights=hybrid_weights)
+                           mode=mode, hybrid_weights=hybrid_weights, method=method,
+                           parameters=dict(parse_parameter(p) for p in params), keep=keep, base=base)
     if plot:
         plot_sweep(result, plot, mode=mode)
     if frontier_plot:
@@ -95,7 +103,8 @@ def sweep_command(models, steps, plot, frontier_plot, examples, temperature, mod
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
-    lines = [f"weight w: w * {models[0]} + (1 - w) * {models[1]}"]
+    merge = "w * {} + (1 - w) * {}" if method == "linear" else f"{method} of {{}} (weight w) and {{}} (1 - w)"
+    lines = ["weight w: " + merge.format(models[0], models[1])]
     if result.few_shot_weights is not None:
         lines.append(f"few-shot weights from {examples}: {', '.join(f'{w:.4f}' for w in result.few_shot_weights)}")
     lines += ["", format_table(table_rows(result), row_key="weight", row_header="w")]

@@ -28,7 +28,8 @@ METHOD_HELP = ("Merge method: linear (weighted average, default); with --base: t
                "dare_ties, breadcrumbs, breadcrumbs_ties, della, della_linear, sce, ram, ramplus_tl, model_stock, "
                "nearswap and arcee_fusion (one model each); slerp (two models, --param t=...); nuslerp (two), "
                "multislerp (base optional); karcher; passthrough (one model). Parameters are mergekit's "
-               "(README: Merge methods).")
+               "(README: Merge methods). Data-aware: regmean (--param alpha=...) and fisher, fitted to statistics "
+               "of each model on --examples (--keep for the --base model).")
 
 
 SHOW_FILES = 3  # weight files named in the "wrote" line; more are summarised
@@ -80,7 +81,8 @@ def _print_result(result, as_json: bool) -> None:
 @click.option("--models", "-m", "models", multiple=True, required=True, metavar="PATH...",
               help="Models to merge: folders, .safetensors files or cached hub ids.")
 @click.option("--weights", "-w", "weights", multiple=True, type=float, metavar="W...",
-              help="One weight per model, summing to 1 (default: equal weights).")
+              help="One weight per model, summing to 1 (default: equal weights); with regmean / fisher they "
+                   "scale each model's statistics.")
 @click.option("--output", "-o", type=click.Path(), help="Output folder (must not exist unless --force).")
 @click.option("--method", "method", default="linear", show_default=True, metavar="NAME", help=METHOD_HELP)
 @click.option("--base", "base", type=click.Path(), help="Base model, for methods that merge differences from it.")
@@ -113,8 +115,11 @@ def merge_command(models, weights, output, method, base, adapter_base, params, s
         raise click.UsageError("missing option '--output' (or use --dry-run)")
     parameters = dict(parse_parameter(p) for p in params)
     weights_from = weights_from_options(few_shot)
-    if weights_from and weights:
-        raise click.UsageError("give either --weights or --examples, not both")
+    from cocktail.recipe.choices import DATA_AWARE_METHODS
+
+    if weights_from and weights and method not in DATA_AWARE_METHODS:
+        raise click.UsageError("give either --weights or --examples, not both (only the data-aware methods "
+                               f"{', '.join(DATA_AWARE_METHODS)} take both: the weights scale each model's statistics)")
     recipe = Recipe.from_models(models, list(weights) or None, bases_for(models, adapter_base), output=output,
                                 model_type=model_type, dtype=dtype, normalize=normalize,
                                 max_shard_size=max_shard_size, config_from=config_from,

@@ -2,7 +2,8 @@
 
 The two models are merged in memory (``w * A + (1 - w) * B`` with the ``linear`` method of the merge
 core, nothing written to disk) at evenly spaced weights ``w`` from 0 to 1, and every merge is scored
-on every data set. With few-shot examples, the weight LM-Cocktail's few-shot weighting would pick is
+on every data set. With a data-aware method (``regmean``, ``fisher``) each point is that merge with
+weights ``[w, 1 - w]`` scaling the models' statistics: its own frontier. With few-shot examples, the weight LM-Cocktail's few-shot weighting would pick is
 scored too and marked on the plot. The merged model takes the first model's config, tokenizer and
 pooling, as ``cocktail merge`` does.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import os
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -28,13 +29,19 @@ from cocktail.evaluation.evaluate import (
     scorer_class,
     use_hybrid_weights,
 )
+from cocktail.fewshot.examples import load_examples
+from cocktail.fewshot.request import same_model
+from cocktail.fewshot.statistics import statistics_for_plan
 from cocktail.fewshot.weighting import weights_from_examples
 from cocktail.io.adapters import bases_for, open_path
 from cocktail.io.figure import check_target, pareto_front, pyplot, save_png
 from cocktail.merging.methods import get_method
 from cocktail.merging.plan import build_plan
+from cocktail.merging.tensor_settings import parameter_schedules
 from cocktail.modeling.m3 import hybrid_weights as m3_hybrid_weights
 from cocktail.modeling.progress import progress_bar
+from cocktail.recipe.choices import DATA_AWARE_METHODS
+from cocktail.recipe.weights_from import FewShotOptions
 
 
 @dataclass
@@ -47,6 +54,8 @@ class SweepResult:
     rows: list[dict]
     tasks: list[Task]
     few_shot_weights: Optional[list[float]] = None
+    method: str = "linear"  # or a data-aware method: each point its merge at [w, 1 - w]
+    parameters: dict = field(default_factory=dict)
 
     @property
     def few_shot_weight(self) -> Optional[float]:
@@ -54,7 +63,7 @@ class SweepResult:
 
     def to_dict(self) -> dict:
         data = {"models": self.models, "weights": self.weights, "few_shot_weights": self.few_shot_weights,
-                "rows": self.rows}
+                "method": self.method, "parameters": self.parameters, "rows": self.rows}
         if len(self.tasks) >= 2:
             data["frontier"] = frontier_curves(self)
         return data
@@ -86,7 +95,8 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
                   progress: bool = False, trust_remote_code: bool = False,
                   adapter_base: Optional[str] = None, model_type: Optional[str] = None,
                   temperature: float = 5.0, mode: Optional[str] = None,
-                  hybrid_weights: Optional[Sequence[float]] = None) -> SweepResult:
+                  hybrid_weights: Optional[Sequence[float]] = None, method: str = "linear",
+                  parameters: Optional[dict] = None, keep=None, base: Optional[str] = None) -> SweepResult:
     """Merge two models in memory at weights 0, 1/(steps-1), ..., 1 and score each merge on ``data``.
 
     Args:
@@ -99,6 +109,10 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
         temperature: the few-shot softmax temperature (LM-Cocktail's default 5.0).
         mode: the retrieval mode a plot of the result will draw; checked against the models (sparse,
             colbert and hybrid need a bge-m3 pair) before anything is scored.
+        method: ``linear`` (default), or a data-aware method (``regmean``, ``fisher``, with its
+            ``parameters``): each point is then that merge with weights ``[w, 1 - w]`` scaling each model's
+            statistics, computed once (and cached) from ``examples``, and from ``keep`` for the model
+            that is ``base``: a frontier of the data-aware merge.
         split, batch_size, max_length, device, progress, trust_remote_code, adapter_base, model_type,
             hybrid_weights: as
             for ``evaluate_models`` (a bge-m3 pair is scored in each mode; a reranker ranks each query's own
@@ -114,12 +128,25 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
     hybrid = None if hybrid_weights is None else m3_hybrid_weights(hybrid_weights)
     tasks = make_tasks(data, query_instruction, split)
     bases = bases_for(models, adapter_base)
-    linear = get_method("linear")
-    checkpoints = [open_path(m, base) for m, base in zip(models, bases)]
+    merge_method = get_method(method)
+    if merge_method.name not in ("linear", *DATA_AWARE_METHODS):
+        raise InputError(f"cocktail sweep merges with linear or a data-aware method ({', '.join(DATA_AWARE_METHODS)}), "
+                         f"not {method}")
+    parameters = dict(parameters or {})
+    parameter_schedules(merge_method, parameters)
+    if merge_method.statistics is not None and examples is None:
+        raise InputError(f"a {method} sweep needs {option('examples')}: its statistics come from them")
+    if keep is not None and merge_method.statistics is None:
+        raise InputError(f"{option('keep')} feeds a data-aware method's statistics: give --method regmean or fisher")
+    checkpoints = [open_path(m, adapter) for m, adapter in zip(models, bases)]
+    statistics = None
     try:
         plan = build_plan(checkpoints, dtype=torch.float32)
         scorer = scorer_class(model_type, plan)
         check_mode(mode, modes_of(scorer))
+        if merge_method.statistics is not None:
+            statistics = sweep_statistics(plan, models, model_type, merge_method.statistics, examples, keep, base,
+                                          query_instruction, device, progress, trust_remote_code)
         shots = (few_shot_weights(models, examples, query_instruction, device, max_length, trust_remote_code,
                                   adapter_base, model_type, temperature) if examples is not None else None)
         if shots is not None and all(abs(shots[0] - p) > 1e-9 for p in points):
@@ -128,14 +155,38 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
                                             progress=progress, label="merge", trust_remote_code=trust_remote_code),
                                      hybrid)
         rows: list[dict] = []
+        encoder.skeleton.statistics = statistics
         for weight in _progress(points, progress):
-            encoder.fill_from_merge(linear, [weight, 1.0 - weight])
+            encoder.fill_from_merge(merge_method, [weight, 1.0 - weight], parameters)
             for row in score_encoder(encoder, tasks, f"{weight:g}"):
                 rows.append({"weight": weight, **{k: v for k, v in row.items() if k != "model"}})
     finally:
+        if statistics is not None:
+            statistics.close()
         for ckpt in checkpoints:
             ckpt.close()
-    return SweepResult(models, points, rows, tasks, shots)
+    return SweepResult(models, points, rows, tasks, shots, method=merge_method.name, parameters=parameters)
+
+
+def sweep_statistics(plan, models: list[str], model_type: str, kind: str, examples, keep, base: Optional[str],
+                     query_instruction: Optional[str], device: Optional[str], progress: bool,
+                     trust_remote_code: bool):
+    """The two models' statistics for a data-aware sweep: from ``examples``, and from ``keep`` for the
+    model that is ``base`` (as ``cocktail merge --base B --keep K`` assigns them)."""
+    options = FewShotOptions(examples=examples, keep=keep, query_instruction=query_instruction, device=device)
+    options.check()
+    sets = {"target": load_examples(examples, model_type)}
+    sources = ["target", "target"]
+    if keep is not None:
+        at = [i for i, m in enumerate(models) if same_model(m, base)]
+        if not at:
+            raise InputError(f"{option('keep')} feeds the base model's statistics, but "
+                             + (f"the base {base} is not one of the two models" if base else f"no {option('base')} is given"))
+        sets["keep"] = load_examples(keep, model_type)
+        for i in at:
+            sources[i] = "keep"
+    return statistics_for_plan(plan, model_type, kind, options, sources, sets, progress=progress,
+                               trust_remote_code=trust_remote_code)
 
 
 def _progress(points: list[float], enabled: bool):

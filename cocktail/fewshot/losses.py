@@ -27,8 +27,8 @@ re-tokenising.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -111,12 +111,16 @@ def _tokenize(tokenizer, first: list[str], second: Optional[list[str]], max_leng
 
 
 class Prepared:
-    """Examples tokenised for one model type; ``loss(model)`` scores a loaded model on them."""
+    """Examples tokenised for one model type; ``loss(model)`` scores a loaded model on them, and
+    ``example_losses(model)`` gives each example's own term of that loss, with gradients (the Fisher)."""
 
     model_type: str
     groups: int
 
     def loss(self, model) -> float:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def example_losses(self, model) -> Iterator[torch.Tensor]:  # pragma: no cover - overridden
         raise NotImplementedError
 
 
@@ -127,6 +131,8 @@ class EncoderExamples(Prepared):
     groups_: list  # [(query indices, passage indices, targets)]
     pooling: Pooling
     model_type: str = "encoder"
+    rows: list = field(default_factory=list)  # each text's token ids (unpadded), for per-example losses
+    pad_id: int = 0
 
     @property
     def groups(self) -> int:
@@ -151,6 +157,20 @@ class EncoderExamples(Prepared):
                 total += torch.nn.functional.cross_entropy(scores, targets).double().cpu()
         return float(total / len(self.groups_))
 
+    def example_losses(self, model) -> Iterator[torch.Tensor]:
+        """Each query's cross-entropy in its group (the group's texts embedded with gradients)."""
+        for queries, passages, targets in self.groups_:
+            texts = sorted(set(queries.tolist()) | set(passages.tolist()))
+            local = {text: i for i, text in enumerate(texts)}
+            device = queries.device
+            tensors = _pad([self.rows[t] for t in texts], self.pad_id, device)
+            hidden = model(**tensors, return_dict=True).last_hidden_state.float()
+            emb = torch.nn.functional.normalize(self.pooling(hidden, tensors["attention_mask"]), dim=-1)
+            q = emb[torch.tensor([local[i] for i in queries.tolist()], device=device)]
+            p = emb[torch.tensor([local[i] for i in passages.tolist()], device=device)]
+            scores = q @ p.T / TEMPERATURE_SCALE
+            yield from torch.nn.functional.cross_entropy(scores, targets, reduction="none")
+
 
 @dataclass
 class RerankerExamples(Prepared):
@@ -158,6 +178,8 @@ class RerankerExamples(Prepared):
     pair_count: int
     groups_: list  # [[pair indices of one query: positive first], ...] per group
     model_type: str = "reranker"
+    rows: list = field(default_factory=list)  # each pair's tokens (unpadded), for per-example losses
+    pad_id: int = 0
 
     @property
     def groups(self) -> int:
@@ -182,6 +204,18 @@ class RerankerExamples(Prepared):
                 total += float(torch.stack(per_query).mean())
         return total / len(self.groups_)
 
+    def rows_scores(self, model, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The score of each row of a padded batch."""
+        return model(**tensors, return_dict=True).logits.float()[:, 0]
+
+    def example_losses(self, model) -> Iterator[torch.Tensor]:
+        """Each query's cross-entropy over its positive and negatives (its pairs scored with gradients)."""
+        device = self.chunks[0][1]["input_ids"].device
+        for group in self.groups_:
+            for pairs in group:
+                scores = self.rows_scores(model, _pad([self.rows[i] for i in pairs], self.pad_id, device))
+                yield -torch.log_softmax(scores, dim=0)[0]
+
 
 @dataclass
 class LLMRerankerExamples(RerankerExamples):
@@ -196,6 +230,9 @@ class LLMRerankerExamples(RerankerExamples):
                 scores = torch.empty(self.pair_count, device=values.device)
             scores[torch.tensor(members, device=values.device)] = values
         return scores
+
+    def rows_scores(self, model, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        return yes_scores(model, tensors, self.yes_id)
 
 
 @dataclass
@@ -217,6 +254,17 @@ class DecoderExamples(Prepared):
                 labels = batch["labels"][:, 1:].reshape(-1)
                 total += float(torch.nn.functional.cross_entropy(shifted, labels, ignore_index=-100))
         return total / len(self.batches)
+
+    def example_losses(self, model) -> Iterator[torch.Tensor]:
+        """Each example's mean cross-entropy over its own output tokens."""
+        for batch in self.batches:
+            for row in range(batch["input_ids"].size(0)):
+                length = int(batch["attention_mask"][row].sum())
+                ids = batch["input_ids"][row:row + 1, :length]
+                logits = model(input_ids=ids, attention_mask=batch["attention_mask"][row:row + 1, :length],
+                               return_dict=True).logits.float()
+                yield torch.nn.functional.cross_entropy(logits[0, :-1], batch["labels"][row, 1:length],
+                                                        ignore_index=-100)
 
 
 def _instruction(example: Example, query_instruction: Optional[str]) -> Optional[str]:
@@ -258,7 +306,7 @@ def prepare(examples: Sequence[Example], model_type: str, tokenizer, *, batch_si
                                 torch.tensor(targets, device=device)))
         rows = _tokenize(tokenizer, list(texts), None, max_length)
         return EncoderExamples(_chunks_by_length(rows, pad_id, device), len(rows), loss_groups, pooling or Pooling(),
-                               model_type=model_type)
+                               model_type=model_type, rows=rows, pad_id=pad_id)
     if model_type == "reranker":
         pairs: list[tuple[str, str]] = []
 
@@ -268,7 +316,8 @@ def prepare(examples: Sequence[Example], model_type: str, tokenizer, *, batch_si
 
         loss_groups = _pair_groups(groups, add_pair)
         rows = _tokenize(tokenizer, [q for q, _ in pairs], [p for _, p in pairs], max_length)
-        return RerankerExamples(_chunks_by_length(rows, pad_id, device), len(rows), loss_groups)
+        return RerankerExamples(_chunks_by_length(rows, pad_id, device), len(rows), loss_groups, rows=rows,
+                                pad_id=pad_id)
     if model_type == "llm-reranker":
         rows = []
 
@@ -278,8 +327,8 @@ def prepare(examples: Sequence[Example], model_type: str, tokenizer, *, batch_si
             return len(rows) - 1
 
         loss_groups = _pair_groups(groups, add_row)
-        return LLMRerankerExamples(_chunks_by_length(rows, pad_id, device), len(rows), loss_groups,
-                                   yes_id=yes_token(tokenizer))
+        return LLMRerankerExamples(_chunks_by_length(rows, pad_id, device), len(rows), loss_groups, rows=rows,
+                                   pad_id=pad_id, yes_id=yes_token(tokenizer))
     if model_type == "decoder":
         batches = []
         for group in groups:

@@ -172,7 +172,8 @@ def _holdout_count(options: FewShotOptions, total: int) -> int:
 
 def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=None, parameters=None,
                      progress: bool = False, example_set: Optional[ExampleSet] = None,
-                     keep_set: Optional[ExampleSet] = None, trust_remote_code: bool = False) -> FewShotResult:
+                     keep_set: Optional[ExampleSet] = None, trust_remote_code: bool = False,
+                     statistics=None) -> FewShotResult:
     """Few-shot losses and weights for the checkpoints of ``plan`` (the runner's entry point).
 
     Args:
@@ -185,23 +186,19 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
         example_set: the examples, if already loaded (else read from ``options.examples``).
         keep_set: the keep examples, if already loaded (else read from ``options.keep``, when given).
         trust_remote_code: let a model folder's own code (``auto_map``) run.
+        statistics: the models' statistics, when the search merges with a data-aware ``method``.
     """
     options.check()
     seed = int(options.seed or 0)
     example_set = example_set or load_examples(options.examples, model_type, options.task)
-    device = resolve_device(options.device)
     notes: list[str] = []
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
 
     # float32 plan: a merge with one-hot weights is then exactly that model, as loaded on its own
     fplan = build_plan(plan.checkpoints, plan.base, torch.float32)
-    first = fplan.checkpoints[0]
-    max_length = options.max_length or DEFAULT_MAX_LENGTH[model_type]
-    limit = L.position_limit(first.config)
-    if limit is not None and max_length > limit:
-        if options.max_length is not None:  # asked for explicitly: say why it is not used
-            notes.append(f"max length {max_length} is more than the model's {limit} positions; using {limit}")
-        max_length = limit
+    context = LossContext.of(fplan, model_type, options, trust_remote_code)
+    notes += context.notes
+    max_length, pooling = context.max_length, context.pooling
 
     chosen = L.choose_negatives(example_set.examples, options.neg_number, seed)
     if keep_set is None and options.keep is not None:
@@ -219,26 +216,14 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
     fit, held = _split(chosen, held_count, seed + HOLDOUT_SEED_OFFSET)
     keep_fit, keep_held = _split(kept, keep_held_count, seed + HOLDOUT_SEED_OFFSET)
 
-    heads = [c for c in fplan.components if is_head_file(first.components[c])]
-    extra_modules = [c for c in fplan.components if c != "transformer" and c not in heads]
-    if model_type in ("encoder", "llm-embedder") and extra_modules:
-        notes.append(f"sentence-transformers module(s) {', '.join(extra_modules)} are not applied in the loss "
-                     "(the embedding is the pooled transformer output, as in LM-Cocktail)")
-    if heads:
-        notes.append(f"the weights come from the dense loss: head file(s) {', '.join(heads)} (bge-m3's sparse and "
-                     "ColBERT heads) are merged with them but not used in the loss, as in LM-Cocktail")
-    tokenizer = load_tokenizer(model_folder(fplan), trust_remote_code=trust_remote_code, rows=embedding_rows(fplan))
-    pooling = {"encoder": lambda: read_pooling(first.root),
-               "llm-embedder": lambda: read_pooling(first.root, LAST_TOKEN)}.get(model_type, lambda: None)()
-    common = dict(batch_size=options.batch_size, max_length=max_length,
-                  query_instruction=options.query_instruction, pooling=pooling, device=device)
-
     def prepared(examples):  # tokenised once, scored for every model and merge
-        return L.prepare(examples, model_type, tokenizer, **common) if examples else None
+        return context.prepare(examples) if examples else None
 
     data = _ExampleParts(prepared(fit), prepared(held), prepared(keep_fit), prepared(keep_held))
 
+    device = context.device
     skeleton = Skeleton(fplan, model_type, device, trust_remote_code=trust_remote_code)
+    skeleton.statistics = statistics
     names = [c.source for c in fplan.checkpoints]
     per_model = []
     for i, name in enumerate(names):
@@ -278,6 +263,52 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
         keep_sha256=_sha256_of_examples(keep_set, options.keep) if keep_set else None,
         keep_tolerance=options.tolerance, keep_weight=options.keep_weight,
     )
+
+
+@dataclass
+class LossContext:
+    """What turns examples into a model's loss, settled once for a plan: the tokenizer, pooling, max
+    length (capped at the model's positions) and device, and notes about what the loss leaves out."""
+
+    model_type: str
+    tokenizer: object
+    pooling: Optional[object]
+    max_length: int
+    device: torch.device
+    batch_size: int
+    query_instruction: Optional[str]
+    notes: list[str]
+
+    @classmethod
+    def of(cls, fplan, model_type: str, options: FewShotOptions, trust_remote_code: bool = False) -> "LossContext":
+        notes: list[str] = []
+        first = fplan.checkpoints[0]
+        max_length = options.max_length or DEFAULT_MAX_LENGTH[model_type]
+        limit = L.position_limit(first.config)
+        if limit is not None and max_length > limit:
+            if options.max_length is not None:  # asked for explicitly: say why it is not used
+                notes.append(f"max length {max_length} is more than the model's {limit} positions; using {limit}")
+            max_length = limit
+        heads = [c for c in fplan.components if is_head_file(first.components[c])]
+        extra_modules = [c for c in fplan.components if c != "transformer" and c not in heads]
+        if model_type in ("encoder", "llm-embedder") and extra_modules:
+            notes.append(f"sentence-transformers module(s) {', '.join(extra_modules)} are not applied in the loss "
+                         "(the embedding is the pooled transformer output, as in LM-Cocktail)")
+        if heads:
+            notes.append(f"the weights come from the dense loss: head file(s) {', '.join(heads)} (bge-m3's sparse "
+                         "and ColBERT heads) are merged with them but not used in the loss, as in LM-Cocktail")
+        tokenizer = load_tokenizer(model_folder(fplan), trust_remote_code=trust_remote_code,
+                                   rows=embedding_rows(fplan))
+        pooling = {"encoder": lambda: read_pooling(first.root),
+                   "llm-embedder": lambda: read_pooling(first.root, LAST_TOKEN)}.get(model_type, lambda: None)()
+        return cls(model_type, tokenizer, pooling, max_length, resolve_device(options.device), options.batch_size,
+                   options.query_instruction, notes)
+
+    def prepare(self, examples) -> L.Prepared:
+        """``examples`` tokenised once, to be scored by any model of the plan."""
+        return L.prepare(examples, self.model_type, self.tokenizer, batch_size=self.batch_size,
+                         max_length=self.max_length, query_instruction=self.query_instruction,
+                         pooling=self.pooling, device=self.device)
 
 
 def _split(examples: list, count: int, seed: int) -> tuple[list, list]:

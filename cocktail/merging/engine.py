@@ -41,17 +41,23 @@ def output_dtype(name: Optional[str]) -> Optional[torch.dtype]:
 def merged_tensors(plan: Plan, method: Method, weights: list, parameters: dict,
                    on_tensor: Optional[Callable[[PlannedTensor], None]] = None, *,
                    settings: Optional[list[Optional[TensorSettings]]] = None, seed: int = 0,
-                   reuse: bool = False) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
+                   reuse: bool = False, statistics=None, ridged: Optional[list] = None
+                   ) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
     """Yield ``(planned, tensor)`` for every output tensor, in plan order, holding one name at a time.
 
     Each tensor is merged with its own weights and parameters (``settings``, resolved from ``weights``
     and ``parameters`` when not given); random methods get a generator seeded from ``seed`` and the
-    tensor's name. With ``reuse`` (for a consumer done with each tensor before it asks for the next,
+    tensor's name. A data-aware method gets each model's ``statistics`` of the tensor (a
+    :class:`~cocktail.io.statistics_cache.StatisticsSet`; ``None`` for a tensor without them) and
+    appends to ``ridged`` the layers it had to regularise to solve. With ``reuse`` (for a consumer done with each tensor before it asks for the next,
     as the writer is), methods that can write into a given tensor get one scratch tensor per shape
     that occurs more than once, reused from tensor to tensor instead of fresh memory each time.
     """
     if method.needs_base and plan.base is None:
         raise InputError(f"merge method {method.name} needs a base model")
+    if method.statistics is not None and statistics is None:
+        raise InputError(f"merge method {method.name} needs statistics of each model on its examples "
+                         f"({option('examples')})")
     if settings is None:
         settings, _ = resolve_settings(plan, method, weights, parameters)
     scratch = ScratchTensors(plan) if reuse and method.takes_out else None
@@ -68,11 +74,35 @@ def merged_tensors(plan: Plan, method: Method, weights: list, parameters: dict,
             extra = {"generator": tensor_generator(seed, planned.component, planned.canonical)} if method.random else {}
             if scratch is not None:
                 extra["out"] = scratch.get(planned)
+            if method.statistics is not None:
+                extra.update(tensor_statistics(statistics, planned, ridged))
             tensor = method(inputs, list(setting.weights), base, **setting.parameters, **extra).to(planned.out_dtype)
             del inputs, base
         yield planned, tensor
         if on_tensor is not None:
             on_tensor(planned)
+
+
+def tensor_statistics(statistics, planned: PlannedTensor, ridged: Optional[list]) -> dict:
+    """The keyword arguments a data-aware method gets for one tensor: each model's statistics of it
+    (``None`` when it has none: merged linearly), checked against the tensor's shape."""
+    found = statistics.for_tensor(planned) if planned.component == TRANSFORMER else None
+    if found is None:
+        return {"statistics": None}
+    tensors, transposed = found
+    shape = tuple(planned.shape)
+    if statistics.kind == "gram":
+        width = shape[1] if transposed else shape[0]
+        expected = (width, width) if len(shape) == 2 else None
+    else:
+        expected = shape
+    if any(tuple(t.shape) != expected for t in tensors):
+        raise InputError(f"the {statistics.kind} statistics of {planned.name} have shape {list(tensors[0].shape)}, "
+                         f"which does not fit its shape {list(shape)}")
+    extra = {"statistics": tensors}
+    if statistics.kind == "gram":
+        extra.update(transposed=transposed, ridged=ridged, name=planned.name)
+    return extra
 
 
 class ScratchTensors:

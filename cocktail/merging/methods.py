@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 import torch
 
 from cocktail.merging import selective, spherical  # noqa: F401  (registers their methods)
+from cocktail.merging.data_aware import DEFAULT_ALPHA, DEFAULT_FISHER_FLOOR, fisher_mean, regmean_solve
 from cocktail.merging.registry import (  # noqa: F401  (the registry's names, as this module always offered them)
     METHODS,
     REQUIRED,
@@ -242,3 +243,27 @@ def _model_stock_rows(tensors: Sequence[torch.Tensor], base: torch.Tensor, clamp
     ratio = torch.where(singular, 0.0, count * cos / torch.where(singular, 1.0, denominator))
     mean = weighted_sum(tensors, [1.0 / count] * count)
     return (ratio * (mean.unsqueeze(0) if mean.dim() == 1 else mean) + (1 - ratio) * rows).reshape(base.shape)
+
+
+# --- data-aware methods: called with each model's statistics of the tensor (None: it has none) ----------
+
+@register("regmean", nonnegative_weights=True, statistics="gram", alpha=DEFAULT_ALPHA)
+def regmean(tensors: Sequence[torch.Tensor], weights: Sequence[float], base=None, *, alpha: float,
+            statistics: Optional[Sequence[torch.Tensor]] = None, transposed: bool = True,
+            ridged: Optional[list] = None, name: str = "") -> torch.Tensor:
+    """RegMean: each linear layer fitted to every model's outputs on its own examples' inputs (Jin et al. 2023)."""
+    if statistics is None:
+        return weighted_sum(tensors, weights)
+    merged, ridge = regmean_solve(tensors, statistics, weights, alpha, transposed)
+    if ridge is not None and ridged is not None:
+        ridged.append(name)
+    return merged.to(tensors[0].dtype)
+
+
+@register("fisher", nonnegative_weights=True, statistics="fisher", epsilon=DEFAULT_FISHER_FLOOR)
+def fisher(tensors: Sequence[torch.Tensor], weights: Sequence[float], base=None, *, epsilon: float,
+           statistics: Optional[Sequence[torch.Tensor]] = None, **_) -> torch.Tensor:
+    """Fisher merging: each entry averaged with weights w_i times model i's diagonal Fisher (Matena & Raffel 2022)."""
+    if statistics is None:
+        return weighted_sum(tensors, weights)
+    return fisher_mean(tensors, statistics, weights, epsilon).to(tensors[0].dtype)

@@ -46,6 +46,7 @@ class Method:
     per_model: tuple = ()  # number parameters that may be given per model (models[i].parameters)
     weights_sum_to_one: bool = True  # False: weights scale task vectors (or only their ratio counts), any sum goes
     check: Optional[Callable[[dict, int], Optional[str]]] = None  # (parameters, model count) -> what is wrong
+    statistics: Optional[str] = None  # "gram" or "fisher": data-aware, called with ``statistics=`` (see data_aware.py)
 
     @property
     def parameters(self) -> tuple[str, ...]:
@@ -102,7 +103,8 @@ def register(name: str, *, needs_base: bool = False, uses_weights: bool = True, 
              min_models: int = 1, max_models: Optional[int] = None, random: bool = False,
              nonnegative_weights: bool = False, elementwise: bool = False, takes_out: bool = False,
              choices: Optional[dict] = None, per_model: Sequence[str] = (), weights_sum_to_one: bool = True,
-             check: Optional[Callable[[dict, int], Optional[str]]] = None, **defaults):
+             check: Optional[Callable[[dict, int], Optional[str]]] = None, statistics: Optional[str] = None,
+             **defaults):
     """Register ``fn(tensors, weights, base, **params) -> tensor`` as merge method ``name``.
 
     ``defaults`` names every parameter the method takes, with its default value (see the module docstring);
@@ -113,7 +115,7 @@ def register(name: str, *, needs_base: bool = False, uses_weights: bool = True, 
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         METHODS[name] = Method(name, fn, needs_base, uses_weights, dict(defaults), summary, takes_base,
                                min_models, max_models, random, nonnegative_weights, elementwise, takes_out,
-                               dict(choices or {}), tuple(per_model), weights_sum_to_one, check)
+                               dict(choices or {}), tuple(per_model), weights_sum_to_one, check, statistics)
         return fn
 
     return decorate
@@ -139,6 +141,10 @@ def parameter_problem(name: str, value: float, method: str = "") -> Optional[str
         return f"must be in (0, 1] (the fraction of each difference kept), got {value:g}"
     if name == "t" and method in UNIT_T + ("",) and not 0 <= value <= 1:
         return f"must be in [0, 1] (0 gives the first model, 1 the second), got {value:g}"
+    if name == "alpha" and method == "regmean" and not 0 <= value <= 1:
+        return f"must be in [0, 1] (the share of the Gram matrices' off-diagonal entries kept), got {value:g}"
+    if name == "epsilon" and method == "fisher":
+        return None if value > 0 else f"must be more than 0 (the floor added to every Fisher entry), got {value:g}"
     if name in ("gamma", "epsilon", "select_topk") and not 0 <= value <= 1:
         return f"must be in [0, 1], got {value:g}"
     if name == "max_iter" and (value < 1 or value != int(value)):

@@ -108,6 +108,7 @@ class Skeleton:
         self.required = {key: names for key, names in groups.items() if key not in unused}
         self._unused = {key: params[key] for key in unused}
         self._merge_plan: Optional[Plan] = None
+        self.statistics = None  # a data-aware method's StatisticsSet, for fill_from_merge
 
     def _target(self, canonical: str) -> Optional[torch.Tensor]:
         target = self.targets.get(canonical)
@@ -184,9 +185,11 @@ class Skeleton:
     def fill_from_merge(self, method: Method, weights: list[float], parameters: Optional[dict] = None,
                         settings: Optional[list] = None) -> None:
         """Load the merge of every model with ``weights`` (or with per-tensor ``settings`` aligned with
-        :attr:`merge_plan`), without writing it anywhere."""
+        :attr:`merge_plan`), without writing it anywhere; a data-aware method merges with
+        :attr:`statistics`."""
         filled = set()
-        for planned, tensor in merged_tensors(self.merge_plan, method, weights, parameters or {}, settings=settings):
+        for planned, tensor in merged_tensors(self.merge_plan, method, weights, parameters or {}, settings=settings,
+                                              statistics=self.statistics):
             if planned.component == TRANSFORMER:
                 filled.add(self._copy(planned.canonical, tensor, "the merged model"))
             else:

@@ -10,3 +10,7 @@ MODEL_TYPES = ("encoder", "reranker", "decoder", "llm-embedder", "llm-reranker")
 
 #: The dtypes an output can be written in (default: each tensor's dtype in the first model).
 DTYPES = ("float32", "float16", "bfloat16")
+
+#: The merge methods that fit each tensor to statistics of the models on examples (RegMean, Fisher):
+#: their examples feed the statistics, and fixed weights (or equal ones) scale each model's share.
+DATA_AWARE_METHODS = ("regmean", "fisher")

@@ -24,6 +24,7 @@ class ModelEntry:
     weight: Optional[float | list] = None  # a number, or a per-tensor schedule (see merging/schedules.py)
     base: Optional[str] = None  # for a LoRA adapter folder: the model it applies to (default: its config's)
     parameters: Optional[dict] = None  # this model's own values of the method's per-model parameters (density...)
+    examples: Any = None  # a data-aware merge: the examples of this model's statistics (a path or a list)
 
     def to_dict(self) -> dict:
         entry: dict[str, Any] = {"path": self.path}
@@ -33,6 +34,8 @@ class ModelEntry:
             entry["base"] = self.base
         if self.parameters:
             entry["parameters"] = dict(self.parameters)
+        if self.examples is not None:
+            entry["examples"] = self.examples
         return entry
 
 

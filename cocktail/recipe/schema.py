@@ -43,6 +43,7 @@ READ_PATH_KEYS: tuple[tuple[KeyPath, str, str], ...] = (
     (("config_from",), "model", "config_from"),
     (("weights_from", "examples"), "file", "examples"),
     (("weights_from", "keep"), "file", "keep"),
+    (("models", "*", "examples"), "file", "examples"),
 )
 
 
@@ -238,7 +239,7 @@ if tuple(WEIGHTS_FROM_CHECKS) != WEIGHTS_FROM_KEYS:
 
 
 #: The keys of a model entry (``models[i]``): the fields of ``ModelEntry``.
-MODEL_KEYS = ("path", "weight", "base", "parameters")
+MODEL_KEYS = ("path", "weight", "base", "parameters", "examples")
 
 
 def _top_level_checks() -> dict[str, Check]:
@@ -306,7 +307,8 @@ def check(data: Any, lines: dict, base_dir: Union[str, os.PathLike], source: str
             checks[key](value, (key,), problems)
 
     method = _registered_method(data.get("merge_method", "linear"))
-    _check_models(data, base_dir, problems, list(MODEL_KEYS), uses_weights=method is None or method.uses_weights)
+    _check_models(data, base_dir, problems, list(MODEL_KEYS), uses_weights=method is None or method.uses_weights,
+                  data_aware=method is not None and method.statistics is not None)
     for key in MODEL_PATH_KEYS:
         value = data.get(key[0])
         if isinstance(value, str) and value.strip():
@@ -335,7 +337,8 @@ def _registered_method(name: Any):
     return METHODS.get(name) if isinstance(name, str) else None
 
 
-def _check_models(data: dict, base_dir, problems: Problems, model_keys: list[str], uses_weights: bool) -> None:
+def _check_models(data: dict, base_dir, problems: Problems, model_keys: list[str], uses_weights: bool,
+                  data_aware: bool = False) -> None:
     models = data.get("models")
     if "models" not in data:
         problems.add(("models",), "missing: list the models to merge (each with a path)")
@@ -361,6 +364,12 @@ def _check_models(data: dict, base_dir, problems: Problems, model_keys: list[str
             given.append(i)
         if entry.get("base") is not None:  # the model a LoRA adapter applies to
             _check_model_path(entry["base"], path + ("base",), base_dir, problems)
+        if entry.get("examples") is not None:  # the examples of this model's statistics (RegMean, Fisher)
+            if not data_aware:
+                problems.add(path + ("examples",), "examples per model feed the statistics of a data-aware merge "
+                                                   "(merge_method regmean or fisher); use weights_from.examples "
+                                                   "for weights from examples")
+            _check_examples_file(entry["examples"], path + ("examples",), base_dir, problems)
         if entry.get("parameters") is not None:  # this model's own values of per-model method parameters
             own = entry["parameters"]
             if not isinstance(own, dict):
@@ -375,7 +384,7 @@ def _check_models(data: dict, base_dir, problems: Problems, model_keys: list[str
                     problems.add(path + ("parameters", key), f"not a per-model parameter of {method.name}; {takes}")
                 else:
                     check_tensor_value(value, path + ("parameters", key), problems)
-    if given and data.get("weights_from"):
+    if given and data.get("weights_from") and not data_aware:  # data-aware: examples feed statistics, not weights
         for i in given:
             problems.add(("models", i, "weight"), "weights are given both here and by weights_from; "
                                                   "remove one (fixed weights, or weights from examples)")
@@ -392,18 +401,25 @@ def _check_weights_from(weights_from: dict, data: dict, base_dir, problems: Prob
     for key, value in weights_from.items():
         if key in WEIGHTS_FROM_CHECKS:
             WEIGHTS_FROM_CHECKS[key](value, path + (key,), problems)
-    examples = weights_from.get("examples")
+    models = data.get("models") if isinstance(data.get("models"), list) else []
+    own = bool(models) and all(isinstance(m, dict) and m.get("examples") is not None for m in models)
     if "examples" not in weights_from:
-        problems.add(path + ("examples",), "missing: the .jsonl file of examples to weigh the models on")
-    elif isinstance(examples, str) and examples.strip():
-        local = local_path(examples, base_dir)
+        if not own:  # a data-aware merge whose every model has its own examples needs none here
+            problems.add(path + ("examples",), "missing: the .jsonl file of examples to weigh the models on")
+    else:
+        _check_examples_file(weights_from.get("examples"), path + ("examples",), base_dir, problems)
+    _check_examples_file(weights_from.get("keep"), path + ("keep",), base_dir, problems, "keep")
+
+
+def _check_examples_file(value, path: tuple, base_dir, problems: Problems, what: str = "examples") -> None:
+    """A file of examples named in a recipe exists (a list of examples is checked when it is read)."""
+    if isinstance(value, str) and value.strip():
+        local = local_path(value, base_dir)
         if not local.is_file():
-            problems.add(path + ("examples",), f"examples file not found: {examples} (no such file: {local})")
-    keep = weights_from.get("keep")
-    if isinstance(keep, str) and keep.strip():
-        local = local_path(keep, base_dir)
-        if not local.is_file():
-            problems.add(path + ("keep",), f"keep file not found: {keep} (no such file: {local})")
+            problems.add(path, f"{what} file not found: {value} (no such file: {local})")
+    elif value is not None and not isinstance(value, list):
+        problems.add(path, f"expected a path to a .jsonl file of examples (or a list of examples), got "
+                           f"{_describe(value)}")
 
 
 def _check_method(data: dict, problems: Problems) -> None:

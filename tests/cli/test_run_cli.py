@@ -193,7 +193,9 @@ def stage(name: str, folder: Path) -> tuple[Path, list[str], dict]:
         if data.get(key):
             provide(data[key], key)
     if data.get("weights_from"):
-        examples_jsonl(folder / data["weights_from"]["examples"])
+        for key in ("examples", "keep"):
+            if data["weights_from"].get(key):
+                examples_jsonl(folder / data["weights_from"][key])
     return recipe, overrides, made
 
 

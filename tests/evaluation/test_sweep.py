@@ -187,3 +187,29 @@ def test_the_frontier_plot_shows_every_word_and_tick_label_apart(tmp_path):
     finally:
         pyplot().close(fig)
     assert_png(plot_frontier(result, tmp_path / "frontier.png"))
+
+
+def test_regmean_sweep_points_are_the_regmean_merges_cocktail_merge_writes(sweep_inputs, tmp_path):
+    """sweep --method regmean: each point is the RegMean merge at [w, 1 - w] (the weights scaling the
+    statistics: model a's on the examples, b's on the keep examples), not the linear one."""
+    from cocktail.evaluation.evaluate import evaluate_models
+    from cocktail.evaluation.sweep import sweep_weights
+
+    a, b, _, sts = sweep_inputs
+    target = [{"query": "the cat", "pos": ["a red cat"], "neg": ["the sea", "one two"]}]
+    keep = [{"query": "fire water", "pos": ["water and fire"], "neg": ["the dog"]}]
+    (tmp_path / "t.jsonl").write_text(json.dumps(target))
+    (tmp_path / "k.jsonl").write_text(json.dumps(keep))
+    cocktail.merge([a, b], [0.25, 0.75], tmp_path / "regmean", method="regmean", base=b,
+                   examples=tmp_path / "t.jsonl", keep=tmp_path / "k.jsonl", parameters={"alpha": 0.5})
+    cocktail.merge([a, b], [0.25, 0.75], tmp_path / "linear")
+    result = sweep_weights([a, b], [str(sts)], steps=5, examples=tmp_path / "t.jsonl", method="regmean",
+                           parameters={"alpha": 0.5}, keep=tmp_path / "k.jsonl", base=b)
+    assert result.method == "regmean" and result.to_dict()["parameters"] == {"alpha": 0.5}
+    on_disk = evaluate_models([str(tmp_path / "regmean"), str(tmp_path / "linear")], [str(sts)])
+    swept = scores(result.rows, weight=0.25)[(str(sts), "spearman")]
+    assert swept == pytest.approx(on_disk[0]["value"], abs=1e-6)
+    with pytest.raises(InputError, match="needs examples"):
+        sweep_weights([a, b], [str(sts)], steps=3, method="regmean")
+    with pytest.raises(InputError, match="not ties"):
+        sweep_weights([a, b], [str(sts)], steps=3, method="ties")
