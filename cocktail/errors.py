@@ -53,6 +53,10 @@ SPELLINGS = {
     "keep_tolerance": ("--keep-tolerance", "weights_from.keep_tolerance", "keep_tolerance="),
     "keep_weight": ("--keep-weight", "weights_from.keep_weight", "keep_weight="),
     "search_space": ("--search-space", "weights_from.search_space", "search_space="),
+    "score_dtype": ("--score-dtype", "weights_from.score_dtype", "score_dtype="),
+    "device_map": ("--device-map", "weights_from.device_map", "device_map="),
+    "max_memory": ("--max-memory", "weights_from.max_memory", "max_memory="),
+    "offload_folder": ("--offload-folder", "weights_from.offload_folder", "offload_folder="),
 }
 
 

@@ -29,7 +29,7 @@ MODEL_TYPE_HELP = ("encoder: BERT-style embedder (bge-m3, with its colbert_linea
 @click.option("--top-k", type=int, default=100, show_default=True, help="Candidates per query a reranker reranks.")
 @encode_options
 def eval_command(models, model_type, candidates, retriever, top_k, data, query_instruction, split, batch_size,
-                 max_length, device, as_json, quiet, trust_remote_code, adapter_base):
+                 max_length, device, as_json, quiet, trust_remote_code, adapter_base, **scoring):
     """Score embedding models (or rerankers) on retrieval (nDCG@10, MRR@10, Recall@10/100) and STS (Spearman) data."""
     from cocktail.evaluation.evaluate import evaluate_models, format_table
 
@@ -37,7 +37,7 @@ def eval_command(models, model_type, candidates, retriever, top_k, data, query_i
     rows = evaluate_models(list(models), list(data), query_instruction, split=split, batch_size=batch_size,
                            max_length=max_length, device=device, progress=not quiet and not as_json,
                            trust_remote_code=trust_remote_code, model_type=model_type, adapter_base=adapter_base,
-                           candidates=candidates, retriever=retriever, top_k=top_k)
+                           candidates=candidates, retriever=retriever, top_k=top_k, **scoring)
     click.echo(json.dumps(rows, indent=2) if as_json else format_table(rows))
 
 
@@ -60,7 +60,7 @@ def eval_command(models, model_type, candidates, retriever, top_k, data, query_i
 @encode_options
 def sweep_command(models, steps, plot, frontier_plot, examples, temperature, model_type, mode, data,
                   query_instruction, split,
-                  batch_size, max_length, device, as_json, quiet, trust_remote_code, adapter_base):
+                  batch_size, max_length, device, as_json, quiet, trust_remote_code, adapter_base, **scoring):
     """Merge two models in memory at weights 0..1 and score each merge: the trade-off curve."""
     from cocktail.evaluation.evaluate import format_table
     from cocktail.evaluation.sweep import plot_frontier, plot_sweep, sweep_weights, table_rows
@@ -79,7 +79,7 @@ def sweep_command(models, steps, plot, frontier_plot, examples, temperature, mod
                            batch_size=batch_size, max_length=max_length, device=device,
                            progress=not quiet and not as_json, trust_remote_code=trust_remote_code,
                            adapter_base=adapter_base, model_type=model_type, temperature=temperature,
-                           mode=mode)
+                           mode=mode, **scoring)
     if plot:
         plot_sweep(result, plot, mode=mode)
     if frontier_plot:

@@ -37,6 +37,7 @@ from cocktail.modeling.llm_embedder import LLMEmbedder
 from cocktail.modeling.llm_reranker import LLMReranker
 from cocktail.modeling.m3 import COLBERT_FILE, SPARSE_FILE, M3Encoder, has_m3_heads
 from cocktail.recipe.model_type import settle as settle_model_type
+from cocktail.recipe.scoring import ScoringOptions
 
 QUERY_CHUNK = 1024
 # the scorer of each model type; an encoder with bge-m3's head files gets M3Encoder (see scorer_class)
@@ -105,13 +106,15 @@ def eval_model_type(given: Optional[str], source: str, adapter_base: Optional[st
 
 
 def describe_scorer(model_type: str, scorer) -> str:
-    """How a model is scored, for the progress lines: its type and pooling (embedders), or its score."""
+    """How a model is scored, for the progress lines: its type and pooling (embedders), or its score; and
+    its dtype and device."""
     pooling = getattr(scorer, "pooling", None)
+    run = f"; {scorer.placement.describe()}"
     if pooling is not None:
         modes = ", ".join(modes_of(scorer)) if len(modes_of(scorer)) > 1 else None
         return (f"{model_type}, pooling {'+'.join(pooling.modes)} ({pooling.source})"
-                + (f", modes {modes}" if modes else ""))
-    return f"{model_type}, one score per (query, passage) pair"
+                + (f", modes {modes}" if modes else "") + run)
+    return f"{model_type}, one score per (query, passage) pair{run}"
 
 
 def trivial_queries(data: RetrievalSet) -> int:
@@ -136,7 +139,11 @@ def open_scorer(model_type: str, source: str, adapter_base: Optional[str] = None
     with open_path(str(source), adapter_base) as checkpoint:
         plan = build_plan([checkpoint], dtype=torch.float32)
         scorer = scorer_class(model_type, plan)(plan, **options)
-        scorer.fill_from_checkpoint(0)
+        try:
+            scorer.fill_from_checkpoint(0)
+        except BaseException:
+            scorer.close()
+            raise
     return scorer
 
 
@@ -248,6 +255,17 @@ def first_stage(tasks: list[Task], candidates: Optional[str], retriever: Optiona
     tasks = list(tasks)
     rows: list[dict] = []
     encoder = open_scorer("encoder", retriever, retriever_base, **options) if retriever else None
+    try:
+        _rank_open_tasks(tasks, open_tasks, candidates, encoder, retriever, top_k, rows)
+    finally:
+        if encoder is not None:
+            encoder.close()
+    return tasks, rows
+
+
+def _rank_open_tasks(tasks: list[Task], open_tasks: list[int], candidates: Optional[str], encoder,
+                     retriever: Optional[str], top_k: int, rows: list[dict]) -> None:
+    """Give each BEIR task of ``open_tasks`` its candidates: from the run file, or the ``encoder``'s top-k."""
     for i in open_tasks:
         task = tasks[i]
         if candidates:
@@ -260,7 +278,6 @@ def first_stage(tasks: list[Task], candidates: Optional[str], retriever: Optiona
             raise InputError(f"{task.name}: a reranker reranks candidates of a BEIR folder: give "
                              f"{option('candidates')} (a TREC run file) or {option('retriever')} (a first-stage embedder)")
         tasks[i] = replace(task, data=with_candidates(task.data, pools))
-    return tasks, rows
 
 
 def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Dataset]],
@@ -269,7 +286,8 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
                     labels: Optional[Sequence[str]] = None, trust_remote_code: bool = False,
                     model_type: Optional[str] = None, adapter_base: Optional[str] = None,
                     candidates: Optional[str] = None, retriever: Optional[str] = None,
-                    top_k: int = TOP_K) -> list[dict]:
+                    top_k: int = TOP_K, score_dtype: Optional[str] = None, device_map: Optional[str] = None,
+                    max_memory: Union[str, dict, None] = None, offload_folder: Optional[str] = None) -> list[dict]:
     """Score every model on every data set.
 
     Args:
@@ -292,10 +310,14 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
         retriever: for rerankers on BEIR folders, an embedder whose ``top_k`` results are the candidates
             (computed once for every reranker; its own scores come first, labelled ``(first stage)``).
         top_k: how many candidates each query keeps.
+        score_dtype, device_map, max_memory, offload_folder: how each model is run (its dtype, spread over
+            devices and disk): see :func:`cocktail.few_shot_losses`; scores are float32 whatever the dtype.
 
     Returns:
         Rows ``{"model": ..., "data": ..., "metric": ..., "value": ...}`` (and ``"mode"`` for bge-m3).
     """
+    scoring = ScoringOptions(score_dtype, device_map, max_memory, offload_folder)
+    scoring.check()
     if model_type is not None and model_type not in SCORERS:
         raise InputError(f"cocktail eval scores {', '.join(SCORERS)} models, not {model_type!r}")
     tasks = make_tasks(data, query_instruction, split)
@@ -306,7 +328,7 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
         raise InputError(f"{option('candidates') if candidates else option('retriever')} is for rerankers "
                          f"({option('model_type')} {' or '.join(RERANKERS)})")
     options = dict(device=device, batch_size=batch_size, max_length=max_length, progress=progress,
-                   trust_remote_code=trust_remote_code)
+                   trust_remote_code=trust_remote_code, scoring=scoring)
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
     rows: list[dict] = []
     reranked = tasks  # what rerankers score: BEIR folders get their candidates first
@@ -314,12 +336,11 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
         reranked, rows = first_stage(tasks, candidates, retriever, top_k, options)
     warn_degenerate(reranked)
     for i, (model, label, base, kind) in enumerate(zip(models, labels, bases, types), 1):
-        scorer = open_scorer(kind, str(model), base, label=label, **options)
-        say(f"eval [{i}/{len(models)}] {label}: {describe_scorer(kind, scorer)}")
-        for j, task in enumerate(reranked if kind in RERANKERS else tasks, 1):
-            say(f"  [{j}/{len(tasks)}] {task.name}")
-            rows += score_encoder(scorer, [task], label)
-        del scorer
+        with open_scorer(kind, str(model), base, label=label, **options) as scorer:
+            say(f"eval [{i}/{len(models)}] {label}: {describe_scorer(kind, scorer)}")
+            for j, task in enumerate(reranked if kind in RERANKERS else tasks, 1):
+                say(f"  [{j}/{len(tasks)}] {task.name}")
+                rows += score_encoder(scorer, [task], label)
     return rows
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -33,6 +33,7 @@ from cocktail.io.adapters import bases_for, open_path
 from cocktail.io.figure import check_target, pareto_front, pyplot, save_png
 from cocktail.merging.methods import get_method
 from cocktail.merging.plan import build_plan
+from cocktail.recipe.scoring import ScoringOptions
 
 
 @dataclass
@@ -68,14 +69,15 @@ def sweep_points(steps: int) -> list[float]:
 def few_shot_weights(models: Sequence[str], examples, query_instruction: Optional[str],
                      device: Optional[str], max_length: int = 512, trust_remote_code: bool = False,
                      adapter_base: Optional[str] = None, model_type: str = "encoder",
-                     temperature: float = 5.0) -> list[float]:
+                     temperature: float = 5.0, scoring: Optional[ScoringOptions] = None) -> list[float]:
     """The weights LM-Cocktail's few-shot weighting gives ``models`` (``cocktail.weights_from_examples``;
     for bge-m3, from the dense loss)."""
     return [float(w) for w in weights_from_examples(list(models), examples, model_type=model_type,
                                                     temperature=temperature, query_instruction=query_instruction,
                                                     max_length=max_length,
                                                     device=device, trust_remote_code=trust_remote_code,
-                                                    adapter_base=adapter_base)]
+                                                    adapter_base=adapter_base,
+                                                    **asdict(scoring or ScoringOptions()))]
 
 
 def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps: int = 11,
@@ -83,7 +85,9 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
                   batch_size: int = 32, max_length: int = 512, device: Optional[str] = None,
                   progress: bool = False, trust_remote_code: bool = False,
                   adapter_base: Optional[str] = None, model_type: Optional[str] = None,
-                  temperature: float = 5.0, mode: Optional[str] = None) -> SweepResult:
+                  temperature: float = 5.0, mode: Optional[str] = None, score_dtype: Optional[str] = None,
+                  device_map: Optional[str] = None, max_memory: Union[str, dict, None] = None,
+                  offload_folder: Optional[str] = None) -> SweepResult:
     """Merge two models in memory at weights 0, 1/(steps-1), ..., 1 and score each merge on ``data``.
 
     Args:
@@ -99,7 +103,11 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
         split, batch_size, max_length, device, progress, trust_remote_code, adapter_base, model_type: as
             for ``evaluate_models`` (a bge-m3 pair is scored in each mode; a reranker ranks each query's own
             passages of query/pos/neg data).
+        score_dtype, device_map, max_memory, offload_folder: how the merged model is run (its dtype, spread
+            over devices and disk; the merges fill the same map): see :func:`cocktail.few_shot_losses`.
     """
+    scoring = ScoringOptions(score_dtype, device_map, max_memory, offload_folder)
+    scoring.check()
     models = [str(m) for m in models]
     if len(models) != 2:
         raise InputError(f"a sweep needs exactly 2 models, got {len(models)}")
@@ -116,16 +124,17 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
         scorer = scorer_class(model_type, plan)
         check_mode(mode, modes_of(scorer))
         shots = (few_shot_weights(models, examples, query_instruction, device, max_length, trust_remote_code,
-                                  adapter_base, model_type, temperature) if examples is not None else None)
+                                  adapter_base, model_type, temperature, scoring) if examples is not None else None)
         if shots is not None and all(abs(shots[0] - p) > 1e-9 for p in points):
             points = sorted(points + [shots[0]])
         encoder = scorer(plan, device=device, batch_size=batch_size, max_length=max_length, progress=progress,
-                         label="merge", trust_remote_code=trust_remote_code)
+                         label="merge", trust_remote_code=trust_remote_code, scoring=scoring)
         rows: list[dict] = []
-        for weight in _progress(points, progress):
-            encoder.fill_from_merge(linear, [weight, 1.0 - weight])
-            for row in score_encoder(encoder, tasks, f"{weight:g}"):
-                rows.append({"weight": weight, **{k: v for k, v in row.items() if k != "model"}})
+        with encoder:  # removes the offload folder of a model spread to disk
+            for weight in _progress(points, progress):
+                encoder.fill_from_merge(linear, [weight, 1.0 - weight])
+                for row in score_encoder(encoder, tasks, f"{weight:g}"):
+                    rows.append({"weight": weight, **{k: v for k, v in row.items() if k != "model"}})
     finally:
         for ckpt in checkpoints:
             ckpt.close()

@@ -11,21 +11,36 @@ import torch
 from cocktail.io.adapters import open_path
 from cocktail.merging.methods import Method
 from cocktail.merging.plan import Plan, build_plan
-from cocktail.modeling.loading import resolve_device
+from cocktail.modeling.placement import Placement
+from cocktail.recipe.scoring import ScoringOptions
 
 
 class PlanScorer:
-    """The name, device and batch size of a scorer of ``plan``; subclasses build ``self.skeleton``."""
+    """The name, placement (device, dtype, device map) and batch size of a scorer of ``plan``; subclasses
+    build ``self.skeleton`` on ``self.placement``. ``close()`` (or ``with``) when done: it removes the
+    offload folder of a model spread to disk."""
 
     skeleton = None  # a cocktail.modeling.skeleton.Skeleton, built by the subclass
 
-    def __init__(self, plan: Plan, device: Optional[str], batch_size: int, label: Optional[str]):
+    def __init__(self, plan: Plan, device: Optional[str], batch_size: int, label: Optional[str],
+                 scoring: Optional[ScoringOptions] = None):
         first = plan.checkpoints[0]
         self.plan = plan
         self.source = str(first.source)
         self.label = label or self.source
-        self.device = str(resolve_device(device))
+        self.placement = Placement.make(scoring, device, plan)
+        self.device = str(self.placement.device)
         self.batch_size = batch_size
+
+    def close(self) -> None:
+        """Remove the offload folder, if the model was spread to disk."""
+        self.placement.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @classmethod
     def open(cls, source: str, adapter_base: Optional[str] = None, **options):
@@ -33,7 +48,11 @@ class PlanScorer:
         its config's base), filled with its weights."""
         with open_path(str(source), adapter_base) as checkpoint:
             scorer = cls(build_plan([checkpoint], dtype=torch.float32), **options)
-            scorer.fill_from_checkpoint(0)
+            try:
+                scorer.fill_from_checkpoint(0)
+            except BaseException:
+                scorer.close()
+                raise
         return scorer
 
     def fill_from_checkpoint(self, index: int) -> None:
