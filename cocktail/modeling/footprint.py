@@ -25,7 +25,7 @@ from cocktail.recipe.sizes import show_size
 
 MEMINFO = Path("/proc/meminfo")
 LM_HEAD_TYPES = ("decoder", "llm-reranker")  # their forward pass makes logits over the vocabulary
-GIB = 1 << 30
+GIB, MIB = 1 << 30, 1 << 20
 
 
 def _first(config: dict, keys: tuple, default: int) -> int:
@@ -102,11 +102,14 @@ def check_fits(plan: Plan, model_type: str, placement: Placement, rows: int, lon
     hints = []
     if placement.dtype == torch.float32 and sum(need(torch.bfloat16)) <= limit:
         hints.append(f"{_setting('score_dtype', 'bfloat16')} (about {show_size(sum(need(torch.bfloat16)))})")
-    key = "cpu" if placement.device.type == "cpu" else str(placement.device.index or 0)
-    room = max((limit - activations) // GIB, 1)
-    caps = f"{key}={room}GiB"
-    hints.append(f"{_setting('device_map', 'auto')} {_setting('max_memory', caps)} (the rest of the weights goes to "
-                 "disk)")
+    room = limit - activations
+    if room > 0:
+        key = "cpu" if placement.device.type == "cpu" else str(placement.device.index or 0)
+        caps = f"{key}={room // GIB}GiB" if room >= GIB else f"{key}={max(room // MIB, 1)}MiB"
+        hints.append(f"{_setting('device_map', 'auto')} {_setting('max_memory', caps)} (the rest of the weights "
+                     "goes to disk)")
+    else:
+        hints.append(f"a lower {option('max_length')} (the activations alone do not fit)")
     raise InputError(f"{plan.checkpoints[0].source}: scoring it in {dtype_name(placement.dtype)} on "
                      f"{placement.device} needs about {show_size(weights + activations)} ({show_size(weights)} of "
                      f"weights, {show_size(activations)} for a forward pass of {rows} x {longest} tokens), more than "
