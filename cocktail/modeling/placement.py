@@ -234,9 +234,6 @@ class Placement:
         device_map = infer_auto_device_map(model, max_memory=caps, no_split_module_classes=no_split,
                                            dtype=self.dtype)
 
-        names = {}
-        for name, param in model.named_parameters(remove_duplicate=False):
-            names.setdefault(id(param), []).append(name)
         for name, param in list(model.named_parameters()):
             where = _where(name, device_map)
             if where != "disk":
@@ -250,13 +247,16 @@ class Placement:
         disk: dict = {}
         if "disk" in device_map.values():
             self.folder = OffloadFolder(self.offload_parent, self.inputs)
+            aliases: dict[int, list[str]] = {}  # a tied parameter has several names, each gets its file
+            for name, param in parameters:
+                aliases.setdefault(id(param), []).append(name)
             for name, param in model.named_parameters():
                 if param.device.type == "meta":
-                    every = [n for n, p in parameters if p is param]
-                    disk[id(param)] = DiskWeight(param, every, self.folder.path, index)
+                    disk[id(param)] = DiskWeight(param, aliases[id(param)], self.folder.path, index)
             state = {name: disk.get(id(value), value) for name, value in state.items()}
         quiet = logging.getLogger("accelerate.big_modeling")  # its "parameters on the meta device" warning:
-        level, quiet.level = quiet.level, logging.ERROR     # cocktail's own notice below says where they went
+        level = quiet.level                                   # cocktail's own notice below says where they went
+        quiet.setLevel(logging.ERROR)
         try:
             dispatch_model(model, device_map, main_device=self.device if self.device.type == "cuda" else None,
                            offload_dir=str(self.folder.path) if self.folder else None,
@@ -267,10 +267,10 @@ class Placement:
             raise
         finally:
             quiet.setLevel(level)
-        warn(self._notice(model, parameters, device_map, source))
+        warn(self._notice(parameters, device_map, source))
         return PlacedModel(model, parameters, state, disk)
 
-    def _notice(self, model, parameters, device_map: dict, source: str) -> str:
+    def _notice(self, parameters, device_map: dict, source: str) -> str:
         """One line: how many bytes of weights went where."""
         sizes: dict[str, int] = {}
         seen = set()

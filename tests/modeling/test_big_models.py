@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -203,14 +204,14 @@ def test_every_scored_model_type_evaluates_the_same_spread_to_disk(tmp_path, dat
     assert not (tmp_path / "offload").exists()
 
 
-def test_a_sweep_fills_its_merges_through_the_device_map(tmp_path, data):
+def test_a_sweep_fills_its_merges_through_the_device_map(tmp_path, data, hash_cache):
     models = [str(make_bert(tmp_path / name, seed=seed)) for name, seed in (("a", 1), ("b", 2))]
     in_memory = sweep_weights(models, data, steps=3, device="cpu")
-    with pytest.warns(CocktailWarning, match="on disk"):
-        spread = sweep_weights(models, data, steps=3, device="cpu", device_map="balanced", max_memory="cpu=20KiB",
-                               offload_folder=str(tmp_path / "offload"))
+    with pytest.warns(CocktailWarning, match="on disk") as notices:
+        spread = sweep_weights(models, data, steps=3, device="cpu", device_map="balanced", max_memory="cpu=20KiB")
+    assert f"offload folder {hash_cache}{os.sep}cocktail-offload-" in str(notices[0].message)  # the default place
     assert [r["value"] for r in spread.rows] == pytest.approx([r["value"] for r in in_memory.rows], abs=TOLERANCE)
-    assert not (tmp_path / "offload").exists()
+    assert not list(hash_cache.glob("cocktail-offload-*"))
 
 
 def test_a_run_that_would_not_fit_is_refused_before_loading_with_the_options_that_fit(tmp_path, data):
