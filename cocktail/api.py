@@ -359,7 +359,9 @@ def mix_models_with_data(model_names_or_paths: Sequence[str], model_type: str, e
                          task=None, search: bool = False, search_budget: Optional[int] = None,
                          holdout: Optional[float] = None, trust_remote_code: bool = False, keep=None,
                          keep_tolerance: Optional[float] = None, keep_weight: Optional[float] = None,
-                         search_space: str = "models"):
+                         search_space: str = "models", score_dtype: Optional[str] = None,
+                         device_map: Optional[str] = None, max_memory: Union[str, dict, None] = None,
+                         offload_folder: Optional[PathLike] = None):
     """LM-Cocktail's ``mix_models_with_data``: weights from a few examples, merge, return the model.
 
     The weights are ``softmax(-loss / temperature)`` of each model's loss on ``example_data`` (see
@@ -379,6 +381,8 @@ def mix_models_with_data(model_names_or_paths: Sequence[str], model_type: str, e
         query_instruction, seed, device, task, search, search_budget, holdout: see ``cocktail weights``.
         keep, keep_tolerance, keep_weight, search_space: the keep set and the search space (see
             :func:`cocktail.few_shot_losses`).
+        score_dtype, device_map, max_memory, offload_folder: how the models are run to score the examples
+            (dtype; spread over devices and disk): see :func:`cocktail.few_shot_losses`.
         trust_remote_code: let the models' own code (``auto_map``) run to score the examples.
 
     Returns:
@@ -394,7 +398,9 @@ def mix_models_with_data(model_names_or_paths: Sequence[str], model_type: str, e
                     "max_length": max_input_length, "query_instruction": query_instruction, "seed": seed,
                     "device": device, "task": task, "search": search, "holdout": holdout,
                     "keep": keep, "keep_tolerance": keep_tolerance, "keep_weight": keep_weight,
-                    "search_space": search_space}
+                    "search_space": search_space, "score_dtype": score_dtype, "device_map": device_map,
+                    "max_memory": max_memory,
+                    "offload_folder": os.fspath(offload_folder) if offload_folder is not None else None}
     for key in ("examples", "keep"):
         if isinstance(weights_from[key], os.PathLike):
             weights_from[key] = str(weights_from[key])

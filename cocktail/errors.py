@@ -94,6 +94,10 @@ SPELLINGS = {
     "search_space": ("--search-space", "weights_from.search_space", "search_space="),
     "hybrid_weights": ("--hybrid-weights", "--hybrid-weights", "hybrid_weights="),
     "parameter_t": ("--param t=0.3", "parameters: {t: 0.3}", "parameters={'t': 0.3}"),
+    "score_dtype": ("--score-dtype", "weights_from.score_dtype", "score_dtype="),
+    "device_map": ("--device-map", "weights_from.device_map", "device_map="),
+    "max_memory": ("--max-memory", "weights_from.max_memory", "max_memory="),
+    "offload_folder": ("--offload-folder", "weights_from.offload_folder", "offload_folder="),
 }
 
 

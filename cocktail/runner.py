@@ -22,7 +22,6 @@ from cocktail.io.adapters import AdapterCheckpoint
 from cocktail.io.checkpoints import TRANSFORMER, CheckpointLike, read_config, transformer_dir
 from cocktail.io.memory import MemoryCheckpoint, open_any, share_model_type
 from cocktail.io.output import OutputFolder, check_output
-from cocktail.io.writer import parse_size
 from cocktail.merging.engine import (
     finite_checked,
     merged_tensors,
@@ -39,6 +38,7 @@ from cocktail.modeling.loading import embedding_rows
 from cocktail.recipe.choices import MODEL_TYPES
 from cocktail.recipe.model_type import settle as settle_model_type
 from cocktail.recipe.recipe import Recipe
+from cocktail.recipe.sizes import parse_size
 from cocktail.version import __version__
 
 

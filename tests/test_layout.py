@@ -14,7 +14,8 @@ PACKAGE = REPO / "cocktail"
 
 # A room may import rooms of the same or a lower rank, never a higher one. Rank 0: leaves that
 # import nothing of cocktail but errors, so any room (and the light CLI) may use them.
-LEAVES = {"cocktail.errors", "cocktail.version", "cocktail.recipe.choices", "cocktail.recipe.weights_from"}
+LEAVES = {"cocktail.errors", "cocktail.version", "cocktail.recipe.choices", "cocktail.recipe.weights_from",
+          "cocktail.recipe.sizes", "cocktail.recipe.scoring"}
 RANKS = {"io": 1, "merging": 2, "recipe": 3, "modeling": 4, "fewshot": 5, "evaluation": 6, "cli": 8}
 TOP = 7  # cocktail.runner, cocktail.api, cocktail.callback
 ENTRY = {"cocktail.__main__": 9}  # python -m cocktail: the CLI

@@ -29,7 +29,7 @@ MODEL_TYPE_HELP = ("encoder: BERT-style embedder (bge-m3, with its colbert_linea
 @click.option("--top-k", type=int, default=100, show_default=True, help="Candidates per query a reranker reranks.")
 @encode_options
 def eval_command(models, model_type, candidates, retriever, top_k, data, query_instruction, split, batch_size,
-                 hybrid_weights, max_length, device, as_json, quiet, trust_remote_code, adapter_base):
+                 hybrid_weights, max_length, device, as_json, quiet, trust_remote_code, adapter_base, **scoring):
     """Score embedding models (or rerankers) on retrieval (nDCG@10, MRR@10, Recall@10/100) and STS (Spearman) data."""
     from cocktail.evaluation.evaluate import EvalInterrupted, evaluate_models, format_table
 
@@ -39,7 +39,7 @@ def eval_command(models, model_type, candidates, retriever, top_k, data, query_i
                                max_length=max_length, device=device, progress=not quiet and not as_json,
                                trust_remote_code=trust_remote_code, model_type=model_type,
                                adapter_base=adapter_base, candidates=candidates, retriever=retriever, top_k=top_k,
-                               hybrid_weights=hybrid_weights)
+                               hybrid_weights=hybrid_weights, **scoring)
     except EvalInterrupted as stop:  # keep what was scored: a Ctrl-C after an hour loses only the model it was on
         if stop.rows:
             click.echo(json.dumps(stop.rows, indent=2) if as_json
@@ -75,7 +75,8 @@ def eval_command(models, model_type, candidates, retriever, top_k, data, query_i
 @encode_options
 def sweep_command(models, steps, plot, frontier_plot, examples, temperature, model_type, mode, method, params, base,
                   keep, data, query_instruction, split,
-                  batch_size, hybrid_weights, max_length, device, as_json, quiet, trust_remote_code, adapter_base):
+                  batch_size, hybrid_weights, max_length, device, as_json, quiet, trust_remote_code, adapter_base,
+                  **scoring):
     """Merge two models in memory at weights 0..1 and score each merge: the trade-off curve."""
     from cocktail.evaluation.evaluate import format_table
     from cocktail.evaluation.sweep import plot_frontier, plot_sweep, sweep_weights, table_rows
@@ -95,7 +96,8 @@ def sweep_command(models, steps, plot, frontier_plot, examples, temperature, mod
                            progress=not quiet and not as_json, trust_remote_code=trust_remote_code,
                            adapter_base=adapter_base, model_type=model_type, temperature=temperature,
                            mode=mode, hybrid_weights=hybrid_weights, method=method,
-                           parameters=dict(parse_parameter(p) for p in params), keep=keep, base=base)
+                           parameters=dict(parse_parameter(p) for p in params), keep=keep, base=base,
+                           **scoring)
     if plot:
         plot_sweep(result, plot, mode=mode)
     if frontier_plot:

@@ -1,5 +1,6 @@
 """Options shared by several commands, written once: the model type, method parameters, weights from a
-few examples (``cocktail merge`` and ``cocktail weights``), and how ``eval`` / ``sweep`` read data."""
+few examples (``cocktail merge`` and ``cocktail weights``), how models are run to score (dtype, device
+map, offload), and how ``eval`` / ``sweep`` read data."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import click
 
 from cocktail.cli.group import NUMBER
 from cocktail.recipe.choices import DTYPES, MODEL_TYPES
+from cocktail.recipe.scoring import DEVICE_MAPS, SCORE_DTYPES
 from cocktail.recipe.weights_from import DEFAULT_KEEP_TOLERANCE, FewShotOptions
 from cocktail.recipe.weights_from import KEYS as FEW_SHOT_KEYS
 
@@ -76,6 +78,27 @@ def parse_parameter(text: str) -> tuple[str, object]:
     return key, raw
 
 
+def scoring_options() -> list:
+    """``--score-dtype``, ``--device-map``, ``--max-memory``, ``--offload-folder``: how models are run to
+    score (the fields of ``ScoringOptions``), for ``weights``, ``merge``, ``eval`` and ``sweep``."""
+    return [
+        click.option("--score-dtype", type=click.Choice(SCORE_DTYPES),
+                     help="The dtype models run in to score: auto is the checkpoint's own dtype (its config's "
+                          "torch_dtype) on a GPU, float32 on CPU; losses and scores are float32 whatever it is  "
+                          "[default: auto]"),
+        click.option("--device-map", type=click.Choice(DEVICE_MAPS),
+                     help="Spread each model over the GPUs, the CPU and disk (with accelerate): what does not fit "
+                          "in --max-memory is offloaded to disk and read back layer by layer."),
+        click.option("--max-memory", metavar="CAPS",
+                     help="Most memory per device, e.g. \"0=20GiB,cpu=30GiB\": with --device-map the rest goes to "
+                          "disk; without it, a model that would not fit is refused before loading."),
+        click.option("--offload-folder", type=click.Path(file_okay=False), metavar="DIR",
+                     help="With --device-map: where weights offloaded to disk go (a temporary folder made in it, "
+                          "removed afterwards; never inside an input)  [default: beside the output, else "
+                          "cocktail's cache folder]"),
+    ]
+
+
 def few_shot_options(command=None, *, with_seed: bool = True):
     """Add ``--examples`` and the options of the few-shot loss and search to a click command.
 
@@ -98,6 +121,7 @@ def few_shot_options(command=None, *, with_seed: bool = True):
                      help=f"Queries that share in-batch negatives (part of the loss)  [default: {DEFAULTS.batch_size}]"),
         click.option("--max-length", type=int, help="Tokens per text  [default: 512; decoders 2048]"),
         click.option("--device", help="Where to compute losses: cpu, cuda, cuda:1  [default: cuda if present]"),
+        *scoring_options(),
         click.option("--search", is_flag=True, default=None,
                      help="Search for the weights whose merged model has the lowest example loss."),
         click.option("--search-budget", type=int, help=f"Most merged models the search evaluates  [default: {DEFAULTS.search_budget}]"),
@@ -174,6 +198,8 @@ def encode_options(fn):
     """Options shared by ``eval`` and ``sweep``: how data is read and texts are encoded."""
     fn = click.option("--quiet", "-q", is_flag=True, help="No progress lines or bars on stderr.")(fn)
     fn = click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")(fn)
+    for scoring in reversed(scoring_options()):
+        fn = scoring(fn)
     fn = click.option("--device", help="Where to run the models (default: cuda when present, else cpu).")(fn)
     fn = click.option("--hybrid-weights", type=float, nargs=3, default=None, metavar="DENSE SPARSE COLBERT",
                       help="bge-m3's hybrid mode: the weights of its dense, sparse and colbert scores "

@@ -94,7 +94,9 @@ def format_few_shot(data: dict, show_notes: bool = True) -> str:
     lines.append(f"{data['model_type']} loss on {data['examples']} examples ({data['examples_source']}{tasks}); "
                  f"temperature {data['temperature']:g}, seed {data['seed']}, neg_number {data['neg_number']}, "
                  f"batch_size {data['batch_size']}, max_length {data['max_length']}"
-                 + (f", pooling {data['pooling']}" if data.get("pooling") else "") + f", device {data['device']}")
+                 + (f", pooling {data['pooling']}" if data.get("pooling") else "") + f", device {data['device']}"
+                 + f", {data.get('score_dtype', 'float32')}"
+                 + (f", device map {data['device_map']}" if data.get("device_map") else ""))
     if data.get("keep_source"):
         rule = (f"trade-off: loss + {data['keep_weight']:g} * keep loss" if data.get("keep_weight") is not None
                 else f"tolerance {data['keep_tolerance']:g} above the best model's keep loss")

@@ -38,6 +38,7 @@ from cocktail.modeling.llm_reranker import LLMReranker
 from cocktail.modeling.m3 import COLBERT_FILE, SPARSE_FILE, M3Encoder, has_m3_heads
 from cocktail.modeling.m3 import hybrid_weights as m3_hybrid_weights
 from cocktail.recipe.model_type import settle as settle_model_type
+from cocktail.recipe.scoring import ScoringOptions
 
 QUERY_CHUNK = 1024
 # the scorer of each model type; an encoder with bge-m3's head files gets M3Encoder (see scorer_class)
@@ -115,13 +116,15 @@ def eval_model_type(given: Optional[str], source: str, adapter_base: Optional[st
 
 
 def describe_scorer(model_type: str, scorer) -> str:
-    """How a model is scored, for the progress lines: its type and pooling (embedders), or its score."""
+    """How a model is scored, for the progress lines: its type and pooling (embedders), or its score; and
+    its dtype and device."""
     pooling = getattr(scorer, "pooling", None)
+    run = f"; {scorer.placement.describe()}"
     if pooling is not None:
         modes = ", ".join(modes_of(scorer)) if len(modes_of(scorer)) > 1 else None
         return (f"{model_type}, pooling {'+'.join(pooling.modes)} ({pooling.source})"
-                + (f", modes {modes}" if modes else ""))
-    return f"{model_type}, one score per (query, passage) pair"
+                + (f", modes {modes}" if modes else "") + run)
+    return f"{model_type}, one score per (query, passage) pair{run}"
 
 
 def trivial_queries(data: RetrievalSet) -> int:
@@ -149,7 +152,11 @@ def open_scorer(model_type: str, source: str, adapter_base: Optional[str] = None
     with open_path(str(source), adapter_base) as checkpoint:
         plan = build_plan([checkpoint], dtype=torch.float32)
         scorer = scorer_class(model_type, plan)(plan, **options)
-        scorer.fill_from_checkpoint(0)
+        try:
+            scorer.fill_from_checkpoint(0)
+        except BaseException:
+            scorer.close()
+            raise
     return use_hybrid_weights(scorer, hybrid)
 
 
@@ -274,6 +281,17 @@ def first_stage(tasks: list[Task], candidates: Optional[str], retriever: Optiona
     tasks = list(tasks)
     rows: list[dict] = []
     encoder = open_scorer("encoder", retriever, retriever_base, **options) if retriever else None
+    try:
+        _rank_open_tasks(tasks, open_tasks, candidates, encoder, retriever, top_k, rows)
+    finally:
+        if encoder is not None:
+            encoder.close()
+    return tasks, rows
+
+
+def _rank_open_tasks(tasks: list[Task], open_tasks: list[int], candidates: Optional[str], encoder,
+                     retriever: Optional[str], top_k: int, rows: list[dict]) -> None:
+    """Give each BEIR task of ``open_tasks`` its candidates: from the run file, or the ``encoder``'s top-k."""
     for i in open_tasks:
         task = tasks[i]
         if candidates:
@@ -286,7 +304,6 @@ def first_stage(tasks: list[Task], candidates: Optional[str], retriever: Optiona
             raise InputError(f"{task.name}: a reranker reranks candidates of a BEIR folder: give "
                              f"{option('candidates')} (a TREC run file) or {option('retriever')} (a first-stage embedder)")
         tasks[i] = replace(task, data=with_candidates(task.data, pools))
-    return tasks, rows
 
 
 def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Dataset]],
@@ -295,7 +312,10 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
                     labels: Optional[Sequence[str]] = None, trust_remote_code: bool = False,
                     model_type: Optional[str] = None, adapter_base: Optional[str] = None,
                     candidates: Optional[str] = None, retriever: Optional[str] = None,
-                    top_k: int = TOP_K, hybrid_weights: Optional[Sequence[float]] = None) -> list[dict]:
+                    top_k: int = TOP_K, hybrid_weights: Optional[Sequence[float]] = None,
+                    score_dtype: Optional[str] = None, device_map: Optional[str] = None,
+                    max_memory: Union[str, dict, None] = None, offload_folder: Optional[str] = None
+                    ) -> list[dict]:
     """Score every model on every data set.
 
     Args:
@@ -320,6 +340,8 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
         top_k: how many candidates each query keeps.
         hybrid_weights: bge-m3's hybrid mode as ``(dense, sparse, colbert)`` weights (default 0.4, 0.2,
             0.4, as bge-m3's model card advises; ``BGEM3FlagModel.compute_score`` defaults to 1, 1, 1).
+        score_dtype, device_map, max_memory, offload_folder: how each model is run (its dtype, spread over
+            devices and disk): see :func:`cocktail.few_shot_losses`; scores are float32 whatever the dtype.
 
     Returns:
         Rows ``{"model": ..., "data": ..., "metric": ..., "value": ...}`` (and ``"mode"`` for bge-m3).
@@ -327,6 +349,8 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
     Raises:
         EvalInterrupted: on Ctrl-C while models are scored, with the rows finished before it.
     """
+    scoring = ScoringOptions(score_dtype, device_map, max_memory, offload_folder)
+    scoring.check()
     if model_type is not None and model_type not in SCORERS:
         raise InputError(f"cocktail eval scores {', '.join(SCORERS)} models, not {model_type!r}")
     hybrid = None if hybrid_weights is None else m3_hybrid_weights(hybrid_weights)
@@ -338,7 +362,7 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
         raise InputError(f"{option('candidates') if candidates else option('retriever')} is for rerankers "
                          f"({option('model_type')} {' or '.join(RERANKERS)})")
     options = dict(device=device, batch_size=batch_size, max_length=max_length, progress=progress,
-                   trust_remote_code=trust_remote_code)
+                   trust_remote_code=trust_remote_code, scoring=scoring)
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
     rows: list[dict] = []
     where = "the first stage"
@@ -349,13 +373,12 @@ def evaluate_models(models: Sequence[str], data: Sequence[Union[str, Task, Datas
         warn_degenerate(reranked)
         for i, (model, label, base, kind) in enumerate(zip(models, labels, bases, types), 1):
             where = f"model {i} of {len(models)} ({label})"
-            scorer = open_scorer(kind, str(model), base, hybrid, label=label, **options)
-            say(f"eval [{i}/{len(models)}] {label}: {describe_scorer(kind, scorer)}")
-            for j, task in enumerate(reranked if kind in RERANKERS else tasks, 1):
-                where = f"model {i} of {len(models)} ({label}) on data set {j} of {len(tasks)} ({task.name})"
-                say(f"  [{j}/{len(tasks)}] {task.name}")
-                rows += score_encoder(scorer, [task], label)
-            del scorer
+            with open_scorer(kind, str(model), base, hybrid, label=label, **options) as scorer:
+                say(f"eval [{i}/{len(models)}] {label}: {describe_scorer(kind, scorer)}")
+                for j, task in enumerate(reranked if kind in RERANKERS else tasks, 1):
+                    where = f"model {i} of {len(models)} ({label}) on data set {j} of {len(tasks)} ({task.name})"
+                    say(f"  [{j}/{len(tasks)}] {task.name}")
+                    rows += score_encoder(scorer, [task], label)
     except KeyboardInterrupt:
         raise EvalInterrupted(rows, where) from None
     return rows

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -41,6 +41,7 @@ from cocktail.merging.tensor_settings import parameter_schedules
 from cocktail.modeling.m3 import hybrid_weights as m3_hybrid_weights
 from cocktail.modeling.progress import progress_bar
 from cocktail.recipe.choices import DATA_AWARE_METHODS
+from cocktail.recipe.scoring import ScoringOptions
 from cocktail.recipe.weights_from import FewShotOptions
 
 
@@ -79,14 +80,15 @@ def sweep_points(steps: int) -> list[float]:
 def few_shot_weights(models: Sequence[str], examples, query_instruction: Optional[str],
                      device: Optional[str], max_length: int = 512, trust_remote_code: bool = False,
                      adapter_base: Optional[str] = None, model_type: str = "encoder",
-                     temperature: float = 5.0) -> list[float]:
+                     temperature: float = 5.0, scoring: Optional[ScoringOptions] = None) -> list[float]:
     """The weights LM-Cocktail's few-shot weighting gives ``models`` (``cocktail.weights_from_examples``;
     for bge-m3, from the dense loss)."""
     return [float(w) for w in weights_from_examples(list(models), examples, model_type=model_type,
                                                     temperature=temperature, query_instruction=query_instruction,
                                                     max_length=max_length,
                                                     device=device, trust_remote_code=trust_remote_code,
-                                                    adapter_base=adapter_base)]
+                                                    adapter_base=adapter_base,
+                                                    **asdict(scoring or ScoringOptions()))]
 
 
 def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps: int = 11,
@@ -96,7 +98,10 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
                   adapter_base: Optional[str] = None, model_type: Optional[str] = None,
                   temperature: float = 5.0, mode: Optional[str] = None,
                   hybrid_weights: Optional[Sequence[float]] = None, method: str = "linear",
-                  parameters: Optional[dict] = None, keep=None, base: Optional[str] = None) -> SweepResult:
+                  parameters: Optional[dict] = None, keep=None, base: Optional[str] = None,
+                  score_dtype: Optional[str] = None, device_map: Optional[str] = None,
+                  max_memory: Union[str, dict, None] = None, offload_folder: Optional[str] = None
+                  ) -> SweepResult:
     """Merge two models in memory at weights 0, 1/(steps-1), ..., 1 and score each merge on ``data``.
 
     Args:
@@ -117,7 +122,11 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
             hybrid_weights: as
             for ``evaluate_models`` (a bge-m3 pair is scored in each mode; a reranker ranks each query's own
             passages of query/pos/neg data).
+        score_dtype, device_map, max_memory, offload_folder: how the merged model is run (its dtype, spread
+            over devices and disk; the merges fill the same map): see :func:`cocktail.few_shot_losses`.
     """
+    scoring = ScoringOptions(score_dtype, device_map, max_memory, offload_folder)
+    scoring.check()
     models = [str(m) for m in models]
     if len(models) != 2:
         raise InputError(f"a sweep needs exactly 2 models, got {len(models)}")
@@ -148,18 +157,19 @@ def sweep_weights(models: Sequence[str], data: Sequence[Union[str, Task]], steps
             statistics = sweep_statistics(plan, models, model_type, merge_method.statistics, examples, keep, base,
                                           query_instruction, device, progress, trust_remote_code)
         shots = (few_shot_weights(models, examples, query_instruction, device, max_length, trust_remote_code,
-                                  adapter_base, model_type, temperature) if examples is not None else None)
+                                  adapter_base, model_type, temperature, scoring) if examples is not None else None)
         if shots is not None and all(abs(shots[0] - p) > 1e-9 for p in points):
             points = sorted(points + [shots[0]])
         encoder = use_hybrid_weights(scorer(plan, device=device, batch_size=batch_size, max_length=max_length,
-                                            progress=progress, label="merge", trust_remote_code=trust_remote_code),
-                                     hybrid)
+                                            progress=progress, label="merge", trust_remote_code=trust_remote_code,
+                                            scoring=scoring), hybrid)
         rows: list[dict] = []
         encoder.skeleton.statistics = statistics
-        for weight in _progress(points, progress):
-            encoder.fill_from_merge(merge_method, [weight, 1.0 - weight], parameters)
-            for row in score_encoder(encoder, tasks, f"{weight:g}"):
-                rows.append({"weight": weight, **{k: v for k, v in row.items() if k != "model"}})
+        with encoder:  # removes the offload folder of a model spread to disk
+            for weight in _progress(points, progress):
+                encoder.fill_from_merge(merge_method, [weight, 1.0 - weight], parameters)
+                for row in score_encoder(encoder, tasks, f"{weight:g}"):
+                    rows.append({"weight": weight, **{k: v for k, v in row.items() if k != "model"}})
     finally:
         if statistics is not None:
             statistics.close()

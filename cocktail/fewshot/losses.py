@@ -111,8 +111,9 @@ def _tokenize(tokenizer, first: list[str], second: Optional[list[str]], max_leng
 
 
 class Prepared:
-    """Examples tokenised for one model type; ``loss(model)`` scores a loaded model on them, and
-    ``example_losses(model)`` gives each example's own term of that loss, with gradients (the Fisher)."""
+    """Examples tokenised for one model type; ``loss(model)`` scores a loaded model on them (in float32,
+    whatever the model's dtype), and ``example_losses(model)`` gives each example's own term of that loss,
+    with gradients (the Fisher)."""
 
     model_type: str
     groups: int
@@ -122,6 +123,14 @@ class Prepared:
 
     def example_losses(self, model) -> Iterator[torch.Tensor]:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def batches(self) -> list[dict[str, torch.Tensor]]:
+        """The padded tensors of each forward pass."""
+        return [tensors for _, tensors in self.chunks]
+
+    def largest_batch(self) -> tuple[int, int]:
+        """``(rows, tokens)`` of the largest forward pass (for the memory estimate)."""
+        return max((tuple(t["input_ids"].shape) for t in self.batches()), key=lambda shape: shape[0] * shape[1])
 
 
 @dataclass
@@ -237,27 +246,30 @@ class LLMRerankerExamples(RerankerExamples):
 
 @dataclass
 class DecoderExamples(Prepared):
-    batches: list  # [tensors with input_ids, attention_mask, labels]
+    padded: list  # [tensors with input_ids, attention_mask, labels], one per group
     model_type: str = "decoder"
 
     @property
     def groups(self) -> int:
-        return len(self.batches)
+        return len(self.padded)
+
+    def batches(self) -> list[dict[str, torch.Tensor]]:
+        return self.padded
 
     def loss(self, model) -> float:
         total = 0.0
         with torch.inference_mode():
-            for batch in self.batches:
+            for batch in self.padded:
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                return_dict=True).logits.float()
                 shifted = logits[:, :-1].reshape(-1, logits.size(-1))
                 labels = batch["labels"][:, 1:].reshape(-1)
                 total += float(torch.nn.functional.cross_entropy(shifted, labels, ignore_index=-100))
-        return total / len(self.batches)
+        return total / len(self.padded)
 
     def example_losses(self, model) -> Iterator[torch.Tensor]:
         """Each example's mean cross-entropy over its own output tokens."""
-        for batch in self.batches:
+        for batch in self.padded:
             for row in range(batch["input_ids"].size(0)):
                 length = int(batch["attention_mask"][row].sum())
                 ids = batch["input_ids"][row:row + 1, :length]

@@ -36,6 +36,8 @@ class FewShotRequest:
         self.options = FewShotOptions.from_dict(dict(recipe.weights_from), default_seed=int(recipe.seed or 0))
         self.examples = load_examples(self.options.examples, recipe.model_type, self.options.task)
         self.keep = load_examples(self.options.keep, recipe.model_type) if self.options.keep is not None else None
+        # a temporary offload folder (device map, weights on disk) goes beside the output, on its disk
+        self.offload_beside = Path(recipe.output).expanduser().absolute().parent if recipe.output else None
         self.result: Optional[FewShotResult] = None
 
     def run(self, plan, progress: bool = False, statistics=None) -> tuple[list[float], list[str]]:
@@ -44,7 +46,7 @@ class FewShotRequest:
         self.result = weights_for_plan(plan, self.model_type, self.options, method=self.method,
                                        parameters=self.parameters, progress=progress, example_set=self.examples,
                                        keep_set=self.keep, trust_remote_code=self.trust_remote_code,
-                                       statistics=statistics)
+                                       statistics=statistics, offload_beside=self.offload_beside)
         return list(self.result.weights), list(self.result.notes)
 
     def provenance(self) -> Optional[dict]:

@@ -18,6 +18,7 @@ import math
 import os
 import random
 import sys
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -37,6 +38,7 @@ from cocktail.merging.methods import get_method
 from cocktail.merging.plan import build_plan
 from cocktail.merging.tensor_settings import TensorSettings, resolve_settings
 from cocktail.modeling.loading import embedding_rows, load_tokenizer, resolve_device
+from cocktail.modeling.placement import Placement, dtype_name
 from cocktail.modeling.pooling import LAST_TOKEN, read_pooling
 from cocktail.modeling.skeleton import Skeleton, model_folder
 from cocktail.recipe.choices import MODEL_TYPES
@@ -110,6 +112,8 @@ class FewShotResult:
     query_instruction: Optional[str]
     pooling: Optional[str]
     device: str
+    score_dtype: str = "float32"  # the dtype the models were run in (losses are float32 whatever it is)
+    device_map: Optional[str] = None
     holdout_losses: Optional[list[float]] = None
     search: Optional[SearchReport] = None
     notes: list[str] = field(default_factory=list)
@@ -173,7 +177,7 @@ def _holdout_count(options: FewShotOptions, total: int) -> int:
 def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=None, parameters=None,
                      progress: bool = False, example_set: Optional[ExampleSet] = None,
                      keep_set: Optional[ExampleSet] = None, trust_remote_code: bool = False,
-                     statistics=None) -> FewShotResult:
+                     statistics=None, offload_beside: Optional[Path] = None) -> FewShotResult:
     """Few-shot losses and weights for the checkpoints of ``plan`` (the runner's entry point).
 
     Args:
@@ -187,6 +191,8 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
         keep_set: the keep examples, if already loaded (else read from ``options.keep``, when given).
         trust_remote_code: let a model folder's own code (``auto_map``) run.
         statistics: the models' statistics, when the search merges with a data-aware ``method``.
+        offload_beside: where the temporary offload folder goes when a device map puts weights on disk
+            and ``options.offload_folder`` is not set (default: cocktail's cache folder).
     """
     options.check()
     seed = int(options.seed or 0)
@@ -196,7 +202,8 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
 
     # float32 plan: a merge with one-hot weights is then exactly that model, as loaded on its own
     fplan = build_plan(plan.checkpoints, plan.base, torch.float32)
-    context = LossContext.of(fplan, model_type, options, trust_remote_code)
+    placement = Placement.make(options.scoring, options.device, fplan, beside=offload_beside)
+    context = LossContext.of(fplan, model_type, options, trust_remote_code, device=placement.device)
     notes += context.notes
     max_length, pooling = context.max_length, context.pooling
 
@@ -221,48 +228,51 @@ def weights_for_plan(plan, model_type: str, options: FewShotOptions, *, method=N
 
     data = _ExampleParts(prepared(fit), prepared(held), prepared(keep_fit), prepared(keep_held))
 
-    device = context.device
-    skeleton = Skeleton(fplan, model_type, device, trust_remote_code=trust_remote_code)
-    skeleton.statistics = statistics
-    names = [c.source for c in fplan.checkpoints]
-    per_model = []
-    for i, name in enumerate(names):
-        skeleton.fill_from_checkpoint(i)
-        scores = data.losses(skeleton.model)
-        if not math.isfinite(scores[0]):
-            raise InputError(f"{name}: its loss on the examples is {scores[0]} (broken weights?)")
-        if scores[2] is not None and not math.isfinite(scores[2]):
-            raise InputError(f"{name}: its loss on the keep examples is {scores[2]} (broken weights?)")
-        per_model.append(scores)
-        say(f"loss {scores[0]:.6g}  " + (f"keep loss {scores[2]:.6g}  " if scores[2] is not None else "") + name)
-    losses = [m[0] for m in per_model]
-    keep_losses = [m[2] for m in per_model] if keep_fit else None
-    start = softmax_weights(losses, options.temperature)
-    if not options.search:
-        notes += filter(None, [near_uniform_note(losses, start, options.temperature)])
-    weights: list = start
-    report = None
-    if options.search:
-        if keep_losses and options.tolerance is not None:  # tolerance mode, not a trade-off weight
-            notes += filter(None, [loose_tolerance_note(keep_losses, options.tolerance)])
-        report = _search(skeleton, data, options, method or get_method("linear"), dict(parameters or {}), start,
-                         per_model, say)
-        report.fit_examples, report.holdout_examples = len(fit), len(held)
-        report.keep_examples, report.keep_holdout_examples = len(keep_fit), len(keep_held)
-        weights = report.weights
-    return FewShotResult(
-        models=names, losses=losses, softmax_weights=start, weights=list(weights), model_type=model_type,
-        temperature=float(options.temperature), seed=seed, examples=len(chosen),
-        examples_source=example_set.source, examples_sha256=_sha256_of_examples(example_set, options.examples),
-        tasks=example_set.tasks, neg_number=options.neg_number, batch_size=options.batch_size,
-        max_length=max_length, query_instruction=options.query_instruction,
-        pooling=pooling.source if pooling else None, device=str(device),
-        holdout_losses=[m[1] for m in per_model] if held else None, search=report, notes=notes,
-        keep_losses=keep_losses, keep_holdout_losses=[m[3] for m in per_model] if keep_held else None,
-        keep_examples=len(kept), keep_source=keep_set.source if keep_set else None,
-        keep_sha256=_sha256_of_examples(keep_set, options.keep) if keep_set else None,
-        keep_tolerance=options.tolerance, keep_weight=options.keep_weight,
-    )
+    say(f"scoring in {placement.describe()}")
+    with closing(placement):  # removes the offload folder of a model spread to disk, also on an error
+        skeleton = Skeleton(fplan, model_type, placement, trust_remote_code=trust_remote_code,
+                            largest_batch=data.largest_batch())
+        skeleton.statistics = statistics
+        names = [c.source for c in fplan.checkpoints]
+        per_model = []
+        for i, name in enumerate(names):
+            skeleton.fill_from_checkpoint(i)
+            scores = data.losses(skeleton.model)
+            if not math.isfinite(scores[0]):
+                raise InputError(f"{name}: its loss on the examples is {scores[0]} (broken weights?)")
+            if scores[2] is not None and not math.isfinite(scores[2]):
+                raise InputError(f"{name}: its loss on the keep examples is {scores[2]} (broken weights?)")
+            per_model.append(scores)
+            say(f"loss {scores[0]:.6g}  " + (f"keep loss {scores[2]:.6g}  " if scores[2] is not None else "") + name)
+        losses = [m[0] for m in per_model]
+        keep_losses = [m[2] for m in per_model] if keep_fit else None
+        start = softmax_weights(losses, options.temperature)
+        if not options.search:
+            notes += filter(None, [near_uniform_note(losses, start, options.temperature)])
+        weights: list = start
+        report = None
+        if options.search:
+            if keep_losses and options.tolerance is not None:  # tolerance mode, not a trade-off weight
+                notes += filter(None, [loose_tolerance_note(keep_losses, options.tolerance)])
+            report = _search(skeleton, data, options, method or get_method("linear"), dict(parameters or {}), start,
+                             per_model, say)
+            report.fit_examples, report.holdout_examples = len(fit), len(held)
+            report.keep_examples, report.keep_holdout_examples = len(keep_fit), len(keep_held)
+            weights = report.weights
+        return FewShotResult(
+            models=names, losses=losses, softmax_weights=start, weights=list(weights), model_type=model_type,
+            temperature=float(options.temperature), seed=seed, examples=len(chosen),
+            examples_source=example_set.source, examples_sha256=_sha256_of_examples(example_set, options.examples),
+            tasks=example_set.tasks, neg_number=options.neg_number, batch_size=options.batch_size,
+            max_length=max_length, query_instruction=options.query_instruction,
+            pooling=pooling.source if pooling else None, device=str(placement.device),
+            score_dtype=dtype_name(placement.dtype), device_map=placement.device_map,
+            holdout_losses=[m[1] for m in per_model] if held else None, search=report, notes=notes,
+            keep_losses=keep_losses, keep_holdout_losses=[m[3] for m in per_model] if keep_held else None,
+            keep_examples=len(kept), keep_source=keep_set.source if keep_set else None,
+            keep_sha256=_sha256_of_examples(keep_set, options.keep) if keep_set else None,
+            keep_tolerance=options.tolerance, keep_weight=options.keep_weight,
+        )
 
 
 @dataclass
@@ -280,7 +290,8 @@ class LossContext:
     notes: list[str]
 
     @classmethod
-    def of(cls, fplan, model_type: str, options: FewShotOptions, trust_remote_code: bool = False) -> "LossContext":
+    def of(cls, fplan, model_type: str, options: FewShotOptions, trust_remote_code: bool = False,
+           device: Optional[torch.device] = None) -> "LossContext":
         notes: list[str] = []
         first = fplan.checkpoints[0]
         max_length = options.max_length or DEFAULT_MAX_LENGTH[model_type]
@@ -301,7 +312,8 @@ class LossContext:
                                    rows=embedding_rows(fplan))
         pooling = {"encoder": lambda: read_pooling(first.root),
                    "llm-embedder": lambda: read_pooling(first.root, LAST_TOKEN)}.get(model_type, lambda: None)()
-        return cls(model_type, tokenizer, pooling, max_length, resolve_device(options.device), options.batch_size,
+        device = device if device is not None else resolve_device(options.device)
+        return cls(model_type, tokenizer, pooling, max_length, device, options.batch_size,
                    options.query_instruction, notes)
 
     def prepare(self, examples) -> L.Prepared:
@@ -325,6 +337,11 @@ class _ExampleParts:
     held: Optional[L.Prepared]
     keep: Optional[L.Prepared]
     keep_held: Optional[L.Prepared]
+
+    def largest_batch(self) -> tuple[int, int]:
+        """``(rows, tokens)`` of the largest forward pass any part makes."""
+        return max((part.largest_batch() for part in (self.fit, self.held, self.keep, self.keep_held)
+                    if part is not None), key=lambda shape: shape[0] * shape[1])
 
     def losses(self, model, held: bool = True) -> tuple:
         """``(loss, holdout loss, keep loss, keep holdout loss)`` of ``model`` (``None`` where no examples)."""
@@ -400,7 +417,10 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
                     holdout: Optional[float] = None, progress: bool = False,
                     trust_remote_code: bool = False, adapter_base: Optional[str] = None,
                     keep: Optional[ExampleSource] = None, keep_tolerance: Optional[float] = None,
-                    keep_weight: Optional[float] = None, search_space: str = "models") -> FewShotResult:
+                    keep_weight: Optional[float] = None, search_space: str = "models",
+                    score_dtype: Optional[str] = None, device_map: Optional[str] = None,
+                    max_memory: Union[str, dict, None] = None,
+                    offload_folder: Union[str, os.PathLike, None] = None) -> FewShotResult:
     """Each model's loss on ``examples`` and the weights ``softmax(-loss / temperature)``.
 
     Args:
@@ -429,6 +449,14 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
         keep_weight: instead of a tolerance, the search minimises ``loss + keep_weight * keep loss``.
         search_space: ``"models"`` (one weight per model) or ``"layers:K"`` (K contiguous layer groups,
             each with its own weights; the weights are then per-tensor schedules).
+        score_dtype: the dtype the models run in: ``auto`` (default: the checkpoint's dtype on a GPU,
+            float32 on CPU), ``float32``, ``bfloat16`` or ``float16``; losses are float32 whatever it is.
+        device_map: ``auto``, ``balanced`` or ``sequential``: spread each model over the GPUs, the CPU
+            and disk with accelerate (default: the whole model on ``device``).
+        max_memory: the most memory per device, ``"0=20GiB,cpu=30GiB"`` or ``{0: "20GiB", "cpu": "30GiB"}``:
+            with ``device_map`` what does not fit goes to disk; without it, a run that would not fit is refused.
+        offload_folder: where the temporary folder of disk-offloaded weights is made (default:
+            cocktail's cache folder); it is removed afterwards.
 
     Returns:
         A :class:`FewShotResult`; ``.weights`` are the searched weights with ``search``, else the softmax ones.
@@ -438,7 +466,9 @@ def few_shot_losses(models: Sequence[Union[str, os.PathLike]], examples: Example
                              task=list(task) if isinstance(task, (list, tuple)) else task, seed=seed,
                              device=device, search=search, search_budget=search_budget, holdout=holdout,
                              keep=keep, keep_tolerance=keep_tolerance, keep_weight=keep_weight,
-                             search_space=search_space)
+                             search_space=search_space, score_dtype=score_dtype, device_map=device_map,
+                             max_memory=max_memory,
+                             offload_folder=os.fspath(offload_folder) if offload_folder is not None else None)
     options.check()
     if model_type is not None and model_type not in MODEL_TYPES:
         raise InputError(f"unknown model type {model_type!r} (choose from {', '.join(MODEL_TYPES)})")

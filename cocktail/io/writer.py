@@ -9,43 +9,13 @@ like the one transformers writes.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
 
-from cocktail.errors import InputError, quoted
 from cocktail.io import safetensors_format as st_format
 
 WRITE_BUFFER = 1 << 20  # small tensors (biases, norms) go out together, in writes of up to 1 MiB
-UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-         "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-MAX_SIZE = 2**63 - 1  # the largest file size (off_t)
-
-
-def parse_size(size) -> int:
-    """Bytes in ``5GB`` (10^9, as transformers counts) or ``500MiB``; an integer is a count of bytes.
-
-    A number written without a unit (``"500"``) is refused: 500 bytes is never what was meant."""
-    if isinstance(size, int) and not isinstance(size, bool):
-        value = size
-    else:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(size))
-        if match and not match.group(2):
-            number = match.group(1) if len(match.group(1)) <= 12 else "5"
-            raise InputError(f"shard size {quoted(size)} has no unit: write e.g. {number}MB or {number}GB "
-                             f"(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
-        if not match or match.group(2).upper() not in UNITS:
-            raise InputError(f"invalid shard size {quoted(size)} (examples: 5GB, 500MB, 2GiB)")
-        value = float(match.group(1)) * UNITS[match.group(2).upper()]  # 400 digits: inf, refused below
-    if value > MAX_SIZE:
-        raise InputError(f"shard size {quoted(size)} is larger than a file can be (at most 8 EiB)")
-    value = int(value)
-    if value <= 0:
-        raise InputError(f"shard size must be positive, got {quoted(size)}")
-    return value
-
-
 def plan_shards(entries: list[tuple[str, torch.dtype, tuple]], max_bytes: int) -> list[list]:
     """Split tensors, in order, into shards of at most ``max_bytes`` (a larger tensor gets its own)."""
     shards: list[list] = [[]]

@@ -19,6 +19,7 @@ from cocktail.modeling.loading import embedding_rows, load_tokenizer
 from cocktail.modeling.scorer import PlanScorer
 from cocktail.modeling.skeleton import Skeleton, model_folder
 from cocktail.modeling.text_cut import cut, cut_all, token_lengths
+from cocktail.recipe.scoring import ScoringOptions
 
 POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "xlm-roberta-xl": 2}
 
@@ -31,17 +32,19 @@ class CrossEncoder(PlanScorer):
     """
 
     def __init__(self, plan: Plan, device: Optional[str] = None, batch_size: int = 32, max_length: int = 512,
-                 progress: bool = False, label: Optional[str] = None, trust_remote_code: bool = False):
-        super().__init__(plan, device, batch_size, label, progress)
+                 progress: bool = False, label: Optional[str] = None, trust_remote_code: bool = False,
+                 scoring: Optional[ScoringOptions] = None):
+        super().__init__(plan, device, batch_size, label, progress, scoring)
         first = plan.checkpoints[0]
         self.tokenizer = load_tokenizer(model_folder(plan), "to score pairs", trust_remote_code, embedding_rows(plan))
-        self.skeleton = Skeleton(plan, "reranker", torch.device(self.device), trust_remote_code=trust_remote_code)
-        self.model = self.skeleton.model
         limits = [max_length]
         positions = first.config.get("max_position_embeddings")
         if positions:
             limits.append(positions - POSITION_OFFSET.get(first.config.get("model_type"), 0))
         self.max_length = min(int(x) for x in limits if x)
+        self.skeleton = Skeleton(plan, "reranker", self.placement, trust_remote_code=trust_remote_code,
+                                 largest_batch=(batch_size, self.max_length))
+        self.model = self.skeleton.model
 
     def _query(self, query: str) -> str:
         """The query, cut to 3/4 of the length as FlagReranker cuts it (its tokens, decoded back)."""

@@ -3,8 +3,9 @@
 The pooling comes from the model's sentence-transformers files when it has them (``modules.json``,
 ``1_Pooling/config.json``, ``Dense`` modules, ``sentence_bert_config.json``); a bare transformers
 folder is pooled like BGE: the ``[CLS]`` token. Embeddings are always L2-normalised, so a dot product
-is the cosine similarity. Texts are batched by length (fewer pad tokens), the model runs in float32
-on CUDA when there is one, and passage embeddings are cached by text until the weights change.
+is the cosine similarity. Texts are batched by length (fewer pad tokens), the model runs in its score
+dtype (float32 on CPU) on CUDA when there is one, pooling and scores are float32, and passage
+embeddings are cached by text until the weights change.
 
 The weights go in through the :class:`~cocktail.modeling.skeleton.Skeleton`, as for few-shot losses:
 from one model (:meth:`Encoder.open`) or from an in-memory merge of a plan's models (``sweep``).
@@ -25,6 +26,7 @@ from cocktail.modeling.pooling import Pooling, read_pooling
 from cocktail.modeling.scorer import PlanScorer
 from cocktail.modeling.skeleton import Skeleton, model_folder
 from cocktail.modeling.text_cut import cut_all, token_lengths
+from cocktail.recipe.scoring import ScoringOptions
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "torch.nn.modules.activation.Tanh": torch.tanh,
@@ -49,8 +51,9 @@ class Encoder(PlanScorer):
     modes = ("dense",)  # the retrieval modes it is scored in (bge-m3 has more: modeling/m3.py)
 
     def __init__(self, plan: Plan, device: Optional[str] = None, batch_size: int = 32, max_length: int = 512,
-                 progress: bool = False, label: Optional[str] = None, trust_remote_code: bool = False):
-        super().__init__(plan, device, batch_size, label, progress)
+                 progress: bool = False, label: Optional[str] = None, trust_remote_code: bool = False,
+                 scoring: Optional[ScoringOptions] = None):
+        super().__init__(plan, device, batch_size, label, progress, scoring)
         first = plan.checkpoints[0]
         self.root = first.root
         self.transformer_dir = model_folder(plan)
@@ -64,9 +67,6 @@ class Encoder(PlanScorer):
         if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
             self.tokenizer.pad_token = self.tokenizer.eos_token  # decoders: padding is masked out anyway
         self.tokenizer.padding_side = "right"  # pool() finds the last token of right-padded rows
-        self.skeleton = Skeleton(plan, self.model_type, torch.device(self.device), modules=True,
-                                 trust_remote_code=trust_remote_code)
-        self.model = self.skeleton.model
         limits = [max_length, st.get("max_seq_length")]
         positions = first.config.get("max_position_embeddings")
         if positions:
@@ -74,6 +74,9 @@ class Encoder(PlanScorer):
         if getattr(self.tokenizer, "model_max_length", None) and self.tokenizer.model_max_length < 10**6:
             limits.append(self.tokenizer.model_max_length)
         self.max_length = min(int(x) for x in limits if x)
+        self.skeleton = Skeleton(plan, self.model_type, self.placement, modules=True,
+                                 trust_remote_code=trust_remote_code, largest_batch=(batch_size, self.max_length))
+        self.model = self.skeleton.model
         self._cache: dict[str, torch.Tensor] = {}
 
     def query_text(self, query: str, instruction: Optional[str]) -> str:
@@ -158,7 +161,7 @@ class Encoder(PlanScorer):
                 batch = self.tokenizer([prepared[i] for i in chunk], padding=True, truncation=True,
                                        max_length=self.max_length, return_tensors="pt")
                 batch = {k: v.to(self.device) for k, v in batch.items()}
-                hidden = self.model(**batch).last_hidden_state
+                hidden = self.model(**batch).last_hidden_state.float()  # pooled in float32 whatever the dtype
                 embedded = self.pooling(hidden, batch["attention_mask"])
                 for dense in self.dense:
                     tensors = self.skeleton.modules[dense["path"]]

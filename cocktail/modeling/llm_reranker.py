@@ -24,6 +24,7 @@ from cocktail.modeling.loading import embedding_rows, load_tokenizer, pad_token_
 from cocktail.modeling.scorer import PlanScorer
 from cocktail.modeling.skeleton import Skeleton, model_folder
 from cocktail.modeling.text_cut import cut
+from cocktail.recipe.scoring import ScoringOptions
 
 DEFAULT_PROMPT = ("Given a query A and a passage B, determine whether the passage contains an answer to the query "
                   "by providing a prediction of either 'Yes' or 'No'.")
@@ -101,14 +102,15 @@ class LLMReranker(PlanScorer):
 
     def __init__(self, plan: Plan, device: Optional[str] = None, batch_size: int = PAIR_CHUNK,
                  max_length: int = 512, progress: bool = False, label: Optional[str] = None,
-                 trust_remote_code: bool = False):
-        super().__init__(plan, device, batch_size, label, progress)
+                 trust_remote_code: bool = False, scoring: Optional[ScoringOptions] = None):
+        super().__init__(plan, device, batch_size, label, progress, scoring)
         first = plan.checkpoints[0]
         self.max_length = max_length
         self.tokenizer = load_tokenizer(model_folder(plan), "to score pairs", trust_remote_code, embedding_rows(plan))
         self.yes_id = yes_token(self.tokenizer)
         layerwise_layer(first.config)  # refuse a layerwise head it cannot score before building anything
-        self.skeleton = Skeleton(plan, "llm-reranker", torch.device(self.device), trust_remote_code=trust_remote_code)
+        self.skeleton = Skeleton(plan, "llm-reranker", self.placement, trust_remote_code=trust_remote_code,
+                                 largest_batch=(batch_size, max_length))
         self.model = self.skeleton.model
 
     @torch.inference_mode()

@@ -1,5 +1,6 @@
 """Loading models the way transformers does, with cocktail's checks: the device, the tokenizer,
-float32 weights, and the transformers class for each model type.
+the dtype of the weights, and the transformers class for each model type (where the weights of a
+scored model live, spread by a device map or not, is :mod:`cocktail.modeling.placement`).
 
 No code from a model folder runs unless the user asks for it: every config, tokenizer and model is
 loaded with an explicit ``trust_remote_code`` (``False`` by default, so transformers never asks on
@@ -55,11 +56,12 @@ def resolve_device(name: Optional[str]) -> torch.device:
     return device
 
 
-def float32_kwargs() -> dict:
-    """``from_pretrained`` keyword for float32 weights (``dtype`` since transformers 5, ``torch_dtype`` before)."""
+def dtype_kwargs(dtype: torch.dtype = torch.float32) -> dict:
+    """``from_pretrained`` / ``from_config`` keyword for weights in ``dtype`` (``dtype`` since transformers 5,
+    ``torch_dtype`` before)."""
     import transformers
 
-    return {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch.float32}
+    return {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": dtype}
 
 
 REMOTE_CODE_HINT = "pass --trust-remote-code (trust_remote_code=True from Python) to run it"
@@ -132,10 +134,11 @@ def pad_token_id(tokenizer) -> int:
     return 0
 
 
-def build_model(config, model_type: str, source: str, trust_remote_code: bool = False):
-    """An empty model of ``model_type`` for ``config`` (its weights are filled by the caller)."""
+def build_model(config, model_type: str, source: str, trust_remote_code: bool = False,
+                dtype: torch.dtype = torch.float32):
+    """An empty model of ``model_type`` for ``config``, its parameters in ``dtype`` (filled by the caller)."""
     try:
-        return auto_class(model_type).from_config(config, trust_remote_code=trust_remote_code)
+        return auto_class(model_type).from_config(config, trust_remote_code=trust_remote_code, **dtype_kwargs(dtype))
     except Exception as exc:
         if needs_remote_code(exc):
             raise InputError(f"{source}: its model needs the code in the model folder; {REMOTE_CODE_HINT}") from None

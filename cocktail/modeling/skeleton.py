@@ -5,6 +5,9 @@ Scoring N checkpoints never holds N models: the skeleton is built once from the 
 (``AutoModel`` for an encoder, ``AutoModelForSequenceClassification`` for a reranker,
 ``AutoModelForCausalLM`` for a decoder), then each checkpoint's tensors are streamed into it one at
 a time, matched through the plan's canonical names (so ``bert.encoder...`` and ``encoder...`` meet).
+Where the model lives and in which dtype is its :class:`~cocktail.modeling.placement.Placement`: one
+device, or spread over GPUs, CPU and disk by a device map (a parameter on disk is filled by writing its
+file in the offload folder).
 With ``modules=True`` the weights of the other components (sentence-transformers ``Dense`` modules)
 are kept too, in ``.modules``. Peak memory: the skeleton, plus one tensor (N tensors while filling
 it from a merge).
@@ -13,7 +16,7 @@ it from a merge).
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -22,7 +25,9 @@ from cocktail.io.checkpoints import TRANSFORMER
 from cocktail.merging.engine import merged_tensors
 from cocktail.merging.methods import Method
 from cocktail.merging.plan import MERGE, Plan, canonical_names
+from cocktail.modeling.footprint import check_fits
 from cocktail.modeling.loading import build_model, load_config
+from cocktail.modeling.placement import DiskWeight, Placement
 
 UNUSED = {"encoder": ("pooler.",)}  # parameters no embedding reads may be absent (they are zeroed)
 KEEP_INPUTS_LIMIT = 4 << 30  # keep_inputs() holds the inputs in memory up to this many bytes (float32)
@@ -65,14 +70,20 @@ def model_folder(plan: Plan):
 
 
 class Skeleton:
-    """``Skeleton(plan, model_type, device)``; ``fill_from_checkpoint(i)`` or ``fill_from_merge(...)``,
-    then use ``.model`` (and ``.modules``: ``{component: {name: float32 tensor}}`` with ``modules=True``)."""
+    """``Skeleton(plan, model_type, placement)``; ``fill_from_checkpoint(i)`` or ``fill_from_merge(...)``,
+    then use ``.model`` (and ``.modules``: ``{component: {name: float32 tensor}}`` with ``modules=True``);
+    ``close()`` when done (it removes the offload folder of a model spread to disk).
 
-    def __init__(self, plan: Plan, model_type: str, device: torch.device, modules: bool = False,
-                 trust_remote_code: bool = False):
+    ``placement`` is a :class:`~cocktail.modeling.placement.Placement` (dtype, device map, offload) or
+    just a device (float32 there); ``largest_batch`` is ``(rows, tokens)`` of the largest forward pass the
+    caller will make, for the memory estimate checked before the model is built."""
+
+    def __init__(self, plan: Plan, model_type: str, placement: Union[Placement, torch.device, str],
+                 modules: bool = False, trust_remote_code: bool = False, largest_batch: tuple[int, int] = (1, 1)):
         self.plan = plan
         self.model_type = model_type
-        self.device = device
+        self.placement = placement if isinstance(placement, Placement) else Placement(torch.device(placement))
+        self.device = self.placement.device
         self.with_modules = modules
         self.modules: dict[str, dict[str, torch.Tensor]] = {}
         config = load_config(model_folder(plan), trust_remote_code)
@@ -84,23 +95,37 @@ class Skeleton:
             if getattr(config, "num_labels", 1) != 1:
                 raise InputError(f"{plan.checkpoints[0].source}: a reranker must have one output logit, "
                                  f"its config has num_labels={config.num_labels}")
-        with _skip_random_init():  # every parameter is overwritten (and checked) before use
-            model = build_model(config, model_type, plan.checkpoints[0].source, trust_remote_code)
-        if hasattr(model, "tie_weights"):
-            model.tie_weights()  # tied embeddings (GPT-2's lm_head) share one tensor, as from_pretrained makes them
-        self.model = model.float().to(device).eval()
-        state = self.model.state_dict(keep_vars=True)
+        check_fits(plan, model_type, self.placement, *largest_batch)
+        source = plan.checkpoints[0].source
+
+        def build():
+            with _skip_random_init():  # every parameter is overwritten (and checked) before use
+                return build_model(config, model_type, source, trust_remote_code, self.placement.dtype)
+
+        placed = self.placement.build(build, source)
+        try:
+            self._index(placed, model_type)
+        except BaseException:
+            self.close()
+            raise
+
+    def _index(self, placed, model_type: str) -> None:
+        """Where each tensor of a checkpoint goes: the targets by name, and which parameters must be filled."""
+        self.model = placed.model
+        self._disk = placed.disk  # id(parameter) -> DiskWeight, for the parameters offloaded to disk
+        state = placed.state
         self.prefix = getattr(self.model, "base_model_prefix", None) or None
         mapping, _ = canonical_names(list(state), self.prefix)
         # by canonical name, and by the name as saved: the plan strips a prefix only for the model types it
         # knows, so a model with its own code (``model.layers...``) is matched by its full names
-        self.targets: dict[str, torch.Tensor] = {**{actual: state[actual] for actual in state},
-                                                 **{canonical: state[actual] for canonical, actual in mapping.items()}}
+        self.targets: dict[str, Union[torch.Tensor, DiskWeight]] = {
+            **{actual: state[actual] for actual in state},
+            **{canonical: state[actual] for canonical, actual in mapping.items()}}
         self.names = {canonical: actual for canonical, actual in mapping.items()}
         skip = UNUSED.get(model_type, ())
         groups: dict[int, list[str]] = {}
         params: dict[int, torch.Tensor] = {}
-        for name, param in self.model.named_parameters(remove_duplicate=False):
+        for name, param in placed.parameters:
             groups.setdefault(id(param), []).append(name)
             params[id(param)] = param
         unused = {key for key, names in groups.items() if all(any(n.startswith(s) or f".{s}" in n for s in skip)
@@ -109,6 +134,10 @@ class Skeleton:
         self._unused = {key: params[key] for key in unused}
         self._merge_plan: Optional[Plan] = None
         self.statistics = None  # a data-aware method's StatisticsSet, for fill_from_merge
+
+    def close(self) -> None:
+        """Remove the offload folder of a model spread to disk (nothing to do otherwise)."""
+        self.placement.close()
 
     def _target(self, canonical: str) -> Optional[torch.Tensor]:
         target = self.targets.get(canonical)
@@ -123,6 +152,9 @@ class Skeleton:
         if tuple(target.shape) != tuple(tensor.shape):
             raise InputError(f"{source}: tensor {canonical} has shape {list(tensor.shape)}, but a "
                              f"{self.model_type} built from the first model's config needs {list(target.shape)}")
+        if isinstance(target, DiskWeight):
+            target.write(tensor)
+            return id(target.param)
         with torch.no_grad():
             target.data.copy_(tensor)
         return id(target)
@@ -135,7 +167,11 @@ class Skeleton:
                              f"{few_names(missing)} (is {option('model_type')} right?)")
         with torch.no_grad():
             for key, param in self._unused.items():
-                if key not in filled:
+                if key in filled:
+                    continue
+                if key in self._disk:
+                    self._disk[key].write(torch.zeros(param.shape))
+                else:
                     param.data.zero_()  # never read, but never left as uninitialised memory
 
     def _wanted(self, planned) -> bool:
@@ -171,7 +207,10 @@ class Skeleton:
     def keep_inputs(self, limit_bytes: int = KEEP_INPUTS_LIMIT) -> bool:
         """Hold every input tensor of :attr:`merge_plan` in memory (float32) for the merges that follow,
         when they take at most ``limit_bytes``: a search then merges without re-reading the files.
-        Returns whether they are held."""
+        Returns whether they are held (never for a model spread by a device map: memory is short there,
+        so each merge re-reads the files)."""
+        if self.placement.device_map is not None:
+            return False
         plan = self.merge_plan
         every = plan.checkpoints + ([plan.base] if plan.base is not None else [])
         size = sum(4 * t.nbytes // t.out_dtype.itemsize for t in plan.tensors if t.action == MERGE) * len(every)

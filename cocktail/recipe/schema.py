@@ -20,10 +20,11 @@ from typing import Any, Callable, Optional, Union
 from cocktail.errors import InputError, RecipeError, did_you_mean
 from cocktail.io.checkpoints import looks_like_hub_id
 from cocktail.io.patterns import compile_pattern
-from cocktail.io.writer import parse_size
 from cocktail.merging.methods import METHODS
 from cocktail.merging.schedules import is_number
 from cocktail.recipe.choices import DTYPES, MODEL_TYPES
+from cocktail.recipe.scoring import DEVICE_MAPS, SCORE_DTYPES, parse_memory_caps
+from cocktail.recipe.sizes import parse_size
 from cocktail.recipe.weights_from import KEYS as WEIGHTS_FROM_KEYS
 from cocktail.recipe.weights_from import LAYER_SPACE
 from cocktail.recipe.yaml_lines import SET, KeyPath, key_path
@@ -206,9 +207,20 @@ def _shard_size(value, path, problems):
         problems.add(path, str(exc))
 
 
+def _memory_caps(value, path, problems):
+    try:
+        parse_memory_caps(value)
+    except InputError as exc:
+        problems.add(path, str(exc))
+
+
 #: The check of each key of ``weights_from`` (few-shot weights from examples): one per field of
 #: ``FewShotOptions``, which checks them again, with the examples themselves, when it runs.
 WEIGHTS_FROM_CHECKS: dict[str, Check] = {
+    "score_dtype": _choice(SCORE_DTYPES, nullable=True),
+    "device_map": _choice(DEVICE_MAPS, nullable=True),
+    "max_memory": _memory_caps,
+    "offload_folder": _expect(lambda v: isinstance(v, str) and v.strip() != "", "a folder path", nullable=True),
     "examples": _expect(lambda v: (isinstance(v, str) and v.strip() != "") or
                         (isinstance(v, list) and bool(v) and all(isinstance(e, dict) for e in v)),
                         "a path to a .jsonl file (or a list of examples)"),
@@ -463,4 +475,7 @@ def resolve_paths(data: dict, base_dir: Union[str, os.PathLike]) -> dict:
                 container[key] = resolve_model_path(value, base_dir) if kind == "model" else str(local_path(value, base_dir))
     if data.get("output"):
         data["output"] = str(local_path(data["output"], base_dir))
+    offload = data["weights_from"].get("offload_folder") if isinstance(data.get("weights_from"), dict) else None
+    if isinstance(offload, str) and offload:  # a folder written to, not read: not among READ_PATH_KEYS
+        data["weights_from"]["offload_folder"] = str(local_path(offload, base_dir))
     return data

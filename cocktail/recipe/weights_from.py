@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Optional, Union
 
 from cocktail.errors import InputError, option
+from cocktail.recipe.scoring import ScoringOptions
 
 DEFAULT_SEARCH_BUDGET = 30
 DEFAULT_KEEP_TOLERANCE = 0.05  # the keep loss may rise this much above the best input's (loss units)
@@ -20,8 +21,9 @@ LAYER_SPACE = re.compile(r"layers:(\d+)")
 
 
 @dataclass
-class FewShotOptions:
-    """Everything that defines the few-shot loss and weights (the keys of a recipe's ``weights_from``)."""
+class FewShotOptions(ScoringOptions):
+    """Everything that defines the few-shot loss and weights (the keys of a recipe's ``weights_from``):
+    how the models are run (:class:`ScoringOptions`: ``score_dtype``, ``device_map``, ...), then the rest."""
 
     examples: Any = None  # a path, or a list of example dicts
     temperature: float = 5.0
@@ -58,6 +60,7 @@ class FewShotOptions:
         """Cheap checks of every option (the examples file is read by the few-shot code)."""
         if self.examples is None:
             raise InputError("weights_from: 'examples' is required (a file of examples)")
+        super().check()
 
         def number(name, kind, low, strict=False):
             value = getattr(self, name)
@@ -94,6 +97,11 @@ class FewShotOptions:
         self.layer_groups()
         if self.search_space != "models" and not self.search:
             raise InputError(f"{option('search_space')} {self.search_space} needs {option('search')}")
+
+    @property
+    def scoring(self) -> ScoringOptions:
+        """How the models are run, on its own (for the scorers)."""
+        return ScoringOptions(self.score_dtype, self.device_map, self.max_memory, self.offload_folder)
 
     def layer_groups(self) -> Optional[int]:
         """K of ``search_space: layers:K`` (``None`` for ``models``); a bad value is refused."""

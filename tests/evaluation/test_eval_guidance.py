@@ -46,8 +46,10 @@ def test_eval_says_how_it_scores_each_model_and_where_it_is(tmp_path):
     res = run_cli("eval", "--models", a, b, "--data", tmp_path / "sts.tsv")
     assert res.returncode == 0, res
     lines = res.stderr.splitlines()
-    assert f"eval [1/2] {a}: encoder, pooling cls (default (BGE: [CLS]))" in lines, res
-    assert f"eval [2/2] {b}: encoder, pooling cls (default (BGE: [CLS]))" in lines, res
+    assert f"eval [1/2] {a}: encoder, pooling cls (default (BGE: [CLS])); float32 (auto: float32 on CPU) on cpu" \
+        in lines, res
+    assert f"eval [2/2] {b}: encoder, pooling cls (default (BGE: [CLS])); float32 (auto: float32 on CPU) on cpu" \
+        in lines, res
     assert sum(line.strip() == f"[1/1] {tmp_path / 'sts.tsv'}" for line in lines) == 2, res
     quiet = run_cli("eval", "--models", a, "--data", tmp_path / "sts.tsv", "-q")
     assert quiet.returncode == 0 and quiet.stderr == "", quiet
