@@ -37,7 +37,7 @@ from cocktail.merging.weights import fixed_weights
 from cocktail.modeling.loading import embedding_rows
 from cocktail.recipe.choices import MODEL_TYPES
 from cocktail.recipe.model_type import settle as settle_model_type
-from cocktail.recipe.recipe import Recipe
+from cocktail.recipe.recipe import Recipe, recipe_path
 from cocktail.recipe.sizes import parse_size
 from cocktail.version import __version__
 
@@ -277,7 +277,7 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
         on_warning: Optional[Callable[[str], None]] = None, verify: bool = False,
         objects: Optional[dict] = None, recipe_file: "Optional[str | os.PathLike]" = None,
         trust_remote_code: bool = False) -> MergeResult:
-    """Run ``recipe`` (a Recipe, or the path of a YAML recipe file): check everything, then stream the
+    """Run ``recipe`` (a Recipe, or the path of a YAML recipe file or of a merged folder): check everything, then stream the
     merge into its output folder.
 
     With ``dry_run`` every check runs (inputs, compatibility, weights, output location) and nothing
@@ -289,8 +289,8 @@ def run(recipe: "Recipe | str | os.PathLike", *, force: bool = False, dry_run: b
     recipe file that asks for it is refused without it (a recipe cannot turn it on).
     """
     if isinstance(recipe, (str, os.PathLike)):
-        recipe_file = recipe
-        recipe = Recipe.from_yaml(recipe, trust_remote_code=trust_remote_code)
+        recipe_file = recipe_path(recipe)
+        recipe = Recipe.from_yaml(recipe_file, trust_remote_code=trust_remote_code)
     elif trust_remote_code:
         recipe = replace(recipe, trust_remote_code=True)
     check_recipe(recipe)

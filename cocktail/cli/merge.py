@@ -147,7 +147,7 @@ def inspect_command(models, as_json, adapter_base):
 
 
 @cli.command("run")
-@click.argument("recipe_file", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.argument("recipe_file", metavar="RECIPE", type=click.Path())
 @click.option("--output", "-o", type=click.Path(),
               help="Write here instead of the recipe's output (relative to the current folder).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -163,19 +163,20 @@ def inspect_command(models, as_json, adapter_base):
 @allow_nonfinite_option
 def run_command(recipe_file, output, overrides, verify, force, dry_run, as_json, quiet, trust_remote_code,
                 allow_nonfinite):
-    """Run a YAML recipe file (or a merged folder's cocktail_recipe.yaml).
+    """Run a YAML recipe file (or a merged folder: its cocktail_recipe.yaml).
 
     \b
     cocktail run my.yaml
     cocktail run my.yaml --output ./elsewhere --dry-run
     cocktail run my.yaml --set dtype=float16 --set models.1.weight=0.3
-    cocktail run merged/cocktail_recipe.yaml --output again --verify
+    cocktail run merged --output again --verify      (merged/cocktail_recipe.yaml)
     """
     from cocktail.errors import DOOR
-    from cocktail.recipe.recipe import Recipe
+    from cocktail.recipe.recipe import Recipe, recipe_path
     from cocktail.runner import run
 
     DOOR.set("recipe")  # options the recipe sets are named by their keys (normalize: true)
+    recipe_file = recipe_path(recipe_file)
     recipe = Recipe.from_yaml(recipe_file, overrides, trust_remote_code=trust_remote_code)
     if output:
         recipe.output = os.path.abspath(os.path.expanduser(output))

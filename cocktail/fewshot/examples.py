@@ -1,6 +1,6 @@
 """Few-shot example files: read them, check them, and say exactly what is wrong when they are bad.
 
-Three layouts are read, whatever the file's suffix:
+Three layouts are read, whatever the file's suffix (a gzipped file, ``.jsonl.gz``, is read through gzip):
 
 - JSON Lines: one example object per line (blank lines are skipped);
 - a JSON list of example objects;
@@ -8,12 +8,15 @@ Three layouts are read, whatever the file's suffix:
 
 An example for an ``encoder``, ``reranker``, ``llm-embedder`` or ``llm-reranker`` is ``{"query": str, "pos": [str, ...], "neg": [str, ...]}``
 with an optional ``"prompt"`` (a per-example query instruction, as in FlagEmbedding's training data);
+embedders may leave out ``neg`` (their loss uses the other examples' passages as in-batch negatives),
+rerankers may not (their loss ranks a query's positive against its own negatives);
 for a ``decoder`` it is ``{"input": str, "output": str}``. Other keys (``pos_scores``, ``type``) are
 ignored. Every error names the file, the line (or task and item) and what is wrong.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from dataclasses import dataclass, field
@@ -27,6 +30,9 @@ from cocktail.io.text_lines import bounded_lines
 from cocktail.recipe.choices import MODEL_TYPES
 
 ExampleSource = Union[str, os.PathLike, Sequence[dict], dict]
+GZIP_MAGIC = b"\x1f\x8b"
+MAX_GZIP_BYTES = 256 << 20  # a gzipped examples file unpacks to at most this (a small file can unpack to gigabytes)
+FORMATS = '{"query": ..., "pos": [...], "neg": [...]}; {"input": ..., "output": ...} for decoders'
 
 
 @dataclass(frozen=True)
@@ -109,12 +115,11 @@ def _read_file(path: Path, task) -> tuple[list[tuple[Any, str]], str, list[str]]
     if path.is_dir():
         raise InputError(f"examples file {path} is a folder, not a file")
     try:
-        with open(path, encoding="utf-8") as handle:  # universal newlines, as Path.read_text
-            text = "".join(line for _, line in bounded_lines(handle, path))
+        text = _read_text(path)
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise InputError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
     stripped = text.lstrip("\ufeff \t\r\n")
     if not stripped:
         raise InputError(f"{path}: the examples file is empty")
@@ -143,6 +148,23 @@ def _read_file(path: Path, task) -> tuple[list[tuple[Any, str]], str, list[str]]
     return _read_jsonl(text, path), label, []
 
 
+def _read_text(path: Path) -> str:
+    """The file's text (a gzipped file's unpacked, at most ``MAX_GZIP_BYTES`` of it), read a bounded line
+    at a time (see :func:`~cocktail.io.text_lines.bounded_lines`), with universal newlines."""
+    with open(path, "rb") as f:
+        packed = f.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+    opened = gzip.open(path, "rt", encoding="utf-8") if packed else open(path, encoding="utf-8")
+    parts, size = [], 0
+    with opened as handle:
+        for _, line in bounded_lines(handle, path):
+            size += len(line)
+            if packed and size > MAX_GZIP_BYTES:
+                raise InputError(f"{path}: unpacks to more than {MAX_GZIP_BYTES >> 20} MiB, too much for few-shot "
+                                 "examples")
+            parts.append(line)
+    return "".join(parts)
+
+
 def _parse_whole(text: str, path: Path) -> Any:
     try:
         return json_input.loads(text)
@@ -161,6 +183,10 @@ def _read_jsonl(text: str, path: Path) -> list[tuple[Any, str]]:
         try:
             items.append((json_input.loads(line), f"{path.name} line {number}"))
         except json.JSONDecodeError as exc:
+            if "\t" in line or path.suffix.lower() in (".tsv", ".csv", ".txt"):
+                raise InputError(f"{path} line {number}: not JSON; examples are JSON Lines, one object per line "
+                                 f"({FORMATS}), or a JSON list of them, not {path.suffix or 'tab-separated'} "
+                                 "text") from None
             raise InputError(f"{path} line {number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
         except JSONLimitError as exc:
             raise InputError(f"{path} line {number}: JSON cocktail does not read: {exc}") from None
@@ -298,8 +324,12 @@ def _check(item: Any, where: str, model_type: str) -> Example:
     pos = _strings(item, "pos", where)
     if not pos:
         raise InputError(f"{where}: 'pos' is empty (give at least one positive passage)")
-    neg = _strings(item, "neg", where)
-    if model_type in ("reranker", "llm-reranker") and not neg:
+    needs_negatives = model_type in ("reranker", "llm-reranker")
+    if "neg" not in item and needs_negatives:
+        raise InputError(f"{where}: missing field 'neg' (a {model_type}'s loss ranks each query's positive "
+                         "against its own negatives; an embedder's can do without, using in-batch negatives)")
+    neg = _strings(item, "neg", where) if "neg" in item else ()
+    if needs_negatives and not neg:
         raise InputError(f"{where}: 'neg' is empty (a reranker's loss needs at least one negative per query)")
     prompt = _string(item, "prompt", where, required=False)
     return Example(where, query=query, pos=pos, neg=neg, prompt=prompt)

@@ -13,9 +13,20 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 from cocktail.errors import InputError, RecipeError
-from cocktail.io.provenance import dump_yaml
+from cocktail.io.provenance import RECIPE_FILE, dump_yaml
 from cocktail.recipe import mergekit_config, schema
 from cocktail.recipe.yaml_lines import apply_override, parse_yaml
+
+
+def recipe_path(path: Union[str, os.PathLike]) -> Path:
+    """The recipe file ``path`` names: the file itself, or a merged folder's ``cocktail_recipe.yaml``."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        if not (path / RECIPE_FILE).is_file():
+            raise RecipeError(f"{path} is a folder without a {RECIPE_FILE}: give a recipe file, or a folder "
+                              f"cocktail merged into (it holds the recipe it was made with)")
+        return path / RECIPE_FILE
+    return path
 
 
 @dataclass
@@ -128,9 +139,9 @@ class Recipe:
     @classmethod
     def from_yaml(cls, path: Union[str, os.PathLike], overrides: Iterable[str] = (),
                   trust_remote_code: bool = False) -> "Recipe":
-        """Read and check the recipe file ``path``; relative paths in it are relative to its folder.
-        A mergekit config is read as mergekit reads it (``mergekit_config.py``; its paths relative to the
-        current folder).
+        """Read and check the recipe file ``path`` (or a merged folder's ``cocktail_recipe.yaml``); relative
+        paths in it are relative to its folder. A mergekit config is read as mergekit reads it
+        (``mergekit_config.py``; its paths relative to the current folder).
 
         ``overrides`` are ``KEY.PATH=VALUE`` strings (``models.1.weight=0.3``), applied before the checks.
         A recipe cannot turn on a model folder's code: one that says ``trust_remote_code: true`` is
@@ -138,7 +149,7 @@ class Recipe:
         it the recipe runs trusted whatever it says.
         Raises :class:`~cocktail.errors.RecipeError` naming the key path and line of every problem.
         """
-        path = Path(path).expanduser()
+        path = recipe_path(path)
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -156,7 +167,7 @@ class Recipe:
         if mergekit_config.is_mergekit_config(data):  # read as mergekit reads it, then checked as a recipe
             data, lines = mergekit_config.recipe_data(data, source), {}
         for assignment in [overrides] if isinstance(overrides, str) else overrides:
-            data = apply_override(data, lines, assignment)
+            data = apply_override(data, lines, assignment, schema.TOP_LEVEL_KEYS)
         schema.check(data, lines, base_dir, source)
         schema.check_remote_code(data, lines, source, allowed=trust_remote_code)
         recipe = cls.from_dict(schema.resolve_paths(data, base_dir))

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from cocktail.errors import InputError, RecipeError, did_you_mean
+from cocktail.errors import InputError, RecipeError, did_you_mean, few_names, quoted
 from cocktail.io.checkpoints import looks_like_hub_id
 from cocktail.io.patterns import compile_pattern
 from cocktail.merging.methods import METHODS
@@ -87,7 +87,7 @@ class Problems:
                 break
         if line == SET:
             where = f"{self.source}: {key_path(path)} (from --set)"
-        elif line is not None and path:
+        elif line is not None:
             where = f"{self.source}:{line}: {key_path(path)}"
         else:
             where = f"{self.source}: {key_path(path)}"
@@ -135,12 +135,23 @@ def _choice(choices, nullable: bool = False) -> Check:
 
 
 def _mapping_keys(value: dict, path: KeyPath, allowed, problems: Problems) -> None:
+    """Every key of ``value`` is one of ``allowed``: one unknown key is a problem of its own (with a
+    did-you-mean); several are one problem that lists them and the allowed keys once."""
+    unknown = []
     for key in value:
         if not isinstance(key, str):
             problems.add(path + (key,), f"keys must be strings, got {_describe(key)}")
         elif key not in allowed:
-            problems.add(path + (key,), f"unknown key; {did_you_mean(key, allowed)}"
-                                        f"expected one of {', '.join(allowed)}")
+            unknown.append(key)
+    if len(unknown) == 1:
+        problems.add(path + (unknown[0],), f"unknown key; {did_you_mean(unknown[0], allowed)}"
+                                           f"expected one of {', '.join(allowed)}")
+    elif unknown:
+        hints = {key: did_you_mean(key, allowed).strip() for key in unknown}
+        named = [f"{quoted(key)} ({hints[key]})" for key in unknown if hints[key]]  # typos first
+        named += [quoted(key) for key in unknown if not hints[key]]
+        problems.add(path, f"{len(unknown)} unknown keys: {few_names(named)}; expected keys among "
+                           f"{', '.join(allowed)}", at=path + (unknown[0],))
 
 
 def _check_regex(value: Any, path: KeyPath, problems: Problems) -> None:
@@ -311,6 +322,12 @@ def check(data: Any, lines: dict, base_dir: Union[str, os.PathLike], source: str
     if not isinstance(data, dict):
         problems.add((), "a recipe is a mapping of keys (models, merge_method, output, ...), got "
                          + _describe(data))
+        problems.raise_any()
+    unknown = [key for key in data if key not in TOP_LEVEL_KEYS]
+    if "models" not in data and len(unknown) > len(data) - len(unknown):  # a config.json, an examples file, ...
+        problems.add((), f"not a cocktail recipe: it has no models: and {len(unknown)} keys a recipe does not have "
+                         f"({few_names(quoted(k) for k in unknown)}); a recipe lists models: (and merge_method, "
+                         "output, ...; see 'Recipes' in the README)", at=(unknown[0],))
         problems.raise_any()
     checks = _top_level_checks()
     _mapping_keys(data, (), TOP_LEVEL_KEYS, problems)

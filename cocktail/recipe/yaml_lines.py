@@ -8,7 +8,7 @@ Each key path (``("models", 1, "weight")``) maps to its line, so every check can
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -97,8 +97,11 @@ def _index_lines(node, path: KeyPath, lines: dict, duplicates: list, source: str
             _index_lines(item, path + (i,), lines, duplicates, source)
 
 
-def apply_override(data: Any, lines: dict, assignment: str) -> dict:
-    """Apply one ``KEY.PATH=VALUE`` (the value read as YAML) to the recipe data; returns the data."""
+def apply_override(data: Any, lines: dict, assignment: str, keys: Sequence[str] = ()) -> dict:
+    """Apply one ``KEY.PATH=VALUE`` (the value read as YAML) to the recipe data; returns the data.
+    A first key not among ``keys`` (the recipe's top-level keys, when given) is set whole, whatever path
+    follows it, so the schema check reports it as an unknown key, with a did-you-mean (``modls.1.weight``
+    would otherwise fail as an index past the end of a new list)."""
     key, sep, raw = assignment.partition("=")
     if not sep or not key.strip():
         raise RecipeError(f"--set {assignment}: expected KEY=VALUE (e.g. --set dtype=float16, --set models.1.weight=0.3)")
@@ -110,6 +113,8 @@ def apply_override(data: Any, lines: dict, assignment: str) -> dict:
         raise RecipeError(f"--set {key}: the value {quoted(raw)} is not valid YAML ({problem})") from None
     if not isinstance(data, dict):
         data = {}
+    if keys and parts[0] not in keys:
+        parts = parts[:1]
     container: Any = data
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1

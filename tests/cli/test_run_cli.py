@@ -238,6 +238,25 @@ def test_shipped_recipe_runs_on_tiny_models(name, tmp_path):
     assert [m.weight for m in written.models] == weights
 
 
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_recipe_runs_where_it_lies_with_only_its_folders_set(name, tmp_path):
+    """As the README says: point a shipped recipe at your folders with ``--set`` and absolute paths, without
+    copying it: its models, its base_model and its examples file are the only paths to set."""
+    data = yaml.safe_load((RECIPES / name).read_text())
+    model_class = {"reranker": "BertForSequenceClassification"}.get(data.get("model_type"), "BertModel")
+    sets = []
+    for i, _ in enumerate(data["models"]):
+        sets.append(f"models.{i}.path={make_bert(tmp_path / f'm{i}', seed=i + 1, model_class=model_class)}")
+    if data.get("base_model"):
+        sets.append(f"base_model={make_bert(tmp_path / 'base', seed=9, model_class=model_class)}")
+    if data.get("weights_from"):
+        examples_jsonl(tmp_path / "few.jsonl")
+        sets.append(f"weights_from.examples={tmp_path / 'few.jsonl'}")
+    result = run_cli("run", RECIPES / name, *[arg for s in sets for arg in ("--set", s)], "--output",
+                     tmp_path / "out", "--dry-run", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result
+
+
 def test_set_adds_a_model_with_its_weight_as_the_readme_says(project):
     c = make_bert(project / "models" / "c", seed=3)
     recipe = project / "recipes" / "merge.yaml"

@@ -64,7 +64,7 @@ def test_the_shipped_example_file_is_valid():
     ([json.dumps({"query": "q", "pos": [], "neg": []})], r"line 1: 'pos' is empty"),
     ([json.dumps({"query": "q", "pos": "p", "neg": []})], r"line 1: field 'pos' must be a list of strings, not a single"),
     ([json.dumps({"query": "q", "pos": ["p", 5], "neg": []})], r"line 1: pos\[1\] must be a string, not a number"),
-    ([json.dumps({"query": "q", "pos": ["p"]})], r"line 1: missing field 'neg'"),
+    ([json.dumps({"query": "q", "pos": ["p"], "neg": "n"})], r"line 1: field 'neg' must be a list of strings"),
     ([json.dumps(GOOD), '{"query": "q", "pos": ["p"],'], r"few\.jsonl line 2: invalid JSON"),
     ([json.dumps(GOOD), "[1, 2]"], r"line 2: an example must be a JSON object, not a list"),
     ([json.dumps({"input": "a", "output": "b"})], r"line 1: missing field 'query' .*looks like a decoder example"),
