@@ -131,3 +131,51 @@ def test_encoder_takes_weights_saved_with_the_base_model_prefix(tmp_path):
     save_file(tensors, str(prefixed / "model.safetensors"))
     expected = Encoder.open(str(other), device="cpu").encode(SENTENCES)
     torch.testing.assert_close(Encoder.open(str(prefixed), device="cpu").encode(SENTENCES), expected, atol=1e-6, rtol=0)
+
+
+DATA_AWARE_EXAMPLES = [{"query": "the cat", "pos": ["a red cat"], "neg": ["the sea", "one two"]},
+                       {"query": "a dog", "pos": ["the blue dog runs"], "neg": ["a gene"]}]
+KEEP_EXAMPLES = [{"query": "science paper", "pos": ["a protein and a gene"], "neg": ["the cat is red"]}]
+
+
+def data_aware_inputs(tmp_path):
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(e) for e in DATA_AWARE_EXAMPLES) + "\n")
+    (tmp_path / "k.jsonl").write_text("\n".join(json.dumps(e) for e in KEEP_EXAMPLES) + "\n")
+    return tmp_path / "t.jsonl", tmp_path / "k.jsonl"
+
+
+@pytest.mark.parametrize("method", ["regmean", "fisher"])
+def test_a_data_aware_encoder_merge_loads_in_sentence_transformers_as_bge_embeds(tmp_path, method):
+    """A RegMean / Fisher merge is an ordinary output: sentence-transformers loads it and embeds as BGE's
+    recipe does, and it is not the linear average at the same weights (the statistics moved it)."""
+    a = make_bert(tmp_path / "a", seed=1)
+    b = make_bert(tmp_path / "b", seed=2)
+    target, keep = data_aware_inputs(tmp_path)
+    out = tmp_path / "fitted"
+    cocktail.merge([a, b], [0.5, 0.5], out, method=method, base=b, examples=target, keep=keep)
+    cocktail.merge([a, b], [0.5, 0.5], tmp_path / "linear")
+    expected = bge_recipe(out, SENTENCES)
+    model = sentence_transformers.SentenceTransformer(str(out), device="cpu")
+    st = model.encode(SENTENCES, convert_to_tensor=True, normalize_embeddings=True).cpu()
+    torch.testing.assert_close(st, expected, atol=1e-5, rtol=0)
+    assert (expected - bge_recipe(tmp_path / "linear", SENTENCES)).abs().max() > 1e-4
+
+
+def test_a_regmean_reranker_merge_loads_in_cross_encoder(tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    a = make_bert(tmp_path / "a", seed=1, model_class="BertForSequenceClassification")
+    b = make_bert(tmp_path / "b", seed=2, model_class="BertForSequenceClassification")
+    target, keep = data_aware_inputs(tmp_path)
+    out = tmp_path / "fitted"
+    cocktail.merge([a, b], [0.5, 0.5], out, model_type="reranker", method="regmean", base=b, examples=target,
+                   keep=keep)
+    pairs = [("red cat", "the cat is red"), ("blue dog", "one two three")]
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    model = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
+    with torch.no_grad():
+        encoded = tokenizer([q for q, _ in pairs], [p for _, p in pairs], padding=True, return_tensors="pt")
+        logits = model(**encoded).logits.view(-1)
+    cross = sentence_transformers.CrossEncoder(str(out), device="cpu")
+    scores = torch.as_tensor(cross.predict(pairs, activation_fn=torch.nn.Identity()))
+    torch.testing.assert_close(scores.float(), logits, atol=1e-5, rtol=0)
