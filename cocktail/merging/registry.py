@@ -141,9 +141,9 @@ def parameter_problem(name: str, value: float, method: str = "") -> Optional[str
         return f"must be in (0, 1] (the fraction of each difference kept), got {value:g}"
     if name == "t" and method in UNIT_T + ("",) and not 0 <= value <= 1:
         return f"must be in [0, 1] (0 gives the first model, 1 the second), got {value:g}"
-    if name == "alpha" and method == "regmean" and not 0 <= value <= 1:
+    if name == "alpha" and method in ("regmean", "") and not 0 <= value <= 1:
         return f"must be in [0, 1] (the share of the Gram matrices' off-diagonal entries kept), got {value:g}"
-    if name == "epsilon" and method == "fisher":
+    if name == "epsilon" and method in ("fisher", ""):
         return None if value > 0 else f"must be more than 0 (the floor added to every Fisher entry), got {value:g}"
     if name in ("gamma", "epsilon", "select_topk") and not 0 <= value <= 1:
         return f"must be in [0, 1], got {value:g}"

@@ -260,14 +260,24 @@ def _at(values: list, t: float) -> Any:
     return (1 - (scaled - low)) * values[low] + (scaled - low) * values[high]
 
 
+def _both(a: str, b: str) -> str:
+    """A pattern found in a name that holds both ``a`` and ``b`` (RE2, which matches filters, has no lookahead)."""
+    return f"(?:{a}).*(?:{b})|(?:{b}).*(?:{a})"
+
+
 def _where(layer: Optional[int], pattern: Optional[str], embedding: Optional[bool] = None) -> str:
-    """A filter for the tensors of ``layer`` (``None``: of no layer; then ``embedding`` True or False: only
-    those before the layers, or after) whose name matches ``pattern``."""
-    within = f"(?=.*{pattern})" if pattern else ""
+    """A filter for the tensors of ``layer`` whose name matches ``pattern``; ``layer`` None: a tensor of no
+    layer (``embedding`` True: before the layers). The first entry found wins, so the tensors outside the
+    layers need no "not a layer" condition: the layer entries come first and take every layer's tensors
+    (:func:`_per_layer` asks each slice's settings to end in a catch-all), and the entries before the
+    layers come before those after them."""
     if layer is not None:
-        return f"^(?=.*{LAYER.pattern.replace(LAYER_NUMBER, str(layer))}){within}"
-    side = "" if embedding is None else (f"(?=.*{EMBEDDING})" if embedding else f"(?!.*{EMBEDDING})")
-    return f"^(?!.*{LAYER.pattern}){side}{within}"
+        layer_pattern = LAYER.pattern.replace(LAYER_NUMBER, str(layer))
+        return _both(layer_pattern, pattern) if pattern else layer_pattern
+    side = EMBEDDING if embedding else ""
+    if side and pattern:
+        return _both(side, pattern)
+    return side or pattern or "^"
 
 
 def _per_layer(chains: list[tuple[Slice, list[dict]]], source: str) -> Any:
@@ -287,7 +297,12 @@ def _per_layer(chains: list[tuple[Slice, list[dict]]], source: str) -> Any:
     sides = [(None, first)] if first == last else [(True, first), (False, last)]
     entries += [{"filter": _where(None, e.get("filter"), side), "value": e["value"]} for side, chain in sides
                 for e in chain]
+    if not any(chain for _, chain in chains):  # no slice sets it: the method's default
+        return None
     complete = all(chain and "filter" not in chain[-1] for _, chain in chains)
+    if not complete and len(chains) > 1:
+        raise _refuse(source, "slices whose parameters hold only filtered entries (no entry without a filter) "
+                              "cannot be expressed as one cocktail schedule: give each slice's parameter a default")
     values = {json.dumps(e["value"]) for e in entries}
     if complete and len(values) == 1:  # one value for every tensor
         return entries[0]["value"]

@@ -47,6 +47,10 @@ def recipe_reading(key: str, a: Path, b: Path, out: Path, tmp_path: Path) -> dic
         recipe["weights_from"] = {"examples": str(examples(out / "few.jsonl"))}
     elif key == "weights_from.keep":
         recipe["weights_from"] = {**few, "keep": str(examples(out / "keep.jsonl"))}
+    elif key == "models.*.examples":  # a data-aware merge: each model's statistics from its own examples
+        recipe["merge_method"] = "regmean"
+        recipe["models"][0]["examples"] = str(examples(out / "own.jsonl"))
+        recipe["models"][1]["examples"] = few["examples"]
     return recipe
 
 
@@ -55,7 +59,7 @@ KEYS = [".".join(map(str, pattern)) for pattern, _, _ in READ_PATH_KEYS]
 
 def test_every_key_that_names_a_path_is_tried():
     assert KEYS == ["models.*.path", "models.*.base", "base_model", "config_from", "weights_from.examples",
-                    "weights_from.keep"], "a new key that names a path: add its case to recipe_reading()"
+                    "weights_from.keep", "models.*.examples"], "a new key that names a path: add its case to recipe_reading()"
 
 
 @pytest.mark.parametrize("key", KEYS)

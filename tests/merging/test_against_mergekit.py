@@ -243,7 +243,7 @@ CONFIGS = {  # mergekit config forms, with "{a}"-style model placeholders
         "      - {{model: {a}, layer_range: [0, 2], parameters: {{weight: [1.0, 0.2], density: 0.6}}}}\n"
         "      - {{model: {b}, layer_range: [0, 2], parameters: {{weight: 0.5}}}}\n"
         "      - {{model: {base}, layer_range: [0, 2]}}\n"
-        "    parameters: {{density: [0.3, 0.9]}}\n"
+        "    parameters: {{density: [0.3, 0.9], lambda: 1.0}}\n"
         "  - sources:\n"
         "      - {{model: {a}, layer_range: [2, 4], parameters: {{weight: 0.7}}}}\n"
         "      - {{model: {b}, layer_range: [2, 4], parameters: {{weight: [{{filter: self_attn, value: [0.1, 0.9]}}, "
@@ -353,3 +353,20 @@ def test_the_recipe_written_beside_a_mergekit_merge_reruns_to_the_same_bytes(lla
     run(again)
     first, second = read_folder_tensors(tmp_path / "first"), read_folder_tensors(tmp_path / "again")
     assert set(first) == set(second) and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_slices_where_one_leaves_a_parameter_unset_are_refused_in_one_line(llamas, tmp_path):
+    """Filters are matched by RE2 (no lookahead), so the tensors outside the layers cannot say "not a layer":
+    a slice that leaves a parameter to the method's default cannot be written as one schedule."""
+    config = tmp_path / "mergekit.yml"
+    config.write_text(("slices:\n"
+                       "  - sources:\n"
+                       "      - {{model: {a}, layer_range: [0, 2], parameters: {{weight: 1.0}}}}\n"
+                       "      - {{model: {base}, layer_range: [0, 2]}}\n"
+                       "  - sources:\n"
+                       "      - {{model: {a}, layer_range: [2, 4], parameters: {{weight: 1.0}}}}\n"
+                       "      - {{model: {base}, layer_range: [2, 4]}}\n"
+                       "    parameters: {{lambda: 1.5}}\n"
+                       "merge_method: task_arithmetic\nbase_model: {base}\ndtype: float32\n").format(**llamas))
+    with pytest.raises(RecipeError, match="give each slice's parameter a default"):
+        Recipe.from_yaml(config)
