@@ -258,7 +258,7 @@ def test_per_tensor_weights_must_sum_to_one_per_tensor(berts, tmp_path):
 
 
 def test_weight_filters_without_default_must_cover_every_tensor(berts, tmp_path):
-    with pytest.raises(cocktail.CocktailError, match=r"models\[1\]\.weight: no entry matches tensor \S+; add a default"):
+    with pytest.raises(cocktail.CocktailError, match=r"(models\[1\]\.weight|weights\[1\]): no entry matches tensor \S+; add a default"):
         cocktail.merge([berts["a"], berts["b"]], [[{"value": 0.5}], [{"filter": "encoder", "value": 0.5}]],
                        tmp_path / "out")
 
@@ -277,7 +277,7 @@ def test_per_tensor_parameter_with_filter(berts, tmp_path):
 
 def test_unused_weight_filter_warns_through_the_api(berts, tmp_path):
     weights = [[{"filter": "classifier", "value": 1.0}, {"value": 0.5}], 0.5]
-    with pytest.warns(CocktailWarning, match=r"models\[0\]\.weight\[0\]\.filter 'classifier' is never used"):
+    with pytest.warns(CocktailWarning, match=r"(models\[0\]\.weight|weights\[0\])\[0\]\.filter 'classifier' is never used"):
         cocktail.merge([berts["a"], berts["b"]], weights, tmp_path / "out")
 
 

@@ -244,14 +244,18 @@ def test_shipped_recipe_runs_where_it_lies_with_only_its_folders_set(name, tmp_p
     copying it: its models, its base_model and its examples file are the only paths to set."""
     data = yaml.safe_load((RECIPES / name).read_text())
     model_class = {"reranker": "BertForSequenceClassification"}.get(data.get("model_type"), "BertModel")
-    sets = []
-    for i, _ in enumerate(data["models"]):
-        sets.append(f"models.{i}.path={make_bert(tmp_path / f'm{i}', seed=i + 1, model_class=model_class)}")
-    if data.get("base_model"):
-        sets.append(f"base_model={make_bert(tmp_path / 'base', seed=9, model_class=model_class)}")
-    if data.get("weights_from"):
-        examples_jsonl(tmp_path / "few.jsonl")
-        sets.append(f"weights_from.examples={tmp_path / 'few.jsonl'}")
+    sets, made = [], {}
+    for i, entry in enumerate(data["models"]):
+        made[entry["path"] if isinstance(entry, dict) else entry] = folder = make_bert(
+            tmp_path / f"m{i}", seed=i + 1, model_class=model_class)
+        sets.append(f"models.{i}.path={folder}")
+    if data.get("base_model"):  # one of the models (RegMean's keep examples feed it), or a folder of its own
+        base = made.get(data["base_model"]) or make_bert(tmp_path / "base", seed=9, model_class=model_class)
+        sets.append(f"base_model={base}")
+    for key in ("examples", "keep"):  # the examples files
+        if (data.get("weights_from") or {}).get(key):
+            examples_jsonl(tmp_path / f"{key}.jsonl")
+            sets.append(f"weights_from.{key}={tmp_path / f'{key}.jsonl'}")
     result = run_cli("run", RECIPES / name, *[arg for s in sets for arg in ("--set", s)], "--output",
                      tmp_path / "out", "--dry-run", "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result

@@ -424,7 +424,8 @@ def test_ctrl_c_in_eval_keeps_the_scores_of_the_models_finished_before(tmp_path)
            "HF_MODULES_CACHE": str(tmp_path / "modules")}
     proc = subprocess.Popen([sys.executable, "-m", "cocktail", "eval", "-m", first, slow, "--data", sts,
                              "--trust-remote-code"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # not inherited ignored
     try:
         while not marker.exists() and proc.poll() is None:  # the second model has started encoding
             time.sleep(0.2)

@@ -127,7 +127,8 @@ def test_the_offload_folder_is_removed_after_ctrl_c(tmp_path):
     command = [sys.executable, "-m", "cocktail", "weights", "--models", *models, "--model-type", "llm-reranker",
                "--examples", str(write_examples(tmp_path)), "--device", "cpu", "--device-map", "auto",
                "--max-memory", SMALL_CPU, "--offload-folder", str(parent), "--search", "--search-budget", "100000"]
-    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env) as process:
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env,
+                          preexec_fn=default_sigint) as process:
         for line in process.stderr:  # the notice says the weights are on disk: the losses and search are to come
             if "offload folder" in line:  # (the search converges in a few merges: later, it may be done first)
                 break
@@ -274,3 +275,9 @@ def test_a_device_map_without_accelerate_says_how_to_get_it(tmp_path):
                                                                  "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2, result.stderr
     assert "error: --device-map auto needs the accelerate package: pip install 'cocktail[big]'" in result.stderr
+
+
+def default_sigint() -> None:
+    """In the child: Ctrl-C as a terminal delivers it, even where this test runs with SIGINT ignored
+    (a background job), which the child would inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
