@@ -97,11 +97,11 @@ def fine_tune(base: Path, pairs: list[tuple[str, str]], output: Path, instructio
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from cocktail.modeling.loading import float32_kwargs
+    from cocktail.modeling.loading import dtype_kwargs
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(str(base))
-    model = AutoModel.from_pretrained(str(base), **float32_kwargs())
+    model = AutoModel.from_pretrained(str(base), **dtype_kwargs())
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.01)
     warmup = max(1, settings.train_steps // 10)
