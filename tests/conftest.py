@@ -85,6 +85,19 @@ def make_bert(folder, seed: int = 0, model_class: str = "BertModel", dtype=torch
     return folder
 
 
+
+def make_remote_code_model(folder, seed: int, name: str, code: str) -> Path:
+    """A tiny BERT whose config asks for its own code: ``auto_map`` -> ``NAME.py`` (holding ``code``, which
+    defines ``<Name>Config`` and ``<Name>Model``), model type ``<name>bert``."""
+    folder = make_bert(folder, seed=seed)
+    title = name.capitalize()
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type=f"{name}bert", architectures=[f"{title}Model"],
+                  auto_map={"AutoConfig": f"{name}.{title}Config", "AutoModel": f"{name}.{title}Model"})
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / f"{name}.py").write_text(code)
+    return folder
+
 def make_xlmr(folder, seed: int = 0) -> Path:
     from transformers import XLMRobertaConfig, XLMRobertaModel
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, make_bert, run_cli, shared_data
+from conftest import REPO, make_bert, make_remote_code_model, run_cli, shared_data
 
 from cocktail.evaluation.datasets import DataError, RetrievalSet, STSSet, load_dataset
 from cocktail.evaluation.metrics import average_ranks, mrr_at_k, ndcg_at_k, recall_at_k, retrieval_scores, spearman
@@ -407,13 +407,7 @@ class SlowModel(BertModel):
 
 def make_slow_model(folder: Path) -> Path:
     """A tiny BERT whose own code (``auto_map``, run with ``--trust-remote-code``) waits in its forward."""
-    make_bert(folder, seed=3)
-    config = json.loads((folder / "config.json").read_text())
-    config.update(model_type="slowbert", architectures=["SlowModel"],
-                  auto_map={"AutoConfig": "slow.SlowConfig", "AutoModel": "slow.SlowModel"})
-    (folder / "config.json").write_text(json.dumps(config))
-    (folder / "slow.py").write_text(SLOW)
-    return folder
+    return make_remote_code_model(folder, 3, "slow", SLOW)
 
 
 def test_ctrl_c_in_eval_keeps_the_scores_of_the_models_finished_before(tmp_path):

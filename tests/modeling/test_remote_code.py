@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_bert, run_cli
+from conftest import make_bert, make_remote_code_model, run_cli
 
 EVIL = '''
 import os
@@ -28,13 +28,7 @@ class EvilModel(BertModel):
 
 def make_custom_code_model(folder: Path, seed: int) -> Path:
     """A tiny BERT whose config asks for its own code (``auto_map`` -> ``evil.py``)."""
-    make_bert(folder, seed=seed)
-    config = json.loads((folder / "config.json").read_text())
-    config.update(model_type="evilbert", architectures=["EvilModel"],
-                  auto_map={"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"})
-    (folder / "config.json").write_text(json.dumps(config))
-    (folder / "evil.py").write_text(EVIL)
-    return folder
+    return make_remote_code_model(folder, seed, "evil", EVIL)
 
 
 @pytest.fixture
