@@ -54,7 +54,8 @@ def adapter_base_option(fn):
 
 def parse_parameter(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` -> ``(key, value)``: a number, a comma list of numbers (a gradient over layers),
-    JSON (``[...]`` or ``{...}``, e.g. filter entries), or else the text itself."""
+    true or false (a bool, as the recipe then records it), JSON (``[...]`` or ``{...}``, e.g. filter
+    entries), or else the text itself."""
     key, sep, raw = text.partition("=")
     key, raw = key.strip(), raw.strip()
     if not sep or not key:
@@ -67,6 +68,8 @@ def parse_parameter(text: str) -> tuple[str, object]:
             return key, json_input.integer(raw) if re.fullmatch(r"-?\d+", raw) else float(raw)
         except ValueError as exc:
             raise click.BadParameter(f"{key}: {exc}", param_hint="'--param'") from None
+    if raw.lower() in ("true", "false"):
+        return key, raw.lower() == "true"
     parts = [p.strip() for p in raw.split(",")]
     if len(parts) > 1 and all(NUMBER.match(p) for p in parts):
         return key, [float(p) for p in parts]

@@ -91,6 +91,10 @@ class ModelStatistics:
         """The name the planned tensor's statistics have here (``None``: it has none)."""
         return planned.canonical if planned.canonical in self.parameters else None
 
+    def norm(self) -> float:
+        """The L2 norm of all these statistics together (one read of the file, a tensor at a time)."""
+        return _l2_norm(self.read(name)[0] for name in self.parameters)
+
     def read(self, canonical: str) -> Optional[tuple[torch.Tensor, bool]]:
         """``(statistics, transposed)`` of the parameter ``canonical`` (``None`` when it has none);
         ``transposed``: the weight is stored out×in."""
@@ -118,6 +122,13 @@ class StatisticsSet:
         self.notes = list(notes or [])
         self.provenance = provenance or {}
         self._cleanup = cleanup  # a temporary folder of statistics (no cache): removed on close
+        self._norms: Optional[list[float]] = None
+
+    def norms(self) -> list[float]:
+        """Each model's L2 norm of all its statistics (computed on the first call)."""
+        if self._norms is None:
+            self._norms = [model.norm() for model in self.models]
+        return self._norms
 
     def for_tensor(self, planned) -> Optional[tuple[list[torch.Tensor], bool]]:
         """Each model's statistics of the planned tensor and whether its weight is out×in; ``None``
@@ -157,5 +168,16 @@ class MemoryStatistics:
     def read(self, name: str) -> tuple[torch.Tensor, bool]:
         return self.tensors[name], True
 
+    def norm(self) -> float:
+        return _l2_norm(self.tensors.values())
+
     def close(self) -> None:
         pass
+
+
+def _l2_norm(tensors) -> float:
+    """The L2 norm of all ``tensors`` together, summed in float64."""
+    total = 0.0
+    for tensor in tensors:
+        total += float(tensor.to(torch.float64).square().sum())
+    return total ** 0.5

@@ -22,6 +22,10 @@ linearly, with the same weights.
   ``θ* = Σ w_i (F_i + ε) θ_i / Σ w_i (F_i + ε)``, with F_i model i's diagonal Fisher (the mean over
   its examples of the squared per-example gradient of its own loss) and ε a floor, so entries that no
   model's loss moves (F = 0 everywhere) are averaged linearly, and equal Fishers give the linear average.
+  With ``normalize_fisher`` each model's Fisher is first divided by its L2 norm over all its tensors
+  (as fusion_bench and MergeLM do by default), so a model whose loss is steeper everywhere (a
+  fine-tune on its own training loss, against a base on general examples) does not take over every
+  entry: only where each model's Fisher is relatively large counts.
 
 Weights must be non-negative (a negative weight would make ``Σ w_i G_i`` indefinite). The methods are
 registered by name in ``methods.py``, like the others.
@@ -35,6 +39,7 @@ import torch
 
 DEFAULT_ALPHA = 0.9  # the share of each Gram matrix's off-diagonal entries kept
 DEFAULT_FISHER_FLOOR = 1e-12  # ε added to every model's Fisher before the weighted mean
+DEFAULT_NORMALIZE_FISHER = False  # True: each model's Fisher divided by its L2 norm over all tensors
 RIDGE_START = 1e-8  # the first ridge tried, relative to the mean diagonal of Σ w_i G̃_i
 RIDGE_GROWTH = 100.0
 RIDGE_TRIES = 6
@@ -113,3 +118,9 @@ def fisher_mean(tensors: Sequence[torch.Tensor], fishers: Sequence[torch.Tensor]
         numerator.addcmul_(share, tensor.to(torch.float64))
         denominator.add_(share)
     return numerator.div_(denominator)
+
+
+def normalized_fishers(fishers: Sequence[torch.Tensor], norms: Sequence[float]) -> list[torch.Tensor]:
+    """Each model's Fisher of one tensor divided by that model's L2 norm over all its tensors (a model
+    whose Fisher is zero everywhere is left as it is: the floor ε then averages it linearly)."""
+    return [fisher / norm if norm > 0 else fisher for fisher, norm in zip(fishers, norms)]

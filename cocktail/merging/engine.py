@@ -102,6 +102,8 @@ def tensor_statistics(statistics, planned: PlannedTensor, ridged: Optional[list]
     extra = {"statistics": tensors}
     if statistics.kind == "gram":
         extra.update(transposed=transposed, ridged=ridged, name=planned.name)
+    else:
+        extra["norms"] = statistics.norms  # each model's Fisher norm, computed only when a merge asks
     return extra
 
 

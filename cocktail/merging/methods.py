@@ -14,12 +14,20 @@ sets it is documented (README, "Merge methods").
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
+from cocktail.errors import InputError
 from cocktail.merging import selective, spherical  # noqa: F401  (registers their methods)
-from cocktail.merging.data_aware import DEFAULT_ALPHA, DEFAULT_FISHER_FLOOR, fisher_mean, regmean_solve
+from cocktail.merging.data_aware import (
+    DEFAULT_ALPHA,
+    DEFAULT_FISHER_FLOOR,
+    DEFAULT_NORMALIZE_FISHER,
+    fisher_mean,
+    normalized_fishers,
+    regmean_solve,
+)
 from cocktail.merging.registry import (  # noqa: F401  (the registry's names, as this module always offered them)
     METHODS,
     REQUIRED,
@@ -260,10 +268,16 @@ def regmean(tensors: Sequence[torch.Tensor], weights: Sequence[float], base=None
     return merged.to(tensors[0].dtype)
 
 
-@register("fisher", nonnegative_weights=True, statistics="fisher", epsilon=DEFAULT_FISHER_FLOOR)
+@register("fisher", nonnegative_weights=True, statistics="fisher", epsilon=DEFAULT_FISHER_FLOOR,
+          normalize_fisher=DEFAULT_NORMALIZE_FISHER)
 def fisher(tensors: Sequence[torch.Tensor], weights: Sequence[float], base=None, *, epsilon: float,
-           statistics: Optional[Sequence[torch.Tensor]] = None, **_) -> torch.Tensor:
+           normalize_fisher: bool, statistics: Optional[Sequence[torch.Tensor]] = None,
+           norms: Optional[Callable[[], Sequence[float]]] = None, **_) -> torch.Tensor:
     """Fisher merging: each entry averaged with weights w_i times model i's diagonal Fisher (Matena & Raffel 2022)."""
     if statistics is None:
         return weighted_sum(tensors, weights)
+    if normalize_fisher:
+        if norms is None:
+            raise InputError("normalize_fisher needs each model's whole Fisher, not one tensor's")
+        statistics = normalized_fishers(statistics, norms())
     return fisher_mean(tensors, statistics, weights, epsilon).to(tensors[0].dtype)

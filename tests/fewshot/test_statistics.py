@@ -241,6 +241,38 @@ def test_merge_state_dicts_takes_the_statistics_in_memory():
     assert torch.allclose(merged["dense.bias"], 0.5 * models[0]["dense.bias"] + 0.5 * models[1]["dense.bias"])
 
 
+def test_merge_state_dicts_normalizes_each_models_fisher_by_its_norm_over_every_tensor():
+    from cocktail import merge_state_dicts
+
+    gen = torch.Generator().manual_seed(0)
+    models = [{"dense.weight": torch.randn(3, 4, generator=gen), "dense.bias": torch.randn(3, generator=gen)}
+              for _ in range(2)]
+    fishers = [{name: torch.rand(t.shape, generator=gen) * scale for name, t in m.items()}
+               for m, scale in zip(models, (50.0, 1.0))]
+    merged = merge_state_dicts(models, [0.5, 0.5], method="fisher", normalize_fisher=True, statistics=fishers)
+    norms = [sum(float(f.double().square().sum()) for f in fisher.values()) ** 0.5 for fisher in fishers]
+    for name in models[0]:
+        shares = [fisher[name].double() / n + 1e-12 for fisher, n in zip(fishers, norms)]
+        expected = sum(s * m[name].double() for s, m in zip(shares, models)) / sum(shares)
+        assert torch.allclose(merged[name].double(), expected, rtol=1e-5, atol=1e-6), name
+
+
+def test_normalized_fisher_merge_from_the_command_line_uses_each_models_whole_fisher(ft_and_base):
+    result = merge_cli(ft_and_base, "--method", "fisher", "--param", "normalize_fisher=true", "--output", "out")
+    assert result.returncode == 0, result
+    f_ft = cocktail_statistics(ft_and_base / "ft", TARGET, "fisher")
+    f_base = cocktail_statistics(ft_and_base / "base", EXAMPLES, "fisher")
+    norms = [sum(float(t.double().square().sum()) for t in f.values()) ** 0.5 for f in (f_ft, f_base)]
+    ft, base = read_folder_tensors(ft_and_base / "ft"), read_folder_tensors(ft_and_base / "base")
+    merged = read_folder_tensors(ft_and_base / "out")
+    name = "encoder.layer.1.attention.self.query.weight"
+    shares = [f[name].double() / n + 1e-12 for f, n in zip((f_ft, f_base), norms)]
+    expected = (shares[0] * ft[name].double() + shares[1] * base[name].double()) / (shares[0] + shares[1])
+    assert torch.allclose(merged[name].double(), expected, rtol=1e-4, atol=1e-6)
+    recipe = yaml.safe_load((ft_and_base / "out" / "cocktail_recipe.yaml").read_text())
+    assert recipe["parameters"]["normalize_fisher"] is True
+
+
 def test_state_dicts_cannot_be_run_on_examples():
     import cocktail
     from cocktail.errors import InputError

@@ -157,6 +157,38 @@ def test_fisher_entry_one_model_cares_about_follows_that_model():
     assert torch.allclose(merged, torch.tensor([1.0, 3.0], dtype=torch.float64), atol=1e-9)
 
 
+def test_normalized_fisher_divides_each_models_fisher_by_its_norm_over_all_tensors():
+    thetas = [rand(4, 3, seed=1), rand(4, 3, seed=2)]
+    fishers = [rand(4, 3, seed=4).abs(), rand(4, 3, seed=5).abs()]
+    norms = [7.0, 0.25]  # each model's norm over every tensor, not only this one
+    expected = (sum(w * (f / n + 1e-12) * t for w, f, n, t in zip([0.4, 0.6], fishers, norms, thetas))
+                / sum(w * (f / n + 1e-12) for w, f, n in zip([0.4, 0.6], fishers, norms)))
+    merged = get_method("fisher")(thetas, [0.4, 0.6], statistics=fishers, normalize_fisher=True, norms=lambda: norms)
+    assert torch.allclose(merged, expected, rtol=1e-12)
+
+
+def test_normalized_fisher_is_blind_to_one_models_fisher_being_steeper_everywhere():
+    """A fine-tune on its own loss can have a Fisher many times the base's everywhere: without
+    normalize_fisher it takes over every entry, with it only the Fishers' shapes count."""
+    thetas = [rand(4, 3, seed=1), rand(4, 3, seed=2)]
+    shape = rand(4, 3, seed=4).abs()
+    fisher = get_method("fisher")
+    steep = [shape * 1000, shape.clone()]
+    plain = fisher(thetas, [0.5, 0.5], statistics=steep)
+    normalized = fisher(thetas, [0.5, 0.5], statistics=steep, normalize_fisher=True,
+                        norms=lambda: [float(f.norm()) for f in steep])
+    assert torch.allclose(plain, thetas[0], atol=1e-2 * float(thetas[1].abs().max()))
+    assert torch.allclose(normalized, 0.5 * thetas[0] + 0.5 * thetas[1], rtol=1e-12)
+
+
+def test_normalized_fisher_needs_the_whole_models_norms():
+    from cocktail.errors import InputError
+
+    thetas = [rand(2, seed=1), rand(2, seed=2)]
+    with pytest.raises(InputError, match="normalize_fisher"):
+        get_method("fisher")(thetas, [0.5, 0.5], statistics=[t.abs() for t in thetas], normalize_fisher=True)
+
+
 @pytest.mark.parametrize("name, value", [("alpha", 1.5), ("alpha", -0.1), ("epsilon", 0.0)])
 def test_out_of_range_parameters_are_refused(name, value):
     from cocktail.merging.methods import parameter_problem

@@ -375,9 +375,9 @@ def test_merge_help_names_every_method():
     ("t=0,0.5,1", ("t", [0.0, 0.5, 1.0])),
     ('density=[{"filter": "embeddings", "value": 1}, {"value": 0.5}]',
      ("density", [{"filter": "embeddings", "value": 1}, {"value": 0.5}])),
-    ("mode=fast", ("mode", "fast")),
+    ("mode=fast", ("mode", "fast")), ("normalize=false", ("normalize", False)), ("normalize=True", ("normalize", True)),
 ])
-def test_param_values_are_parsed_as_numbers_lists_or_json(text, expected):
+def test_param_values_are_parsed_as_numbers_lists_bools_or_json(text, expected):
     from cocktail.cli.options import parse_parameter
 
     assert parse_parameter(text) == expected
