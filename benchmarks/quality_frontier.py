@@ -14,7 +14,8 @@ Reproduces the measurement of issue 15 on the data in ../shared/data:
    hypotheses of the same premise rated a point or more less related) at tolerance 0.002, with the
    linear search and K = 2, 3; and the data-aware merges, the fine-tune's statistics on the target
    examples and the base's on the easy keep set: RegMean at fine-tune weight 0.5, 0.7, 0.85 (alpha
-   0.9) and at 0.5 / 0.5 with alpha 0.1 and 0.5, Fisher at 0.5 / 0.5, and RegMean's weights searched
+   0.9) and at 0.5 / 0.5 with alpha 0.1 and 0.5, Fisher at 0.5 / 0.5, Fisher with each model's Fisher
+   normalized (``normalize_fisher``) at 0.5 / 0.5 and 0.85 / 0.15, and RegMean's weights searched
    against the graded keep set (which then feeds the base's statistics) (``--rows '^(regmean|fisher)'``);
 3. score every model with its own mean pooling on SciFact test (300 queries, the full 5,183-document
    corpus, nDCG@10 x 100), STS-B test and SICK test (Spearman x 100);
@@ -90,11 +91,13 @@ class Settings:
     regmean_alpha: float = 0.9
     regmean_alphas: tuple = (0.1, 0.5)  # other alphas, at weights 0.5 / 0.5
     fisher: tuple = (0.5,)
+    fisher_normalized: tuple = (0.5, 0.85)  # Fisher with each model's Fisher divided by its norm
 
 
 QUICK = Settings(epochs=1, batch_size=8, query_length=32, passage_length=64, train_queries=24, test_queries=16,
                  distractors=200, sts_pairs=64, examples=6, keep=6, negatives=2, budget=3, per_group=1,
-                 linear=(0.5, 0.7), groups=(2,), graded_groups=(2,), regmean=(0.5,), regmean_alphas=(0.1,))
+                 linear=(0.5, 0.7), groups=(2,), graded_groups=(2,), regmean=(0.5,), regmean_alphas=(0.1,),
+                 fisher_normalized=(0.5,))
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -269,6 +272,9 @@ def merge_specs(tuned: Path, base: Path, target: Path, keep: Path, graded: Path,
             "--param", f"alpha={alpha:g}", "--weights", 0.5, 0.5)
     for w in settings.fisher:
         add(f"fisher {w:g} / {1 - w:g}", "fixed", *data_aware, "--method", "fisher", "--weights", w, 1 - w)
+    for w in settings.fisher_normalized:
+        add(f"fisher {w:g} / {1 - w:g}, normalized", "fixed", *data_aware, "--method", "fisher",
+            "--param", "normalize_fisher=true", "--weights", w, 1 - w)
     # the RegMean merge's weights searched against the graded keep set (which also feeds the base's statistics)
     add(f"regmean alpha {settings.regmean_alpha:g}, search + graded keep", "searched", *few, *graded_args, "--base",
         base, "--method", "regmean", "--param", f"alpha={settings.regmean_alpha:g}", "--search", "--search-budget",
