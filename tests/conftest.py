@@ -281,24 +281,60 @@ def shared_data(relative: str = "") -> Path:
 
 
 class CliResult:
-    def __init__(self, proc: subprocess.CompletedProcess):
-        self.returncode = proc.returncode
-        self.stdout = proc.stdout
-        self.stderr = proc.stderr
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+    @property
+    def line(self) -> str:
+        """stderr as one stripped string (a refusal's one ``error:`` line)."""
+        return self.stderr.strip()
 
     def __repr__(self):
         return f"CliResult(rc={self.returncode}, stdout={self.stdout[-2000:]!r}, stderr={self.stderr[-2000:]!r})"
 
 
-def run_cli(*args, cwd=None, env=None, stdin=None) -> CliResult:
-    """Run ``cocktail ARGS`` in a fresh interpreter, as a user would (this checkout's code); ``stdin``
-    is what the user would type (default: nothing to read)."""
-    full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
-    full_env.update(env or {})
-    proc = subprocess.run([sys.executable, "-m", "cocktail", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=full_env, timeout=600, input=stdin if stdin is not None else "")
-    return CliResult(proc)
+def run_cli(*args, cwd=None, env=None, stdin=None, fresh_process: bool = False) -> CliResult:
+    """Run ``cocktail ARGS`` as a user would: exit code, stdout and stderr. ``stdin`` is what the user
+    would type (default: nothing to read).
+
+    It runs in this process, through the same entry point as the command (``cli.main``: the one-line
+    errors, exit codes and warnings), because a fresh interpreter costs seconds of imports and the
+    suite makes hundreds of calls. A fresh interpreter is used with ``fresh_process`` (signals, what
+    a process does at exit) and whenever ``env`` is given: some settings are read once, at import."""
+    if fresh_process or env is not None:
+        full_env = dict(os.environ)
+        full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+        full_env.update(env or {})
+        proc = subprocess.run([sys.executable, "-m", "cocktail", *map(str, args)], capture_output=True, text=True,
+                              cwd=cwd, env=full_env, timeout=600, input=stdin if stdin is not None else "")
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+    return run_in_process(args, cwd=cwd, stdin=stdin)
+
+
+def run_in_process(args, cwd=None, stdin=None) -> CliResult:
+    """``cocktail ARGS`` in this process: what :func:`run_cli` does unless it needs a fresh interpreter.
+
+    Python's warnings registry is fresh for each call (a warning an earlier call gave is shown again),
+    and the working folder is ``cwd`` for the call only."""
+    import warnings
+
+    from click.testing import CliRunner
+
+    from cocktail.cli import cli as cocktail_cli
+
+    old = os.getcwd()
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        try:
+            if cwd is not None:
+                os.chdir(cwd)
+            result = CliRunner().invoke(cocktail_cli, [str(a) for a in args], input=stdin if stdin is not None else "",
+                                        catch_exceptions=True)
+        finally:
+            os.chdir(old)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return CliResult(result.exit_code, result.stdout, result.stderr)
 
 
 @pytest.fixture

@@ -98,7 +98,8 @@ def test_every_error_is_one_line_exit_2_and_nothing_written(tmp_path, cli, case)
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_debug_shows_the_traceback_before_or_after_the_command(tmp_path, cli, where):
     args = ["merge", "--models", tmp_path / "nope", tmp_path / "nope2", "-o", tmp_path / "out"]
-    res = cli(*(["--debug", *args] if where == "before" else [*args, "--debug"]))
+    # a fresh process: the traceback is what the interpreter prints of the exception --debug lets through
+    res = cli(*(["--debug", *args] if where == "before" else [*args, "--debug"]), fresh_process=True)
     assert res.returncode != 0 and "Traceback" in res.stderr and "InputError" in res.stderr, res
 
 

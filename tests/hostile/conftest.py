@@ -9,10 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from conftest import make_bert
-
-from cocktail.cli import cli as cocktail_cli
+from conftest import make_bert, run_in_process
 
 
 def tree_hashes(*paths) -> dict[str, str]:
@@ -32,36 +29,13 @@ def tree_hashes(*paths) -> dict[str, str]:
     return hashes
 
 
-class Refusal:
-    def __init__(self, exit_code: int, stdout: str, stderr: str):
-        self.exit_code, self.stdout, self.stderr = exit_code, stdout, stderr
-        self.line = stderr.strip()
-
-    def __repr__(self):
-        return f"Refusal(rc={self.exit_code}, stdout={self.stdout[-1500:]!r}, stderr={self.stderr[-1500:]!r})"
-
-
-def run_in_process(args, cwd=None) -> Refusal:
-    """``cocktail ARGS`` in this process (a subprocess costs seconds): exit code, stdout, stderr."""
-    old = os.getcwd()
-    try:
-        if cwd is not None:
-            os.chdir(cwd)
-        result = CliRunner().invoke(cocktail_cli, [str(a) for a in args], catch_exceptions=True)
-    finally:
-        os.chdir(old)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return Refusal(result.exit_code, result.stdout, result.stderr)
-
-
-def refuse(args, *, inputs=(), outputs=(), cwd=None, contains: str = "") -> Refusal:
+def refuse(args, *, inputs=(), outputs=(), cwd=None, contains: str = ""):
     """Run ``cocktail ARGS`` and assert a refusal: exit 2, exactly one ``error:`` line on stderr (holding
     ``contains``), every input's bytes unchanged, no output (nor a temporary folder beside it)."""
     before = tree_hashes(*inputs)
     result = run_in_process(args, cwd)
     lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 2, result
+    assert result.returncode == 2, result
     assert len(lines) == 1 and lines[0].startswith("error: ") and "unexpected" not in lines[0], result
     assert contains in lines[0], result
     assert tree_hashes(*inputs) == before, "an input changed"

@@ -23,7 +23,7 @@ def examples(path: Path) -> Path:
 
 def previous_output(a, b, tmp_path) -> Path:
     out = tmp_path / "out"
-    assert run_in_process(["merge", "--models", a, b, "-o", out, "--quiet"]).exit_code == 0
+    assert run_in_process(["merge", "--models", a, b, "-o", out, "--quiet"]).returncode == 0
     return out
 
 

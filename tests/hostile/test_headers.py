@@ -197,4 +197,4 @@ def test_a_malformed_header_is_one_error_line(models, tmp_path, case):
     weights.write_bytes(new)
     out = tmp_path / "out"
     result = refuse(["merge", "--models", a, b, "-o", out, "--quiet"], inputs=[a, b], outputs=[out], contains=expected)
-    assert str(weights) in result.line
+    assert str(weights) in result.stderr.strip()

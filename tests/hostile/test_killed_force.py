@@ -39,7 +39,7 @@ def killed_merge(a, b, out, moment: str) -> None:
 def replaced_cleanly(a, b, out: Path) -> None:
     """After the clean-up, ``--force`` replaces the output as usual and leaves nothing beside it."""
     result = run_in_process(["merge", "--models", a, b, "--weights", "0.3", "0.7", "-o", out, "--force", "--quiet"])
-    assert result.exit_code == 0, result
+    assert result.returncode == 0, result
     assert "0.3" in (out / "cocktail_recipe.yaml").read_text()
     assert sorted(p.name for p in out.parent.iterdir()) == ["A", "B", "out"]
 
@@ -47,7 +47,7 @@ def replaced_cleanly(a, b, out: Path) -> None:
 def test_killed_after_moving_the_old_output_aside_the_next_run_puts_it_back(models, tmp_path):
     a, b = models
     out = tmp_path / "out"
-    assert run_in_process(["merge", "--models", a, b, "-o", out, "--quiet"]).exit_code == 0
+    assert run_in_process(["merge", "--models", a, b, "-o", out, "--quiet"]).returncode == 0
     previous = {Path(p).relative_to(out).as_posix(): h for p, h in tree_hashes(out).items()}
     killed_merge(a, b, out, "after the old output was moved aside")
     assert not out.exists()  # the moment the issue describes: no out, the old one renamed beside it
@@ -64,7 +64,7 @@ def test_killed_after_moving_the_old_output_aside_the_next_run_puts_it_back(mode
 def test_killed_while_removing_the_old_output_the_next_run_finishes(models, tmp_path):
     a, b = models
     out = tmp_path / "out"
-    assert run_in_process(["merge", "--models", a, b, "-o", out, "--quiet"]).exit_code == 0
+    assert run_in_process(["merge", "--models", a, b, "-o", out, "--quiet"]).returncode == 0
     killed_merge(a, b, out, "while the old output is removed")
     assert "0.9" in (out / "cocktail_recipe.yaml").read_text()  # the new one is in place
     assert any(p.name.startswith(".out.old-") for p in tmp_path.iterdir())
@@ -80,10 +80,10 @@ def test_a_replaced_output_is_never_put_back(models, tmp_path):
     removes what is left of the old one instead of putting it back in its place."""
     a, b = models
     out = tmp_path / "out"
-    assert run_in_process(["merge", "--models", a, b, "-o", out, "--quiet"]).exit_code == 0
+    assert run_in_process(["merge", "--models", a, b, "-o", out, "--quiet"]).returncode == 0
     killed_merge(a, b, out, "while the old output is removed")
     shutil.rmtree(out)
     result = run_in_process(["merge", "--models", a, b, "--weights", "0.3", "0.7", "-o", out, "--quiet"])
-    assert result.exit_code == 0, result
+    assert result.returncode == 0, result
     assert "0.3" in (out / "cocktail_recipe.yaml").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["A", "B", "out"]

@@ -88,7 +88,7 @@ def test_a_model_card_through_a_symlink_out_is_not_read(models, tmp_path):
     (a / "README.md").write_text(f"---\nbase_model: org/{SECRET}\nlicense: mit\n---\n# A\n")
     move_out(a, "README.md", tmp_path / "outside")
     result = run_in_process(["merge", "--models", a, b, "-o", tmp_path / "out", "--quiet"])
-    assert result.exit_code == 0, result
+    assert result.returncode == 0, result
     assert "warning:" in result.stderr and "README.md" in result.stderr and "outside the model folder" in result.stderr
     assert SECRET not in (tmp_path / "out" / "README.md").read_text()
 
@@ -96,7 +96,7 @@ def test_a_model_card_through_a_symlink_out_is_not_read(models, tmp_path):
 def test_verify_hashes_no_file_its_provenance_names_outside(models, tmp_path):
     a, b = models
     out = tmp_path / "out"
-    assert run_in_process(["merge", "--models", a, b, "-o", out, "--quiet"]).exit_code == 0
+    assert run_in_process(["merge", "--models", a, b, "-o", out, "--quiet"]).returncode == 0
     (tmp_path / "outside").mkdir()
     secret = tmp_path / "outside" / "secret.txt"
     secret.write_text(SECRET)
@@ -141,12 +141,12 @@ def test_a_hub_cache_snapshot_with_modules_a_shard_index_and_a_card_works(tmp_pa
     before = tree_hashes(cache)
     out = tmp_path / "out"
     result = run_in_process(["merge", "--models", a, b, "--weights", "1", "0", "-o", out, "--quiet"])
-    assert result.exit_code == 0 and "warning" not in result.stderr, result
+    assert result.returncode == 0 and "warning" not in result.stderr, result
     merged, original = read_folder_tensors(out), read_folder_tensors(built[0])
     assert merged.keys() == original.keys() and all(merged[k].equal(original[k]) for k in original)
     assert json.loads((out / "1_Pooling" / "config.json").read_text())["pooling_mode_cls_token"] is True
     assert "org/base-model" in (out / "README.md").read_text() and "license: mit" in (out / "README.md").read_text()
-    assert run_in_process(["inspect", a]).exit_code == 0
+    assert run_in_process(["inspect", a]).returncode == 0
     result = run_in_process(["run", out / "cocktail_recipe.yaml", "--verify", "-o", tmp_path / "again", "--quiet"])
-    assert result.exit_code == 0, result
+    assert result.returncode == 0, result
     assert tree_hashes(cache) == before

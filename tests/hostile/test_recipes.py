@@ -51,7 +51,7 @@ def test_a_model_card_with_deep_nesting_or_aliases_is_ignored(models, tmp_path):
     (a / "README.md").write_text("---\nlicense: " + "[" * 3000 + "]" * 3000 + "\n---\nA card.\n")
     (b / "README.md").write_text("---\n" + BOMB + "---\nA card.\n")
     result = run_in_process(["merge", "--models", a, b, "-o", tmp_path / "out", "--quiet"])
-    assert result.exit_code == 0, result
+    assert result.returncode == 0, result
 
 
 def door_case(case, a, b):
@@ -74,7 +74,7 @@ def test_cocktail_recipe_refuses_what_cocktail_run_refuses(models, tmp_path, cas
     assert printed.stdout == ""
     recipe = tmp_path / "r.yaml"
     ok = run_in_process(["recipe", "--models", a, b, "--output", tmp_path / "out"], cwd=tmp_path)
-    assert ok.exit_code == 0, ok
+    assert ok.returncode == 0, ok
     recipe.write_text(ok.stdout)
     args = {"weights sum to 1.2": ["--set", "models.0.weight=0.6", "--set", "models.1.weight=0.6"],
             "negative weight with ties": ["--set", "models.0.weight=-0.5", "--set", "models.1.weight=1.5",
@@ -110,4 +110,4 @@ def test_inspect_never_calls_mergeable_what_merge_refuses(models, tmp_path, case
     spoil_for_inspect(case, a)
     refuse(["merge", "--models", a, b, "-o", tmp_path / "out", "--quiet"], inputs=[a, b], outputs=[tmp_path / "out"])
     inspected = run_in_process(["inspect", a, b])
-    assert inspected.exit_code != 0 and "mergeable: yes" not in inspected.stdout, inspected
+    assert inspected.returncode != 0 and "mergeable: yes" not in inspected.stdout, inspected

@@ -40,7 +40,7 @@ def marked_by_a_process_now_gone(folder: Path) -> Path:
 def merges(a, b, out, *extra):
     for force in ([], ["--force"]):  # the first run makes the output, the second replaces it
         result = run_in_process(["merge", "--models", a, b, "-o", out, "--quiet", *force, *extra])
-        assert result.exit_code == 0, result
+        assert result.returncode == 0, result
 
 
 def test_an_input_named_like_a_temporary_folder_is_never_deleted(models, tmp_path):
