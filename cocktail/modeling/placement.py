@@ -38,7 +38,7 @@ from cocktail.recipe.sizes import show_size
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 OFFLOAD_PREFIX = "cocktail-offload-"
-ACCELERATE_HINT = "pip install 'cocktail[big]' (or pip install accelerate)"
+ACCELERATE_HINT = "pip install 'cocktail-merge[big]' (or pip install accelerate)"
 
 
 def checkpoint_dtype(config: dict) -> torch.dtype:

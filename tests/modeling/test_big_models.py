@@ -274,7 +274,7 @@ def test_a_device_map_without_accelerate_says_how_to_get_it(tmp_path):
                             capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
                                                                  "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2, result.stderr
-    assert "error: --device-map auto needs the accelerate package: pip install 'cocktail[big]'" in result.stderr
+    assert "error: --device-map auto needs the accelerate package: pip install 'cocktail-merge[big]'" in result.stderr
 
 
 def default_sigint() -> None:
