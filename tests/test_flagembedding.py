@@ -83,6 +83,33 @@ def test_flag_model_loads_a_merged_bge_as_the_hand_computed_merge(tmp_path, flag
     torch.testing.assert_close(got, expected, **TOL)
 
 
+def test_flag_model_loads_a_regmean_merge_as_transformers_runs_it(tmp_path, flag):
+    """A data-aware merge is a checkpoint like any other: FlagModel embeds with its weights, which are
+    not the linear average."""
+    import json
+
+    from transformers import AutoModel, AutoTokenizer
+
+    a, b = make_bert(tmp_path / "a", seed=1), make_bert(tmp_path / "b", seed=2)
+    examples = tmp_path / "few.jsonl"
+    examples.write_text("".join(json.dumps({"query": q, "pos": [p], "neg": [n]}) + "\n" for q, p, n in
+                                [("red cat", "the red cat is fast", "a big dog"),
+                                 ("protein", "science paper on protein and gene", "the cat")]))
+    out = tmp_path / "regmean"
+    result = run_cli("merge", "--models", a, b, "--base", b, "--method", "regmean", "--examples", examples,
+                     "--keep", examples, "-o", out, "--quiet")
+    assert result.returncode == 0, result
+    got = torch.from_numpy(flag.FlagModel(str(out), use_fp16=False, devices="cpu").encode(TEXTS))
+    model = AutoModel.from_pretrained(str(out)).eval()
+    batch = AutoTokenizer.from_pretrained(str(out))(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(model(**batch).last_hidden_state[:, 0], dim=-1)
+    torch.testing.assert_close(got, expected, **TOL)
+    name = "encoder.layer.0.attention.self.query.weight"
+    ta, tb, merged = read_folder_tensors(a), read_folder_tensors(b), read_folder_tensors(out)
+    assert not torch.allclose(merged[name], 0.5 * ta[name] + 0.5 * tb[name], atol=1e-4)
+
+
 def m3_by_hand(a, b, texts):
     """dense, lexical weights and ColBERT vectors of the hand-merged tiny bge-m3, as BGEM3FlagModel defines them."""
     from transformers import AutoTokenizer
