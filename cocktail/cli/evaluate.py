@@ -83,8 +83,9 @@ def sweep_command(models, steps, plot, frontier_plot, examples, temperature, mod
 
     if len(models) != 2:
         raise click.UsageError(f"--models takes exactly 2 models, got {len(models)}")
-    check_png_option("--plot", plot)
-    check_png_option("--frontier-plot", frontier_plot)
+    inputs = [*models, *data, examples, keep, base]
+    check_png_option("--plot", plot, inputs)
+    check_png_option("--frontier-plot", frontier_plot, inputs)
     if frontier_plot and len(data) < 2:
         raise click.UsageError("--frontier-plot needs at least 2 --data sets: the target first, then general ones")
     if mode and not (plot or frontier_plot):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Optional
+from typing import Optional, Sequence
 
 import click
 
@@ -172,8 +172,9 @@ def weights_from_options(values: dict) -> Optional[dict]:
     return given
 
 
-def check_png_option(name: str, path: Optional[str]) -> None:
-    """Before the long part: a plot option names a .png file in an existing folder, and matplotlib is there."""
+def check_png_option(name: str, path: Optional[str], inputs: Sequence = ()) -> None:
+    """Before the long part: a plot option names a .png file in an existing folder, outside every one of
+    ``inputs`` (model folders and data files: cocktail never writes into an input), and matplotlib is there."""
     if not path:
         return
     if not path.lower().endswith(".png"):
@@ -182,6 +183,20 @@ def check_png_option(name: str, path: Optional[str]) -> None:
     folder = os.path.dirname(os.path.abspath(os.path.expanduser(path)))
     if not os.path.isdir(folder):
         raise click.UsageError(f"{name}: folder {folder} does not exist")
+    from pathlib import Path
+
+    from cocktail.io.containment import container, within
+
+    for given in inputs:
+        local = Path(os.path.expanduser(str(given))) if given else None
+        if local is None or not local.exists():
+            continue  # a hub id: nothing of it lies on this disk where a plot could go
+        if local.is_dir() and within(Path(folder), container(local)):
+            raise click.UsageError(f"{name} {path} lies inside the input {given}: cocktail never writes into an "
+                                   "input; give a path elsewhere")
+        if not local.is_dir() and os.path.realpath(os.path.join(folder, os.path.basename(path))) == \
+                os.path.realpath(local):
+            raise click.UsageError(f"{name} {path} is the input {given}: give a path elsewhere")
     try:
         import matplotlib  # noqa: F401
     except ImportError:

@@ -45,7 +45,7 @@ def weights_command(models, model_type, as_json, quiet, plot, trust_remote_code,
         raise click.UsageError("missing option '--examples'")
     if plot and not (options.get("search") and options.get("keep")):
         raise click.UsageError("--plot needs --search and --keep (it draws keep loss against target loss)")
-    check_png_option("--plot", plot)
+    check_png_option("--plot", plot, [*models, options["examples"], options.get("keep"), adapter_base])
     settings = {k: options.get(k, getattr(DEFAULTS, k)) for k in FEW_SHOT_KEYS if k not in ("examples", "seed")}
     result = few_shot_losses(list(models), options["examples"], model_type=model_type, seed=options.get("seed", 0),
                              progress=not quiet and not as_json, trust_remote_code=trust_remote_code,

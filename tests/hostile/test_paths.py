@@ -150,3 +150,24 @@ def test_adapter_weights_through_a_symlink_out_of_the_adapter_are_refused(models
     (lora / "adapter_model.safetensors").symlink_to(tmp_path / "outside" / "adapter_model.safetensors")
     refuse(["merge", "--models", lora, b, "--adapter-base", a, "-o", tmp_path / "out", "--quiet"],
            inputs=[a, b, lora, tmp_path / "outside"], outputs=[tmp_path / "out"], contains="adapter_model.safetensors")
+
+
+@pytest.mark.parametrize("command", ["weights --plot", "sweep --plot", "sweep --frontier-plot"])
+def test_a_plot_inside_an_input_folder_is_refused_before_any_work(models, tmp_path, command):
+    """A plot is an output too: written into a model folder (or a data folder) it would change an input."""
+    a, b = models
+    examples = tmp_path / "few.jsonl"
+    examples.write_text(json.dumps({"query": "red cat", "pos": ["a red cat"], "neg": ["the sea"]}) + "\n")
+    sts = tmp_path / "sts.tsv"
+    sts.write_text("a cat\tthe cat\t4.5\nred car\tblue sea\t1.0\n")
+    plot = a / "sub" if command == "sweep --frontier-plot" else a
+    if plot != a:
+        plot.mkdir()
+    which, option = command.split()
+    if which == "weights":
+        args = ["weights", "--models", a, b, "--examples", examples, "--keep", examples, "--search", option,
+                plot / "frontier.png"]
+    else:
+        args = ["sweep", "--models", a, b, "--data", sts, "--data", sts, "--steps", "3", option, plot / "plot.png"]
+    refuse(args, inputs=[a, b, examples, sts], outputs=[plot / "frontier.png", plot / "plot.png"],
+           contains="lies inside the input")
