@@ -141,7 +141,7 @@ class GramCollector:
             if name in self.sums:
                 self.sums[name].add_(gram)
             else:
-                self.sums[name] = gram.clone()
+                self.sums[name] = gram.clone()  # a sum of its own: layers sharing this pass's input may not share the next
             self.counts[name] = self.counts.get(name, 0) + count
 
         return hook
@@ -159,11 +159,14 @@ class GramCollector:
                 continue
             twin = next((other for other in key_of if other in self.shares.get(name, ())
                          and name in self.shares.get(other, ()) and self.counts[other] == self.counts[name]), None)
+            total = self.sums.pop(name)  # each sum becomes its mean in place: no second copy of every Gram
             if twin is not None:
                 key = key_of[twin]
             else:
                 key = canonical
-                tensors[key] = (self.sums[name] / self.counts[name]).cpu()
+                with torch.inference_mode():  # the sums were made in a loss pass's inference mode
+                    tensors[key] = total.div_(self.counts[name]).cpu()
+            del total
             key_of[name] = key
             parameters[canonical] = (key, layout)
         return tensors, parameters
