@@ -7,7 +7,8 @@ TinyLlama's shape (hidden 2048, 22 layers, 32 heads, 4 key-value heads, MLP 5632
 the model; the tokenizer is the real bert-base-uncased one (from the all-MiniLM-L6-v2 package), and
 30 real examples come from FlagEmbedding's example data. Then runs, each in a fresh process:
 
-- float32:   ``cocktail weights --model-type llm-embedder --score-dtype float32``: the whole model in memory.
+- float32:   ``cocktail weights --models A B --model-type llm-embedder --score-dtype float32``: the whole
+             model in memory (B is A's files hard-linked: the issue's command, two models scored in turn).
 - bfloat16:  the same with ``--score-dtype bfloat16``: half the weights' bytes.
 - offloaded: float32 with ``--device-map auto --max-memory cpu=2GB --offload-folder <workdir>/offload``:
              what does not fit in 2 GB is written to disk and read back layer by layer.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -95,6 +97,8 @@ def main() -> None:
                                                      "temporary folder, removed afterwards).")
     parser.add_argument("--quick", action="store_true", help="A tiny model of the same family: checks the script.")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--neg-number", type=int, default=3, help="negatives per example (default 3)")
+    parser.add_argument("--max-length", type=int, default=256, help="tokens per text (default 256)")
     parser.add_argument("--cap", help="--max-memory of the offloaded run (default: cpu=2GB; --quick: 40%% of the "
                                       "float32 weights)")
     args = parser.parse_args()
@@ -107,13 +111,20 @@ def main() -> None:
         else:
             index = json.loads((model / "model.safetensors.index.json").read_text())
             count = _count(model, index)
+        twin = work / (model.name + "-b")  # the second model of `cocktail weights --models A B`: hard links
+        if not (twin / "config.json").is_file():
+            twin.mkdir(exist_ok=True)
+            for file in model.iterdir():
+                if file.is_file() and not (twin / file.name).exists():
+                    os.link(file, twin / file.name)
         few = make_examples(work / "few.jsonl", EXAMPLES)
         float32_bytes = 4 * count
         cap = args.cap or (f"cpu={max(int(0.4 * float32_bytes) >> 10, 1)}KiB" if args.quick else "cpu=2GB")
         print(f"llama-shaped decoder embedder: {count / 1e9:.3f}B parameters ({float32_bytes / 1e9:.2f} GB in "
               f"float32), {EXAMPLES} examples, device {args.device}")
-        base = [sys.executable, "-m", "cocktail", "weights", "--models", str(model), "--model-type", "llm-embedder",
-                "--examples", str(few), "--device", args.device, "--json"]
+        base = [sys.executable, "-m", "cocktail", "weights", "--models", str(model), str(twin), "--model-type",
+                "llm-embedder", "--examples", str(few), "--neg-number", str(args.neg_number), "--max-length",
+                str(args.max_length), "--device", args.device, "--json"]
         cases = {
             "float32 in memory": base + ["--score-dtype", "float32"],
             "bfloat16 in memory": base + ["--score-dtype", "bfloat16"],
@@ -149,8 +160,6 @@ def _quote(path: Path) -> str:
 
 
 if __name__ == "__main__":
-    import os
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
     main()
