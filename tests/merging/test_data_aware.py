@@ -71,8 +71,32 @@ def test_regmean_weight_one_gives_that_model_even_when_its_gram_is_singular():
     ridged: list = []
     merged = get_method("regmean")(weights, [1.0, 0.0], statistics=[gram(few), gram(rand(8, 6, seed=4))], alpha=1.0,
                                    ridged=ridged, name="layer")
-    assert torch.allclose(merged, weights[0], atol=1e-9)
-    assert ridged == ["layer"]
+    assert torch.equal(merged, weights[0])
+    assert ridged == []  # one model left: nothing to solve, so nothing to regularise
+
+
+def test_regmean_weight_one_and_equal_statistics_are_exact_to_the_bit(layer):
+    weights, inputs = layer
+    grams = [gram(x) for x in inputs]
+    assert torch.equal(get_method("regmean")(weights, [0.0, 1.0], statistics=grams, alpha=0.9), weights[1])
+    shared = [grams[0], grams[0].clone()]
+    merged = get_method("regmean")(weights, [0.25, 0.75], statistics=shared, alpha=0.9)
+    assert torch.equal(merged, get_method("linear")(weights, [0.25, 0.75]))
+
+
+def test_regmean_of_three_models_is_the_solve_of_its_definition():
+    weights = [rand(3, 5, seed=s) for s in (1, 2, 3)]
+    grams = [gram(rand(9, 5, seed=s)) for s in (4, 5, 6)]
+    c = [0.2, 0.3, 0.5]
+
+    def reduced(g):
+        return 0.7 * g + 0.3 * torch.diag(torch.diag(g))
+
+    a = sum(ci * reduced(g) for ci, g in zip(c, grams))
+    b = sum(ci * reduced(g) @ w.T for ci, g, w in zip(c, grams, weights))
+    expected = torch.from_numpy(np.linalg.solve(a.numpy(), b.numpy())).T
+    merged = get_method("regmean")(weights, c, statistics=grams, alpha=0.7)
+    assert torch.allclose(merged, expected, rtol=1e-10, atol=1e-12)
 
 
 def test_regmean_with_equal_statistics_is_the_linear_average(layer):
