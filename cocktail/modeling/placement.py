@@ -70,7 +70,8 @@ def bound_heap() -> bool:
     A model spread to disk loads each offloaded layer's weights at every forward pass and frees them
     after: with glibc's default (a threshold that grows to 32 MiB) those tens of MiB come from the heap,
     which keeps what is freed, so a run capped at ``cpu=2GB`` grew to 3.4 GB of RSS on a 1B model; with
-    this, 2.6 GB, as fast (``benchmarks/big_model_scoring.py``)."""
+    this, 2.7 GB, as fast (``benchmarks/big_model_scoring.py``). Every scoring run sets it (a model in
+    memory frees its activations at every layer too; its peak varied by 400 MB from run to run without it)."""
     global _heap_bounded
     if _heap_bounded:
         return True
@@ -200,6 +201,7 @@ class Placement:
         default cuda when present; ``beside``: the default parent of the offload folder, e.g. the output's)."""
         options = options or ScoringOptions()
         options.check()
+        bound_heap()  # activations, and offloaded layers, come and go at every forward pass: their memory must go back
         where = resolve_device(device)
         dtype, reason = score_dtype(options.score_dtype, where, plan.checkpoints[0].config)
         caps = options.memory_caps()
@@ -212,7 +214,6 @@ class Placement:
                 where = torch.device("cuda", gpus[0])
             return cls(where, dtype, reason, caps=caps)
         require_accelerate(f"{option('device_map')} {options.device_map}")
-        bound_heap()  # offloaded layers come and go at every forward pass: their memory must go back
         if where.type == "cuda" and gpus:
             where = torch.device("cuda", gpus[0])  # accelerate fills the devices in the order given
         elif where.type == "cuda" and caps is None:
