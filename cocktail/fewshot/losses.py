@@ -179,6 +179,7 @@ class EncoderExamples(Prepared):
             p = emb[torch.tensor([local[i] for i in passages.tolist()], device=device)]
             scores = q @ p.T / TEMPERATURE_SCALE
             yield from torch.nn.functional.cross_entropy(scores, targets, reduction="none")
+            del hidden, emb, q, p, scores  # this group's graph goes before the next group's forward pass
 
 
 @dataclass
@@ -224,6 +225,7 @@ class RerankerExamples(Prepared):
             for pairs in group:
                 scores = self.rows_scores(model, _pad([self.rows[i] for i in pairs], self.pad_id, device))
                 yield -torch.log_softmax(scores, dim=0)[0]
+                del scores  # this query's graph goes before the next one's forward pass
 
 
 @dataclass
@@ -277,6 +279,7 @@ class DecoderExamples(Prepared):
                                return_dict=True).logits.float()
                 yield torch.nn.functional.cross_entropy(logits[0, :-1], batch["labels"][row, 1:length],
                                                         ignore_index=-100)
+                del logits  # this example's graph (and its logits over the vocabulary) before the next one's
 
 
 def _instruction(example: Example, query_instruction: Optional[str]) -> Optional[str]:

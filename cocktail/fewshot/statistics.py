@@ -197,6 +197,7 @@ def fisher_statistics(model: torch.nn.Module, prepared: L.Prepared, names: dict[
                     if grad is not None:
                         total.addcmul_(grad.float(), grad.float())
                 count += 1
+                del loss, grads  # held, they would keep this group's graph alive through the next forward pass
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
