@@ -76,8 +76,8 @@ def regmean_solve(weights_: Sequence[torch.Tensor], grams: Sequence[torch.Tensor
     last = kept[-1][1].to(torch.float64)
     total = None  # A = Σ w_i G̃_i
     correction = None  # Σ_{i<n} w_i (G̃_i - G̃_n)(W_i - W̄)ᵀ
-    for w, (_, gram, c) in zip(layout, kept):
-        g = gram.to(torch.float64)
+    for i, (w, (_, gram, c)) in enumerate(zip(layout, kept)):
+        g = last if i == len(kept) - 1 else gram.to(torch.float64)
         total = g * c if total is None else total.add_(g, alpha=c)
         if g is not last and not torch.equal(g, last):
             term = reduce_off_diagonal(g - last, alpha) @ (w - mean)
