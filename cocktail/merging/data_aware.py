@@ -40,6 +40,7 @@ import torch
 DEFAULT_ALPHA = 0.9  # the share of each Gram matrix's off-diagonal entries kept
 DEFAULT_FISHER_FLOOR = 1e-12  # ε added to every model's Fisher before the weighted mean
 DEFAULT_NORMALIZE_FISHER = False  # True: each model's Fisher divided by its L2 norm over all tensors
+FISHER_BLOCK = 1 << 21  # entries of a tensor Fisher-averaged at once (16 MB of float64 each for the work)
 RIDGE_START = 1e-8  # the first ridge tried, relative to the mean diagonal of Σ w_i G̃_i
 RIDGE_GROWTH = 100.0
 RIDGE_TRIES = 6
@@ -122,16 +123,22 @@ def _cholesky_solve(matrix: torch.Tensor, rhs: torch.Tensor, strict: bool = True
 
 def fisher_mean(tensors: Sequence[torch.Tensor], fishers: Sequence[torch.Tensor], coefficients: Sequence[float],
                 epsilon: float) -> torch.Tensor:
-    """``Σ w_i (F_i + ε) θ_i / Σ w_i (F_i + ε)`` per entry, in float64."""
-    numerator = torch.zeros(tensors[0].shape, dtype=torch.float64)
-    denominator = torch.zeros_like(numerator)
-    for tensor, fisher, c in zip(tensors, fishers, coefficients):
-        if c == 0:
-            continue
-        share = (fisher.to(torch.float64) + epsilon).mul_(c)
-        numerator.addcmul_(share, tensor.to(torch.float64))
-        denominator.add_(share)
-    return numerator.div_(denominator)
+    """``Σ w_i (F_i + ε) θ_i / Σ w_i (F_i + ε)`` per entry, computed in float64 and returned in the
+    first tensor's dtype. Computed :data:`FISHER_BLOCK` entries at a time, so the float64 work of a
+    large tensor (bge-base's embedding table: 23M entries) needs tens of MB, not a GB."""
+    out = torch.empty(tensors[0].shape, dtype=tensors[0].dtype)
+    flat_out = out.view(-1)
+    flat = [(t.reshape(-1), f.reshape(-1), c) for t, f, c in zip(tensors, fishers, coefficients) if c != 0]
+    for start in range(0, flat_out.numel(), FISHER_BLOCK):
+        stop = min(start + FISHER_BLOCK, flat_out.numel())
+        numerator = torch.zeros(stop - start, dtype=torch.float64)
+        denominator = torch.zeros_like(numerator)
+        for tensor, fisher, c in flat:
+            share = (fisher[start:stop].to(torch.float64) + epsilon).mul_(c)
+            numerator.addcmul_(share, tensor[start:stop].to(torch.float64))
+            denominator.add_(share)
+        flat_out[start:stop] = numerator.div_(denominator)
+    return out
 
 
 def normalized_fishers(fishers: Sequence[torch.Tensor], norms: Sequence[float]) -> list[torch.Tensor]:

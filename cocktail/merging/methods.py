@@ -280,4 +280,4 @@ def fisher(tensors: Sequence[torch.Tensor], weights: Sequence[float], base=None,
         if norms is None:
             raise InputError("normalize_fisher needs each model's whole Fisher, not one tensor's")
         statistics = normalized_fishers(statistics, norms())
-    return fisher_mean(tensors, statistics, weights, epsilon).to(tensors[0].dtype)
+    return fisher_mean(tensors, statistics, weights, epsilon)

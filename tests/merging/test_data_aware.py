@@ -160,6 +160,21 @@ def test_fisher_matches_its_formula():
     assert torch.allclose(merged, expected, rtol=1e-12)
 
 
+def test_fisher_of_a_tensor_larger_than_a_block_is_the_same_to_the_bit_as_all_at_once(monkeypatch):
+    """A large tensor is averaged a block of entries at a time (bounded float64 work): the same values."""
+    from cocktail.merging import data_aware
+
+    thetas = [rand(5, 7, seed=1).float(), rand(5, 7, seed=2).float()]
+    fishers = [rand(5, 7, seed=3).abs().float() ** 3, rand(5, 7, seed=4).abs().float() ** 3]
+    at_once = get_method("fisher")(thetas, [0.3, 0.7], statistics=fishers)
+    monkeypatch.setattr(data_aware, "FISHER_BLOCK", 4)  # 35 entries: 9 blocks, the last one short
+    blocks = get_method("fisher")(thetas, [0.3, 0.7], statistics=fishers)
+    assert blocks.dtype == torch.float32 and torch.equal(blocks, at_once)
+    shares = [(f.double() + 1e-12) * w for f, w in zip(fishers, [0.3, 0.7])]
+    expected = (sum(sh * t.double() for sh, t in zip(shares, thetas)) / sum(shares)).float()
+    assert torch.equal(blocks, expected)
+
+
 def test_fisher_with_equal_fishers_is_linear():
     thetas = [rand(4, 3, seed=1), rand(4, 3, seed=2)]
     shared = rand(4, 3, seed=4).abs()
