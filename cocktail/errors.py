@@ -74,6 +74,7 @@ SPELLINGS = {
     "base": ("--base", "base_model:", "base="),
     "weights": ("--weights", "models[i].weight", "weights="),
     "dtype": ("--dtype", "dtype:", "dtype="),
+    "method": ("--method", "merge_method:", "method="),
     "model_type": ("--model-type", "model_type:", "model_type="),
     "max_length": ("--max-length", "weights_from.max_length", "max_length="),
     "task": ("--task", "weights_from.task", "task="),

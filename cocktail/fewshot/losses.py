@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, Optional, Sequence
+from functools import partial
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -86,13 +87,20 @@ def _pad(rows: list[dict], pad_id: int, device) -> dict[str, torch.Tensor]:
     return out
 
 
-def _chunks_by_length(rows: list[dict], pad_id: int, device) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
-    """Rows grouped into padded chunks of similar length: ``[(row indices, tensors)]``."""
+def _inference_chunk(rows: int, longest: int) -> bool:
+    """Whether ``rows`` texts of ``longest`` tokens make one forward pass of a loss (no gradients)."""
+    return rows <= ENCODE_CHUNK and rows * longest <= CHUNK_TOKENS
+
+
+def _chunks_by_length(rows: list[dict], pad_id: int, device, fits: Callable[[int, int], bool] = _inference_chunk
+                      ) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
+    """Rows grouped into padded chunks of similar length, as many in each as ``fits(rows, longest)``
+    allows (at least one): ``[(row indices, tensors)]``."""
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
     chunks, members = [], []
     for i in order:
         longest = len(rows[members[0]]["input_ids"]) if members else len(rows[i]["input_ids"])
-        if members and (len(members) >= ENCODE_CHUNK or (len(members) + 1) * longest > CHUNK_TOKENS):
+        if members and not fits(len(members) + 1, longest):
             chunks.append((members, _pad([rows[j] for j in members], pad_id, device)))
             members = []
         members.append(i)
@@ -110,19 +118,43 @@ def _tokenize(tokenizer, first: list[str], second: Optional[list[str]], max_leng
     return [{k: list(encoded[k][i]) for k in keys} for i in range(len(first))]
 
 
+@dataclass(frozen=True)
+class GradientUnit:
+    """Examples whose loss terms read the same rows (an in-batch group, or one example): ``rows`` are
+    indices into :attr:`Prepared.rows`, and ``losses(outputs)`` gives each example's term of the loss
+    from those rows' outputs (``outputs[i]`` is row ``rows[i]``'s :meth:`Prepared.row_outputs`)."""
+
+    rows: list
+    losses: Callable[[torch.Tensor], torch.Tensor]
+
+
 class Prepared:
     """Examples tokenised for one model type; ``loss(model)`` scores a loaded model on them (in float32,
-    whatever the model's dtype), and ``example_losses(model)`` gives each example's own term of that loss,
-    with gradients (the Fisher)."""
+    whatever the model's dtype). For per-example gradients (the Fisher): ``gradient_units()`` splits the
+    loss into example terms over ``rows`` (each row's unpadded tokens), ``row_outputs(model, tensors)``
+    runs a padded chunk of rows (:meth:`chunks_of`), and the terms are computed from those outputs."""
 
     model_type: str
     groups: int
+    rows: list
+    pad_id: int
 
     def loss(self, model) -> float:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def example_losses(self, model) -> Iterator[torch.Tensor]:  # pragma: no cover - overridden
+    def row_outputs(self, model, tensors: dict[str, torch.Tensor]) -> torch.Tensor:  # pragma: no cover
+        """One output per row of a padded chunk, in float32 (an embedding, a score, a sequence's loss)."""
         raise NotImplementedError
+
+    def gradient_units(self) -> list[GradientUnit]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def chunks_of(self, rows: list[int], fits: Callable[[int, int], bool]
+                  ) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
+        """``rows`` (indices into :attr:`rows`) in padded chunks that ``fits(rows, longest)`` allows:
+        ``[(positions in rows, tensors)]``."""
+        device = self.batches()[0]["input_ids"].device
+        return _chunks_by_length([self.rows[i] for i in rows], self.pad_id, device, fits)
 
     def batches(self) -> list[dict[str, torch.Tensor]]:
         """The padded tensors of each forward pass."""
@@ -147,11 +179,15 @@ class EncoderExamples(Prepared):
     def groups(self) -> int:
         return len(self.groups_)
 
+    def row_outputs(self, model, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each text's pooled, L2-normalised embedding."""
+        hidden = model(**tensors, return_dict=True).last_hidden_state.float()
+        return torch.nn.functional.normalize(self.pooling(hidden, tensors["attention_mask"]), dim=-1)
+
     def embeddings(self, model) -> torch.Tensor:
         out = None
         for members, tensors in self.chunks:
-            hidden = model(**tensors, return_dict=True).last_hidden_state.float()
-            pooled = torch.nn.functional.normalize(self.pooling(hidden, tensors["attention_mask"]), dim=-1)
+            pooled = self.row_outputs(model, tensors)
             if out is None:
                 out = torch.empty(self.text_count, pooled.size(-1), device=pooled.device)
             out[torch.tensor(members, device=pooled.device)] = pooled
@@ -166,20 +202,28 @@ class EncoderExamples(Prepared):
                 total += torch.nn.functional.cross_entropy(scores, targets).double().cpu()
         return float(total / len(self.groups_))
 
-    def example_losses(self, model) -> Iterator[torch.Tensor]:
-        """Each query's cross-entropy in its group (the group's texts embedded with gradients)."""
+    def gradient_units(self) -> list[GradientUnit]:
+        """One unit per group: each query's cross-entropy reads every passage of its group."""
+        units = []
         for queries, passages, targets in self.groups_:
             texts = sorted(set(queries.tolist()) | set(passages.tolist()))
             local = {text: i for i, text in enumerate(texts)}
-            device = queries.device
-            tensors = _pad([self.rows[t] for t in texts], self.pad_id, device)
-            hidden = model(**tensors, return_dict=True).last_hidden_state.float()
-            emb = torch.nn.functional.normalize(self.pooling(hidden, tensors["attention_mask"]), dim=-1)
-            q = emb[torch.tensor([local[i] for i in queries.tolist()], device=device)]
-            p = emb[torch.tensor([local[i] for i in passages.tolist()], device=device)]
-            scores = q @ p.T / TEMPERATURE_SCALE
-            yield from torch.nn.functional.cross_entropy(scores, targets, reduction="none")
-            del hidden, emb, q, p, scores  # this group's graph goes before the next group's forward pass
+            q = torch.tensor([local[i] for i in queries.tolist()], device=queries.device)
+            p = torch.tensor([local[i] for i in passages.tolist()], device=queries.device)
+            units.append(GradientUnit(texts, partial(_in_batch_losses, q, p, targets)))
+        return units
+
+
+def _in_batch_losses(queries: torch.Tensor, passages: torch.Tensor, targets: torch.Tensor,
+                     embeddings: torch.Tensor) -> torch.Tensor:
+    """Each query's cross-entropy over the group's passages, its own positive the target."""
+    scores = embeddings[queries] @ embeddings[passages].T / TEMPERATURE_SCALE
+    return torch.nn.functional.cross_entropy(scores, targets.to(scores.device), reduction="none")
+
+
+def _first_choice_loss(scores: torch.Tensor) -> torch.Tensor:
+    """A query's cross-entropy over its pairs' scores, the first (its positive) the target: a 1-vector."""
+    return -torch.log_softmax(scores, dim=0)[:1]
 
 
 @dataclass
@@ -196,13 +240,13 @@ class RerankerExamples(Prepared):
         return len(self.groups_)
 
     def pair_scores(self, model) -> torch.Tensor:
-        """One score per (query, passage) pair: the cross-encoder's one logit."""
+        """One score per (query, passage) pair."""
         scores = None
         for members, tensors in self.chunks:
-            logits = model(**tensors, return_dict=True).logits.float()
+            values = self.row_outputs(model, tensors)
             if scores is None:
-                scores = torch.empty(self.pair_count, device=logits.device)
-            scores[torch.tensor(members, device=logits.device)] = logits[:, 0]
+                scores = torch.empty(self.pair_count, device=values.device)
+            scores[torch.tensor(members, device=values.device)] = values
         return scores
 
     def loss(self, model) -> float:
@@ -214,18 +258,13 @@ class RerankerExamples(Prepared):
                 total += float(torch.stack(per_query).mean())
         return total / len(self.groups_)
 
-    def rows_scores(self, model, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The score of each row of a padded batch."""
+    def row_outputs(self, model, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The score of each pair of a padded chunk: the cross-encoder's one logit."""
         return model(**tensors, return_dict=True).logits.float()[:, 0]
 
-    def example_losses(self, model) -> Iterator[torch.Tensor]:
-        """Each query's cross-entropy over its positive and negatives (its pairs scored with gradients)."""
-        device = self.chunks[0][1]["input_ids"].device
-        for group in self.groups_:
-            for pairs in group:
-                scores = self.rows_scores(model, _pad([self.rows[i] for i in pairs], self.pad_id, device))
-                yield -torch.log_softmax(scores, dim=0)[0]
-                del scores  # this query's graph goes before the next one's forward pass
+    def gradient_units(self) -> list[GradientUnit]:
+        """One unit per query: its cross-entropy reads its own pairs only."""
+        return [GradientUnit(list(pairs), _first_choice_loss) for group in self.groups_ for pairs in group]
 
 
 @dataclass
@@ -233,16 +272,8 @@ class LLMRerankerExamples(RerankerExamples):
     yes_id: int = 0
     model_type: str = "llm-reranker"
 
-    def pair_scores(self, model) -> torch.Tensor:
-        scores = None
-        for members, tensors in self.chunks:
-            values = yes_scores(model, tensors, self.yes_id)
-            if scores is None:
-                scores = torch.empty(self.pair_count, device=values.device)
-            scores[torch.tensor(members, device=values.device)] = values
-        return scores
-
-    def rows_scores(self, model, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    def row_outputs(self, model, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The ``Yes`` logit after each pair's prompt."""
         return yes_scores(model, tensors, self.yes_id)
 
 
@@ -250,6 +281,8 @@ class LLMRerankerExamples(RerankerExamples):
 class DecoderExamples(Prepared):
     padded: list  # [tensors with input_ids, attention_mask, labels], one per group
     model_type: str = "decoder"
+    rows: list = field(default_factory=list)  # each example's tokens and labels (unpadded)
+    pad_id: int = 0
 
     @property
     def groups(self) -> int:
@@ -269,17 +302,22 @@ class DecoderExamples(Prepared):
                 total += float(torch.nn.functional.cross_entropy(shifted, labels, ignore_index=-100))
         return total / len(self.padded)
 
-    def example_losses(self, model) -> Iterator[torch.Tensor]:
-        """Each example's mean cross-entropy over its own output tokens."""
-        for batch in self.padded:
-            for row in range(batch["input_ids"].size(0)):
-                length = int(batch["attention_mask"][row].sum())
-                ids = batch["input_ids"][row:row + 1, :length]
-                logits = model(input_ids=ids, attention_mask=batch["attention_mask"][row:row + 1, :length],
-                               return_dict=True).logits.float()
-                yield torch.nn.functional.cross_entropy(logits[0, :-1], batch["labels"][row, 1:length],
-                                                        ignore_index=-100)
-                del logits  # this example's graph (and its logits over the vocabulary) before the next one's
+    def row_outputs(self, model, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each sequence's mean cross-entropy over its own output tokens."""
+        logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"],
+                       return_dict=True).logits.float()
+        labels = tensors["labels"][:, 1:]
+        per_token = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=-100,
+                                                      reduction="none")
+        return per_token.sum(dim=1) / (labels != -100).sum(dim=1)
+
+    def gradient_units(self) -> list[GradientUnit]:
+        """One unit per example: its loss is its own sequence's."""
+        return [GradientUnit([i], _own_loss) for i in range(len(self.rows))]
+
+
+def _own_loss(outputs: torch.Tensor) -> torch.Tensor:
+    return outputs
 
 
 def _instruction(example: Example, query_instruction: Optional[str]) -> Optional[str]:
@@ -345,11 +383,12 @@ def prepare(examples: Sequence[Example], model_type: str, tokenizer, *, batch_si
         return LLMRerankerExamples(_chunks_by_length(rows, pad_id, device), len(rows), loss_groups, rows=rows,
                                    pad_id=pad_id, yes_id=yes_token(tokenizer))
     if model_type == "decoder":
-        batches = []
+        batches, every_row = [], []
         for group in groups:
             rows = [_decoder_row(tokenizer, example, max_length) for example in group]
             batches.append(_pad(rows, pad_id, device))
-        return DecoderExamples(batches)
+            every_row += rows
+        return DecoderExamples(batches, rows=every_row, pad_id=pad_id)
     raise InputError(f"unknown model type {model_type!r}")
 
 
@@ -375,5 +414,5 @@ def _decoder_row(tokenizer, example: Example, max_length: int) -> dict:
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
-__all__ = ["choose_negatives", "prepare", "Prepared", "position_limit",
+__all__ = ["choose_negatives", "prepare", "Prepared", "GradientUnit", "position_limit",
            "TEMPERATURE_SCALE"]

@@ -10,7 +10,8 @@
   query, key and value) share one matrix, computed once per batch.
 - **fisher** (Fisher merging): for every parameter, the diagonal Fisher of the model's own few-shot
   loss, ``F = mean over examples of (∂ loss_e / ∂θ)²``, with ``loss_e`` each example's term of
-  that loss (:meth:`~cocktail.fewshot.losses.Prepared.example_losses`): one backward pass per example.
+  that loss: one backward pass per example (:mod:`cocktail.fewshot.example_gradients`, which bounds
+  the graph kept at once).
 
 Statistics are keyed by the plan's canonical tensor names and written to
 :mod:`cocktail.io.statistics_cache` files; merges read them a tensor at a time.
@@ -30,6 +31,7 @@ import torch
 
 from cocktail.errors import InputError
 from cocktail.fewshot import losses as L
+from cocktail.fewshot.example_gradients import example_gradients
 from cocktail.fewshot.examples import ExampleSet
 from cocktail.fewshot.weighting import KEEP_SEED_OFFSET, LossContext
 from cocktail.io.checkpoints import TRANSFORMER
@@ -43,6 +45,8 @@ from cocktail.io.statistics_cache import (
     write_statistics,
 )
 from cocktail.merging.plan import MERGE, Plan, build_plan
+from cocktail.modeling.footprint import GRAPH_BUDGET, graph_bytes
+from cocktail.modeling.placement import release_heap
 from cocktail.modeling.skeleton import Skeleton
 from cocktail.recipe.weights_from import FewShotOptions
 
@@ -182,27 +186,53 @@ def gram_statistics(model: torch.nn.Module, prepared: L.Prepared, names: dict[in
 
 def fisher_statistics(model: torch.nn.Module, prepared: L.Prepared, names: dict[int, str]
                       ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[str, str]]]:
-    """Each parameter's diagonal Fisher: the mean over examples of its squared per-example gradient."""
+    """Each parameter's diagonal Fisher: the mean over examples of its squared per-example gradient.
+
+    Holds the float32 parameters, one example's gradient, the sums, and a graph within
+    :data:`~cocktail.modeling.footprint.GRAPH_BUDGET` (:mod:`cocktail.fewshot.example_gradients`).
+    Embedding tables get sparse gradients (the rows of the example's tokens), not a dense copy of the
+    table: 94 MB less for bge-base, 1 GB for an XLM-RoBERTa vocabulary (bge-m3, bge-reranker)."""
     params = [p for p in model.parameters() if id(p) in names]
     sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-    count = 0
+    config = model.config.to_dict() if hasattr(getattr(model, "config", None), "to_dict") else {}
+
+    def fits(rows: int, longest: int) -> bool:
+        return graph_bytes(config, prepared.model_type, rows, longest) <= GRAPH_BUDGET
+
+    tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and id(m.weight) in names]
+    sparse = [m.sparse for m in tables]
     flags = [p.requires_grad for p in params]
+    count = 0
     for p in params:
         p.requires_grad_(True)
+        p.grad = None
+    for table in tables:
+        table.sparse = True
     try:
         with torch.enable_grad():
-            for loss in prepared.example_losses(model):
-                grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-                for total, grad in zip(sums, grads):
-                    if grad is not None:
-                        total.addcmul_(grad.float(), grad.float())
+            for _ in example_gradients(model, prepared, params, fits):
+                for p, total in zip(params, sums):
+                    if p.grad is not None:
+                        _add_square(total, p.grad)
+                        p.grad = None
                 count += 1
-                del loss, grads  # held, they would keep this group's graph alive through the next forward pass
     finally:
+        for table, flag in zip(tables, sparse):
+            table.sparse = flag
         for p, flag in zip(params, flags):
+            p.grad = None
             p.requires_grad_(flag)
-    tensors = {names[id(p)]: (total / max(count, 1)).cpu() for p, total in zip(params, sums)}
+    tensors = {names[id(p)]: total.div_(max(count, 1)).cpu() for p, total in zip(params, sums)}
     return tensors, {name: (name, "") for name in tensors}
+
+
+def _add_square(total: torch.Tensor, grad: torch.Tensor) -> None:
+    """``total += grad²``, for a dense or a sparse (embedding rows) gradient."""
+    if grad.is_sparse:
+        grad = grad.coalesce()  # a row's contributions summed before squaring
+        total.index_add_(0, grad.indices()[0], grad.values().float().square())
+    else:
+        total.addcmul_(grad.float(), grad.float())
 
 
 COLLECTORS = {"gram": gram_statistics, "fisher": fisher_statistics}
@@ -258,10 +288,13 @@ def statistics_for_plan(plan: Plan, model_type: str, kind: str, options: FewShot
             cached = _readable(path, checkpoint.source)
             if cached is None:
                 if skeleton is None:
-                    skeleton = Skeleton(fplan, model_type, context.device, trust_remote_code=trust_remote_code)
+                    for name in sorted(set(sources)):  # every set a model may need, for the memory estimate
+                        prepared[name] = context.prepare(chosen[name])
+                    largest = max((found.largest_batch() for found in prepared.values()),
+                                  key=lambda shape: shape[0] * shape[1])
+                    skeleton = Skeleton(fplan, model_type, context.device, trust_remote_code=trust_remote_code,
+                                        largest_batch=largest, gradients=kind == "fisher")
                     names = parameter_names(skeleton, fplan)
-                if which not in prepared:
-                    prepared[which] = context.prepare(chosen[which])
                 skeleton.fill_from_checkpoint(index)
                 say(f"{kind} statistics of {checkpoint.source} on the {which} examples ({len(chosen[which])})")
                 tensors, parameters = COLLECTORS[kind](skeleton.model, prepared[which], names)
@@ -279,6 +312,8 @@ def statistics_for_plan(plan: Plan, model_type: str, kind: str, options: FewShot
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
         raise
+    del skeleton, prepared
+    release_heap()  # the model, its gradients and graphs are gone: their memory goes back before the merge
     provenance = {"kind": kind, "max_length": context.max_length,
                   "pooling": context.pooling.source if context.pooling is not None else None,
                   "examples_sha256": digests, "models": record}

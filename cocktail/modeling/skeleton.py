@@ -27,7 +27,7 @@ from cocktail.merging.methods import Method
 from cocktail.merging.plan import MERGE, Plan, canonical_names
 from cocktail.modeling.footprint import check_fits
 from cocktail.modeling.loading import build_model, load_config
-from cocktail.modeling.placement import DiskWeight, Placement
+from cocktail.modeling.placement import DiskWeight, Placement, bound_heap
 
 UNUSED = {"encoder": ("pooler.",)}  # parameters no embedding reads may be absent (they are zeroed)
 KEEP_INPUTS_LIMIT = 4 << 30  # keep_inputs() holds the inputs in memory up to this many bytes (float32)
@@ -76,10 +76,12 @@ class Skeleton:
 
     ``placement`` is a :class:`~cocktail.modeling.placement.Placement` (dtype, device map, offload) or
     just a device (float32 there); ``largest_batch`` is ``(rows, tokens)`` of the largest forward pass the
-    caller will make, for the memory estimate checked before the model is built."""
+    caller will make, for the memory estimate checked before the model is built (``gradients``: the
+    caller differentiates each example's loss, as Fisher statistics do)."""
 
     def __init__(self, plan: Plan, model_type: str, placement: Union[Placement, torch.device, str],
-                 modules: bool = False, trust_remote_code: bool = False, largest_batch: tuple[int, int] = (1, 1)):
+                 modules: bool = False, trust_remote_code: bool = False, largest_batch: tuple[int, int] = (1, 1),
+                 gradients: bool = False):
         self.plan = plan
         self.model_type = model_type
         self.placement = placement if isinstance(placement, Placement) else Placement(torch.device(placement))
@@ -95,7 +97,8 @@ class Skeleton:
             if getattr(config, "num_labels", 1) != 1:
                 raise InputError(f"{plan.checkpoints[0].source}: a reranker must have one output logit, "
                                  f"its config has num_labels={config.num_labels}")
-        check_fits(plan, model_type, self.placement, *largest_batch)
+        check_fits(plan, model_type, self.placement, *largest_batch, gradients=gradients)
+        bound_heap()  # activations (and gradients) come and go at every pass: their memory must go back
         source = plan.checkpoints[0].source
 
         def build():

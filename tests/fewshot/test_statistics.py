@@ -12,8 +12,17 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import make_bert, read_folder_tensors, run_cli, snapshot
+from conftest import (
+    DECODER_VOCAB,
+    make_bert,
+    make_decoder,
+    read_folder_tensors,
+    run_cli,
+    save_decoder_tokenizer,
+    snapshot,
+)
 
+from cocktail.fewshot import statistics
 from cocktail.fewshot.examples import load_examples
 from cocktail.fewshot.statistics import statistics_for_plan
 from cocktail.io.adapters import open_path
@@ -35,13 +44,13 @@ def texts_of(examples):
     return [t for e in examples for t in [e["query"], e["pos"][0], *e["neg"]]]
 
 
-def cocktail_statistics(path, examples, kind, batch_size=2):
+def cocktail_statistics(path, examples, kind, batch_size=2, model_type="encoder"):
     """Every parameter's statistics as cocktail computes them for one model: ``{canonical: tensor}``."""
     with open_path(str(path)) as checkpoint:
         plan = build_plan([checkpoint])
         options = FewShotOptions(examples=examples, batch_size=batch_size)
-        found = statistics_for_plan(plan, "encoder", kind, options, ["target"],
-                                    {"target": load_examples(examples, "encoder")})
+        found = statistics_for_plan(plan, model_type, kind, options, ["target"],
+                                    {"target": load_examples(examples, model_type)})
         try:
             return {t.canonical: found.for_tensor(t)[0][0] for t in plan.tensors if found.for_tensor(t) is not None}
         finally:
@@ -70,29 +79,97 @@ def test_gram_matrices_are_the_mean_over_unpadded_tokens_of_each_layers_inputs(t
     assert grams["encoder.layer.0.output.dense.weight"].shape == (64, 64)  # the FFN's inner width
 
 
-def test_diagonal_fisher_is_the_mean_squared_per_example_gradient_of_the_models_own_loss(tmp_path):
-    from transformers import AutoModel, AutoTokenizer
-
-    path = make_bert(tmp_path / "m", seed=2, **WIDE)
-    fishers = cocktail_statistics(path, EXAMPLES, "fisher", batch_size=1)
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModel.from_pretrained(str(path)).eval()
+def reference_fisher(model, example_losses, names):
+    """The definition: the mean over examples of each squared per-example gradient, by plain autograd."""
     params = dict(model.named_parameters())
-    names = ["encoder.layer.0.attention.self.query.weight", "encoder.layer.1.output.dense.bias",
-             "embeddings.word_embeddings.weight"]
     expected = {name: torch.zeros_like(params[name]) for name in names}
-    for example in EXAMPLES:  # batch size 1: each example's loss is its query against its own passages
-        texts = [example["query"], example["pos"][0], *example["neg"]]
-        tokens = tokenizer(texts, padding=True, return_tensors="pt")
-        emb = torch.nn.functional.normalize(model(**tokens).last_hidden_state[:, 0], dim=-1)
-        scores = emb[:1] @ emb[1:].T / 0.05
-        loss = torch.nn.functional.cross_entropy(scores, torch.tensor([0]))
-        grads = torch.autograd.grad(loss, [params[n] for n in names])
+    losses = list(example_losses())
+    for loss in losses:
+        grads = torch.autograd.grad(loss, [params[n] for n in names], retain_graph=True)
         for name, grad in zip(names, grads):
-            expected[name] += grad ** 2 / len(EXAMPLES)
-    for name in names:
-        assert expected[name].abs().max() > 0
-        assert torch.allclose(fishers[name], expected[name], rtol=1e-3, atol=1e-10), name
+            expected[name] += grad ** 2 / len(losses)
+    return expected
+
+
+def encoder_example_losses(model, tokenizer):
+    """Both examples in one group (batch size 2): each query against every passage of the group."""
+    texts = [e["query"] for e in EXAMPLES] + [t for e in EXAMPLES for t in [e["pos"][0], *e["neg"]]]
+    tokens = tokenizer(texts, padding=True, return_tensors="pt")
+    emb = torch.nn.functional.normalize(model(**tokens).last_hidden_state[:, 0], dim=-1)
+    queries, passages = emb[:len(EXAMPLES)], emb[len(EXAMPLES):]
+    targets = torch.tensor([0, 1 + len(EXAMPLES[0]["neg"])])  # each query's own positive among the passages
+    return torch.nn.functional.cross_entropy(queries @ passages.T / 0.05, targets, reduction="none")
+
+
+def reranker_example_losses(model, tokenizer):
+    for e in EXAMPLES:
+        passages = [e["pos"][0], *e["neg"]]
+        tokens = tokenizer([e["query"]] * len(passages), passages, padding=True, return_tensors="pt")
+        yield -torch.log_softmax(model(**tokens).logits[:, 0], dim=0)[0]
+
+
+def decoder_example_losses(model, tokenizer):
+    for e in DECODER_EXAMPLES:  # LM-Cocktail's tokenisation, HF's own loss over the output tokens
+        ids = tokenizer.encode(e["input"] + " " + e["output"]) + [tokenizer.eos_token_id]
+        prompt = len(tokenizer.encode(e["input"]))
+        labels = torch.tensor([[-100] * prompt + ids[prompt:]])
+        yield model(input_ids=torch.tensor([ids]), labels=labels).loss
+
+
+DECODER_EXAMPLES = [{"input": "the cat sat on", "output": "the mat"}, {"input": "a dog runs", "output": "in the park"},
+                    {"input": "one", "output": "two three four five"}]
+def save_gpt2(folder):
+    """A tiny GPT-2: its lm_head is its embedding table (an embedding's gradient plus a linear layer's)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(5)
+    config = GPT2Config(vocab_size=DECODER_VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=1,
+                        eos_token_id=2, pad_token_id=0, initializer_range=0.2)
+    GPT2LMHeadModel(config).save_pretrained(str(folder))
+    save_decoder_tokenizer(folder)
+    return folder
+
+
+FISHER_CASES = {  # model type: (make the model, examples, load it, its example losses, parameters checked, the
+    # prefix their names have in the loaded model and not in the checkpoint's canonical names)
+    "encoder": (lambda f: make_bert(f, seed=2, **WIDE), EXAMPLES, "AutoModel", encoder_example_losses,
+                ["encoder.layer.0.attention.self.query.weight", "encoder.layer.1.output.dense.bias",
+                 "embeddings.word_embeddings.weight"], None),
+    "reranker": (lambda f: make_bert(f, seed=3, model_class="BertForSequenceClassification", **WIDE), EXAMPLES,
+                 "AutoModelForSequenceClassification", reranker_example_losses,
+                 ["bert.encoder.layer.1.attention.output.dense.weight", "bert.embeddings.word_embeddings.weight",
+                  "classifier.weight"], "bert."),
+    "decoder": (lambda f: make_decoder(f, seed=4), DECODER_EXAMPLES, "AutoModelForCausalLM",
+                decoder_example_losses, ["model.layers.0.mlp.gate_proj.weight", "model.embed_tokens.weight",
+                                         "lm_head.weight"], "model."),
+    "decoder-tied": (save_gpt2, DECODER_EXAMPLES, "AutoModelForCausalLM", decoder_example_losses,  # embeddings: also
+                     ["transformer.wte.weight", "transformer.h.1.attn.c_proj.weight"], "transformer."),  # lm_head
+}
+
+
+
+@pytest.mark.parametrize("graph", ["one graph", "chunk by chunk"])
+@pytest.mark.parametrize("case", list(FISHER_CASES))
+def test_diagonal_fisher_is_the_mean_squared_per_example_gradient_of_the_models_own_loss(tmp_path, monkeypatch,
+                                                                                         case, graph):
+    """Whether an example's texts are differentiated through one graph or chunk by chunk (each text
+    its own chunk when the graph budget is one byte), its gradient is its loss term's."""
+    import transformers
+
+    make, examples, loader, example_losses, names, prefix = FISHER_CASES[case]
+    model_type = case.split("-")[0]
+    path = make(tmp_path / "m")
+    if graph == "chunk by chunk":
+        monkeypatch.setattr(statistics, "GRAPH_BUDGET", 1)
+    fishers = cocktail_statistics(path, examples, "fisher", batch_size=2, model_type=model_type)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+    model = getattr(transformers, loader).from_pretrained(str(path)).eval()
+    expected = reference_fisher(model, lambda: example_losses(model, tokenizer), names)
+    for name in names:  # float32, batched differently: each within 1e-5 of its tensor's largest entry
+        scale = float(expected[name].abs().max())
+        got = fishers[name.removeprefix(prefix) if prefix else name]
+        assert scale > 0
+        assert torch.allclose(got, expected[name], rtol=1e-3, atol=1e-5 * scale), name
 
 
 @pytest.fixture
