@@ -46,7 +46,7 @@ from cocktail.io.statistics_cache import (
 )
 from cocktail.merging.plan import MERGE, Plan, build_plan
 from cocktail.modeling.footprint import GRAPH_BUDGET, graph_bytes
-from cocktail.modeling.placement import release_heap
+from cocktail.modeling.placement import Placement, release_heap
 from cocktail.modeling.skeleton import Skeleton
 from cocktail.recipe.weights_from import FewShotOptions
 
@@ -292,8 +292,9 @@ def statistics_for_plan(plan: Plan, model_type: str, kind: str, options: FewShot
                         prepared[name] = context.prepare(chosen[name])
                     largest = max((found.largest_batch() for found in prepared.values()),
                                   key=lambda shape: shape[0] * shape[1])
-                    skeleton = Skeleton(fplan, model_type, context.device, trust_remote_code=trust_remote_code,
-                                        largest_batch=largest, gradients=kind == "fisher")
+                    skeleton = Skeleton(fplan, model_type, _placement(options, context.device),
+                                        trust_remote_code=trust_remote_code, largest_batch=largest,
+                                        gradients=kind == "fisher")
                     names = parameter_names(skeleton, fplan)
                 skeleton.fill_from_checkpoint(index)
                 say(f"{kind} statistics of {checkpoint.source} on the {which} examples ({len(chosen[which])})")
@@ -318,6 +319,13 @@ def statistics_for_plan(plan: Plan, model_type: str, kind: str, options: FewShot
                   "pooling": context.pooling.source if context.pooling is not None else None,
                   "examples_sha256": digests, "models": record}
     return StatisticsSet(kind, models, context.notes, provenance, cleanup=temporary)
+
+
+def _placement(options: FewShotOptions, device: torch.device) -> Placement:
+    """Statistics run in float32 with the whole model on ``device``; without a device map, the
+    ``max_memory`` cap of that device holds for them (the estimate before loading refuses what exceeds it)."""
+    scoring = options.scoring
+    return Placement(device, caps=scoring.memory_caps() if scoring.device_map is None else None)
 
 
 def _readable(path: Path, label: str) -> Optional[ModelStatistics]:

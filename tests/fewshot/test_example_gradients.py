@@ -157,3 +157,15 @@ def test_an_embedding_tables_gradient_holds_only_the_rows_of_the_examples_tokens
     tables = [(config.vocab_size, config.hidden_size), (128, config.hidden_size), (2, config.hidden_size)]
     assert [seen.pop(shape) for shape in tables] == [{True}] * 3  # words, positions, token types
     assert seen and all(kinds == {False} for kinds in seen.values())  # every other gradient dense
+
+
+@pytest.mark.parametrize("method", ["regmean", "fisher"])
+def test_the_statistics_of_a_data_aware_merge_keep_to_max_memory(tmp_path, method):
+    for i in (1, 2):
+        make_bert(tmp_path / f"m{i}", seed=i)
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(e) for e in EXAMPLES) + "\n")
+    result = run_cli("merge", "--models", "m1", "m2", "--examples", "t.jsonl", "--method", method, "--max-memory",
+                     "cpu=100KiB", "--output", "out", "-q", cwd=tmp_path)
+    assert result.returncode == 2, result
+    assert result.line.startswith("error: m1") and "more than the 102.4 kB allowed on cpu by --max-memory" in result.line
+    assert not (tmp_path / "out").exists()
