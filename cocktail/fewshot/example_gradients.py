@@ -17,7 +17,9 @@ texts through bge-base); here the graph kept at once is bounded by
    time, the parameters' ``.grad`` summing the chunks. By the chain rule the sum is the term's gradient.
 
 Step 3 runs each chunk once more per example than step 2 would (a forward pass is about a third of a
-forward and backward pass), and keeps one chunk's graph instead of the unit's.
+forward and backward pass), and keeps one chunk's graph instead of the unit's. After each chunk the
+heap's free pages go back to the system: a chunk's activations are smaller than glibc's mmap threshold,
+and the holes they left added up to about 250 MB over an example's chunks (2 x bge-base, 256 tokens).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Callable, Iterator
 import torch
 
 from cocktail.fewshot.losses import GradientUnit, Prepared
+from cocktail.modeling.placement import release_heap
 
 
 def example_gradients(model: torch.nn.Module, prepared: Prepared, params: list[torch.nn.Parameter],
@@ -75,4 +78,5 @@ def _chunk_by_chunk(model, prepared: Prepared, unit: GradientUnit, chunks, param
             chunk_outputs = prepared.row_outputs(model, tensors)
             torch.autograd.backward(chunk_outputs, part, inputs=params)
             del chunk_outputs  # one chunk's graph at a time
+            release_heap()  # its activations (under the mmap threshold) freed back, not left in the heap
         yield

@@ -190,10 +190,11 @@ def fisher_statistics(model: torch.nn.Module, prepared: L.Prepared, names: dict[
 
     Holds the float32 parameters, one example's gradient, the sums, and a graph within
     :data:`~cocktail.modeling.footprint.GRAPH_BUDGET` (:mod:`cocktail.fewshot.example_gradients`).
-    Embedding tables get sparse gradients (the rows of the example's tokens), not a dense copy of the
-    table: 94 MB less for bge-base, 1 GB for an XLM-RoBERTa vocabulary (bge-m3, bge-reranker)."""
+    Embedding tables get sparse gradients and sums (the rows of the examples' tokens), made dense only
+    at the end: neither is a copy of the table (94 MB for bge-base, 1 GB for an XLM-RoBERTa vocabulary,
+    bge-m3's and bge-reranker's)."""
     params = [p for p in model.parameters() if id(p) in names]
-    sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    sums = [SquareSum(p) for p in params]
     config = model.config.to_dict() if hasattr(getattr(model, "config", None), "to_dict") else {}
 
     def fits(rows: int, longest: int) -> bool:
@@ -213,7 +214,7 @@ def fisher_statistics(model: torch.nn.Module, prepared: L.Prepared, names: dict[
             for _ in example_gradients(model, prepared, params, fits):
                 for p, total in zip(params, sums):
                     if p.grad is not None:
-                        _add_square(total, p.grad)
+                        total.add(p.grad)
                         p.grad = None
                 count += 1
     finally:
@@ -222,17 +223,47 @@ def fisher_statistics(model: torch.nn.Module, prepared: L.Prepared, names: dict[
         for p, flag in zip(params, flags):
             p.grad = None
             p.requires_grad_(flag)
-    tensors = {names[id(p)]: total.div_(max(count, 1)).cpu() for p, total in zip(params, sums)}
+    release_heap()  # the gradients and graphs are gone: their memory goes back before the dense sums are made
+    tensors = {}
+    for p, total in zip(params, sums):
+        tensors[names[id(p)]] = total.mean(count)
+        total.total = None  # one parameter's sum at a time: dense sums of tables are made only now
     return tensors, {name: (name, "") for name in tensors}
 
 
-def _add_square(total: torch.Tensor, grad: torch.Tensor) -> None:
-    """``total += grad²``, for a dense or a sparse (embedding rows) gradient."""
-    if grad.is_sparse:
-        grad = grad.coalesce()  # a row's contributions summed before squaring
-        total.index_add_(0, grad.indices()[0], grad.values().float().square())
-    else:
-        total.addcmul_(grad.float(), grad.float())
+class SquareSum:
+    """The sum of one parameter's squared per-example gradients: sparse (the rows seen) while every
+    gradient was an embedding table's sparse one, dense from the first dense one (a table that is also
+    a linear layer, GPT-2's tied ``lm_head``)."""
+
+    def __init__(self, parameter: torch.Tensor):
+        self.parameter = parameter
+        self.total: Optional[torch.Tensor] = None
+
+    def add(self, grad: torch.Tensor) -> None:
+        if grad.is_sparse:
+            grad = grad.coalesce()  # a row's contributions summed before squaring
+            square = torch.sparse_coo_tensor(grad.indices(), grad.values().float().square(), grad.shape,
+                                             is_coalesced=True, check_invariants=False)  # the grad's own rows
+            if self.total is None:
+                self.total = square
+            elif self.total.is_sparse:
+                self.total = (self.total + square).coalesce()
+            else:
+                self.total.index_add_(0, grad.indices()[0], square.values())
+            return
+        if self.total is None:
+            self.total = torch.zeros_like(self.parameter, dtype=torch.float32)
+        elif self.total.is_sparse:
+            self.total = self.total.to_dense()
+        self.total.addcmul_(grad.float(), grad.float())
+
+    def mean(self, count: int) -> torch.Tensor:
+        """The mean over ``count`` examples, dense, on the CPU."""
+        if self.total is None:
+            return torch.zeros(self.parameter.shape, dtype=torch.float32)
+        dense = self.total.to_dense() if self.total.is_sparse else self.total
+        return dense.div_(max(count, 1)).cpu()
 
 
 COLLECTORS = {"gram": gram_statistics, "fisher": fisher_statistics}

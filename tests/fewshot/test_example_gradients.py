@@ -141,22 +141,22 @@ def test_a_fisher_merge_that_will_not_fit_is_refused_before_loading(tmp_path, mo
     assert fits.returncode == 0, fits
 
 
-def test_an_embedding_tables_gradient_holds_only_the_rows_of_the_examples_tokens(tmp_path, monkeypatch):
-    """A dense gradient of bge-m3's 250k x 1024 table would be 1 GB for each example."""
+def test_an_embedding_tables_gradients_and_sums_hold_only_the_rows_of_the_examples_tokens(tmp_path, monkeypatch):
+    """A dense gradient or sum of bge-m3's 250k x 1024 table would be 1 GB each."""
     path = make_bert(tmp_path / "m", seed=1, max_position_embeddings=128)
     seen = {}
-    add_square = statistics._add_square
+    add = statistics.SquareSum.add
 
-    def recording(total, grad):
-        seen.setdefault(tuple(total.shape), set()).add(grad.is_sparse)
-        add_square(total, grad)
+    def recording(self, grad):
+        add(self, grad)
+        seen.setdefault(tuple(grad.shape), set()).add((grad.is_sparse, self.total.is_sparse))
 
-    monkeypatch.setattr(statistics, "_add_square", recording)
+    monkeypatch.setattr(statistics.SquareSum, "add", recording)
     fisher_graph_peak(path, monkeypatch, budget=1 << 40)
     config = bert_config(max_position_embeddings=128)
     tables = [(config.vocab_size, config.hidden_size), (128, config.hidden_size), (2, config.hidden_size)]
-    assert [seen.pop(shape) for shape in tables] == [{True}] * 3  # words, positions, token types
-    assert seen and all(kinds == {False} for kinds in seen.values())  # every other gradient dense
+    assert [seen.pop(shape) for shape in tables] == [{(True, True)}] * 3  # words, positions, token types
+    assert seen and all(kinds == {(False, False)} for kinds in seen.values())  # every other one dense
 
 
 @pytest.mark.parametrize("method", ["regmean", "fisher"])
@@ -169,3 +169,19 @@ def test_the_statistics_of_a_data_aware_merge_keep_to_max_memory(tmp_path, metho
     assert result.returncode == 2, result
     assert result.line.startswith("error: m1") and "more than the 102.4 kB allowed on cpu by --max-memory" in result.line
     assert not (tmp_path / "out").exists()
+
+
+def test_a_square_sum_takes_sparse_and_dense_gradients_in_any_order():
+    gen = torch.Generator().manual_seed(0)
+    table = torch.zeros(6, 3)
+    dense = [torch.randn(6, 3, generator=gen) for _ in range(2)]
+    rows = torch.tensor([[4, 1, 4]])  # row 4 twice: its contributions are summed before squaring
+    sparse = [torch.sparse_coo_tensor(rows, torch.randn(3, 3, generator=gen), (6, 3), check_invariants=True)
+              for _ in range(3)]
+    order = [sparse[0], sparse[1], dense[0], sparse[2], dense[1]]
+    total = statistics.SquareSum(table)
+    for grad in order:
+        total.add(grad)
+    expected = sum(g.to_dense() ** 2 for g in order) / 5
+    assert torch.allclose(total.mean(5), expected, rtol=1e-6, atol=0)
+    assert torch.equal(statistics.SquareSum(table).mean(5), torch.zeros(6, 3))  # no gradient: a Fisher of zeros
