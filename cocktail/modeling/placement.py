@@ -18,6 +18,7 @@ interpreter exits.
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import tempfile
@@ -63,8 +64,11 @@ HEAP_MMAP_THRESHOLD = 4 << 20  # bytes: allocations this large get pages of thei
 _heap_bounded = False
 
 
+@functools.cache
 def _glibc():
-    """glibc, for its allocator's settings (``None``: not Linux, or a libc without them, like musl)."""
+    """glibc, for its allocator's settings (``None``: not Linux, or a libc without them, like musl);
+    looked up once (``find_library`` costs about a millisecond, and the heap is released after every
+    chunk of a Fisher's per-example gradients)."""
     import ctypes
     import ctypes.util
     import sys
