@@ -224,10 +224,7 @@ def fisher_statistics(model: torch.nn.Module, prepared: L.Prepared, names: dict[
             p.grad = None
             p.requires_grad_(flag)
     release_heap()  # the gradients and graphs are gone: their memory goes back before the dense sums are made
-    tensors = {}
-    for p, total in zip(params, sums):
-        tensors[names[id(p)]] = total.mean(count)
-        total.total = None  # one parameter's sum at a time: dense sums of tables are made only now
+    tensors = {names[id(p)]: total.take_mean(count) for p, total in zip(params, sums)}
     return tensors, {name: (name, "") for name in tensors}
 
 
@@ -258,11 +255,13 @@ class SquareSum:
             self.total = self.total.to_dense()
         self.total.addcmul_(grad.float(), grad.float())
 
-    def mean(self, count: int) -> torch.Tensor:
-        """The mean over ``count`` examples, dense, on the CPU."""
-        if self.total is None:
+    def take_mean(self, count: int) -> torch.Tensor:
+        """The mean over ``count`` examples, dense, on the CPU; the sum is given up (a sparse one made
+        dense only now, one parameter at a time, and no second reference kept to it)."""
+        total, self.total = self.total, None
+        if total is None:
             return torch.zeros(self.parameter.shape, dtype=torch.float32)
-        dense = self.total.to_dense() if self.total.is_sparse else self.total
+        dense = total.to_dense() if total.is_sparse else total
         return dense.div_(max(count, 1)).cpu()
 
 
